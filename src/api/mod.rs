@@ -1,0 +1,245 @@
+//! The `KmsRoutePolicy` custom resource (`kmsroute.io/v1alpha1`) that users write, its status,
+//! and `validate()`, which turns a spec into a checked [`DesiredState`] or every error at once.
+//!
+//! The OpenAPI schema (with CEL rules) catches what types and patterns can express so
+//! `kubectl apply` rejects it early; `validate()` re-checks everything, because `kmsroute
+//! validate/plan/apply` read files that never met an API server. No I/O here.
+
+mod file;
+mod validate;
+
+pub use file::{Document, parse_policies};
+pub use validate::{
+    Destination, DesiredState, FieldError, Selector, Validated, parse_duration, route_name_for,
+    validate, validate_policy,
+};
+
+use crate::catalog::Cloud;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Finalizer that carries out `deletionPolicy` before a policy goes away.
+pub const FINALIZER: &str = "kmsroute.io/cleanup";
+/// Tag on route tables kmsroute created, naming the owning policy.
+pub const TAG_POLICY: &str = "kmsroute.io-policy";
+/// Tag on route tables kmsroute created.
+pub const TAG_MANAGED_BY: &str = "managed-by";
+pub const MANAGED_BY_VALUE: &str = "kmsroute";
+/// Most problems kept in status, so the object stays small at 10,000 subnets.
+pub const MAX_PROBLEMS: usize = 50;
+
+pub const DEFAULT_ROUTE_NAME_PREFIX: &str = "kms-";
+pub const DEFAULT_NAME_TEMPLATE: &str = "{vnet}-{subnet}-kms";
+pub const DEFAULT_RESYNC: &str = "10m";
+
+/// Which subnets must carry `/32` routes to the KMS addresses with next hop `Internet`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kmsroute.io",
+    version = "v1alpha1",
+    kind = "KmsRoutePolicy",
+    plural = "kmsroutepolicies",
+    singular = "kmsroutepolicy",
+    shortname = "krp",
+    status = "KmsRoutePolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Subnets","type":"integer","jsonPath":".status.summary.subnetsMatched"}"#,
+    printcolumn = r#"{"name":"InSync","type":"integer","jsonPath":".status.summary.inSync"}"#,
+    printcolumn = r#"{"name":"Conflicts","type":"integer","jsonPath":".status.summary.conflicts"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.subnets) && size(self.subnets) > 0) || has(self.selector)",
+     "message": "at least one of spec.subnets or spec.selector is required"}
+]))]
+pub struct KmsRoutePolicySpec {
+    /// Which KMS endpoints to route.
+    #[serde(default)]
+    pub kms: KmsSpec,
+    /// Explicit ARM subnet IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000), inner(regex(pattern = r"^/[Ss][Uu][Bb][Ss][Cc][Rr][Ii][Pp][Tt][Ii][Oo][Nn][Ss]/[^/]+/[Rr][Ee][Ss][Oo][Uu][Rr][Cc][Ee][Gg][Rr][Oo][Uu][Pp][Ss]/[^/]+/[Pp][Rr][Oo][Vv][Ii][Dd][Ee][Rr][Ss]/[Mm][Ii][Cc][Rr][Oo][Ss][Oo][Ff][Tt]\.[Nn][Ee][Tt][Ww][Oo][Rr][Kk]/[Vv][Ii][Rr][Tt][Uu][Aa][Ll][Nn][Ee][Tt][Ww][Oo][Rr][Kk][Ss]/[^/]+/[Ss][Uu][Bb][Nn][Ee][Tt][Ss]/[^/]+$")))]
+    pub subnets: Vec<String>,
+    /// Discovery of subnets by subscription, resource group, VNet tags and subnet name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SubnetSelector>,
+    /// Route tables created for subnets that have none.
+    #[serde(default)]
+    pub route_table: RouteTableSpec,
+    /// Name prefix of the routes this policy owns (e.g. `kms-20-118-99-224`).
+    #[serde(default = "default_route_name_prefix")]
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub route_name_prefix: String,
+    /// What to do when a foreign route sends a KMS address elsewhere.
+    #[serde(default)]
+    pub conflict_policy: ConflictPolicy,
+    /// `Enforce` writes; `Audit` only observes and reports.
+    #[serde(default)]
+    pub mode: Mode,
+    /// What deleting the policy does in Azure.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// How often Azure is re-read to repair drift (Go duration: `30s`, `10m`, `1h`).
+    #[serde(default = "default_resync")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub resync_interval: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsSpec {
+    /// The cloud whose KMS addresses are routed; defaults to the controller's cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<Cloud>,
+    /// Extra IPv4 host addresses to route (`a.b.c.d` or `a.b.c.d/32`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$")))]
+    pub additional_addresses: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.subnetNames) || !has(self.excludeSubnetNames) || self.subnetNames.all(n, !(n in self.excludeSubnetNames))",
+     "message": "a subnet name cannot be both included and excluded"}
+]))]
+pub struct SubnetSelector {
+    /// Subscription IDs to search (required).
+    #[schemars(length(min = 1, max = 100), inner(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")))]
+    pub subscriptions: Vec<String>,
+    /// Only these resource groups (any, when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 90)))]
+    pub resource_groups: Vec<String>,
+    /// VNet tags that must all match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub virtual_network_tags: BTreeMap<String, String>,
+    /// Only subnets with these names (any, when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 80)))]
+    pub subnet_names: Vec<String>,
+    /// Never subnets with these names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 80)))]
+    pub exclude_subnet_names: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTableSpec {
+    /// Create and associate a route table for selected subnets that have none.
+    #[serde(default = "default_true")]
+    pub create_if_missing: bool,
+    /// Name of created tables; placeholders `{vnet}`, `{subnet}`, `{location}`, `{policy}`.
+    #[serde(default = "default_name_template")]
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"^[A-Za-z0-9_.{}-]+$"))]
+    pub name_template: String,
+    /// `disableBgpRoutePropagation` on tables kmsroute creates.
+    #[serde(default)]
+    pub disable_bgp_route_propagation: bool,
+}
+
+impl Default for RouteTableSpec {
+    fn default() -> Self {
+        Self {
+            create_if_missing: true,
+            name_template: default_name_template(),
+            disable_bgp_route_propagation: false,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConflictPolicy {
+    /// Report a foreign route to a KMS address with another next hop; never touch it.
+    #[default]
+    Report,
+    /// Overwrite such a route's next hop with `Internet`.
+    Replace,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Remove owned routes, and tables the policy created once nothing else uses them.
+    #[default]
+    Delete,
+    /// Leave everything in Azure as it is.
+    Orphan,
+}
+
+/// What the controller last observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsRoutePolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    /// The `/32` destinations the policy routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub destinations: Vec<String>,
+    /// RFC 3339 time of the last completed pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// At most 50 subnets that need attention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub problems: Vec<Problem>,
+}
+
+/// Counts over every subnet the policy selects.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub subnets_matched: i64,
+    pub in_sync: i64,
+    pub repaired: i64,
+    pub conflicts: i64,
+    pub skipped: i64,
+    pub errors: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    pub subnet_id: String,
+    /// Machine-readable reason, e.g. `Conflict`, `NoInternetEgress`, `RouteLimitExceeded`.
+    pub reason: String,
+    pub message: String,
+}
+
+fn default_route_name_prefix() -> String {
+    DEFAULT_ROUTE_NAME_PREFIX.into()
+}
+fn default_resync() -> String {
+    DEFAULT_RESYNC.into()
+}
+fn default_name_template() -> String {
+    DEFAULT_NAME_TEMPLATE.into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The CRD as YAML, exactly what `kmsroute crd` prints and `crds/` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&KmsRoutePolicy::crd())
+}

@@ -1,0 +1,523 @@
+//! `validate()`: a `KmsRoutePolicySpec` in, a checked [`DesiredState`] out, or every problem at
+//! once, each with its field path. Everything the CRD schema cannot say is checked here, and so
+//! is everything it can, since files given to `kmsroute validate/plan/apply` never met a schema.
+
+use super::{
+    ConflictPolicy, DeletionPolicy, KmsRoutePolicy, KmsRoutePolicySpec, Mode, SubnetSelector,
+};
+use crate::catalog::Cloud;
+use crate::ids::{SubnetId, check_route_name, is_guid};
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// One problem in a policy, with the path of the field at fault (`spec.kms.additionalAddresses[1]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A spec that passed validation, plus warnings that do not stop it (a retired cloud, say).
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub desired: DesiredState,
+    pub warnings: Vec<String>,
+}
+
+/// A KMS destination: the host address and the name of the route this policy owns for it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Destination {
+    pub address: Ipv4Addr,
+    pub route_name: String,
+}
+
+impl Destination {
+    /// The ARM `addressPrefix` of the route: always a `/32`.
+    pub fn prefix(&self) -> String {
+        format!("{}/32", self.address)
+    }
+}
+
+/// A checked selector, names lower-cased for ARM's case-insensitive comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub subscriptions: BTreeSet<String>,
+    pub resource_groups: BTreeSet<String>,
+    /// Tag keys lower-cased (ARM tag names are case-insensitive); values compared exactly.
+    pub vnet_tags: BTreeMap<String, String>,
+    pub subnet_names: BTreeSet<String>,
+    pub exclude_subnet_names: BTreeSet<String>,
+}
+
+impl Selector {
+    /// True when a subnet with this identity, in a VNet with these tags, is selected.
+    pub fn matches(&self, subnet: &SubnetId, vnet_tags: &BTreeMap<String, String>) -> bool {
+        let lc = |s: &str| s.to_ascii_lowercase();
+        self.subscriptions.contains(&lc(subnet.subscription()))
+            && (self.resource_groups.is_empty()
+                || self.resource_groups.contains(&lc(subnet.resource_group())))
+            && (self.subnet_names.is_empty() || self.subnet_names.contains(&lc(subnet.name())))
+            && !self.exclude_subnet_names.contains(&lc(subnet.name()))
+            && self.vnet_tags.iter().all(|(k, v)| {
+                vnet_tags
+                    .iter()
+                    .any(|(tk, tv)| tk.eq_ignore_ascii_case(k) && tv == v)
+            })
+    }
+}
+
+/// What one policy wants, checked and normalised. The planner's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredState {
+    pub name: String,
+    /// Creation time; with the name, it decides which of two overlapping policies owns a subnet.
+    pub created: Option<Timestamp>,
+    pub cloud: Cloud,
+    /// Sorted by address, no duplicates.
+    pub destinations: Vec<Destination>,
+    pub subnets: BTreeSet<SubnetId>,
+    pub selector: Option<Selector>,
+    pub create_if_missing: bool,
+    pub name_template: String,
+    pub disable_bgp_route_propagation: bool,
+    pub route_name_prefix: String,
+    pub conflict_policy: ConflictPolicy,
+    pub mode: Mode,
+    pub deletion_policy: DeletionPolicy,
+    pub resync: Duration,
+}
+
+impl DesiredState {
+    /// The subscriptions whose inventory the planner needs for this policy.
+    pub fn subscriptions(&self) -> BTreeSet<String> {
+        let mut subs: BTreeSet<String> = self
+            .subnets
+            .iter()
+            .map(|s| s.subscription().to_ascii_lowercase())
+            .collect();
+        if let Some(sel) = &self.selector {
+            subs.extend(sel.subscriptions.iter().cloned());
+        }
+        subs
+    }
+
+    /// True when `route_name` is in this policy's ownership namespace.
+    pub fn owns_route_name(&self, route_name: &str) -> bool {
+        route_name.len() > self.route_name_prefix.len()
+            && route_name.as_bytes()[..self.route_name_prefix.len()]
+                .eq_ignore_ascii_case(self.route_name_prefix.as_bytes())
+    }
+
+    /// The name of a table created for a subnet, or why the template cannot make one.
+    pub fn render_table_name(
+        &self,
+        vnet: &str,
+        subnet: &str,
+        location: &str,
+    ) -> Result<String, String> {
+        let name = render_template(&self.name_template, vnet, subnet, location, &self.name);
+        check_route_name(&name).map(|()| name)
+    }
+
+    /// Order in which overlapping policies claim subnets: oldest first, then by name.
+    pub fn seniority(&self) -> (bool, Option<Timestamp>, &str) {
+        (self.created.is_none(), self.created, &self.name)
+    }
+}
+
+/// The route name a policy uses for an address: `kms-20-118-99-224`.
+pub fn route_name_for(prefix: &str, address: Ipv4Addr) -> String {
+    format!("{prefix}{}", address.to_string().replace('.', "-"))
+}
+
+const PLACEHOLDERS: [&str; 4] = ["vnet", "subnet", "location", "policy"];
+
+fn render_template(template: &str, vnet: &str, subnet: &str, location: &str, policy: &str) -> String {
+    template
+        .replace("{vnet}", vnet)
+        .replace("{subnet}", subnet)
+        .replace("{location}", location)
+        .replace("{policy}", policy)
+}
+
+fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("{template:?} has a '}}' without a matching '{{'"));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{template:?} has an unclosed '{{'"))?;
+        let key = &after[..close];
+        if !PLACEHOLDERS.contains(&key) {
+            return Err(format!(
+                "unknown placeholder {{{key}}} in {template:?}; allowed: {{vnet}}, {{subnet}}, {{location}}, {{policy}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    // Shortest rendering: if that breaks ARM's rules (leading '-', trailing '.', bad characters),
+    // every rendering does.
+    let sample = render_template(template, "a", "a", "a", "a");
+    check_route_name(&sample).map_err(|e| format!("{template:?} renders invalid names: {e}"))?;
+    Ok(())
+}
+
+/// Parses a Go-style duration made of `h`, `m`, `s` parts: `30s`, `10m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{s:?}: unknown unit {c:?}; use h, m or s (e.g. 10m)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!("{s:?}: {digits:?} has no unit (h, m or s)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Why an address may not be routed to the Internet, if it may not.
+fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
+    let s = input.trim();
+    if s.contains(':') {
+        return Err(format!(
+            "{input:?} is IPv6; Azure KMS endpoints are IPv4 and only IPv4 /32 routes are written"
+        ));
+    }
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    if let Some(l) = len {
+        match l.parse::<u8>() {
+            Ok(32) => {}
+            Ok(n) if n < 32 => {
+                let count = 1u64 << (32 - u32::from(n));
+                return Err(format!(
+                    "{input:?} is a /{n} ({count} addresses); only /32 host routes are allowed: a broad prefix with next hop Internet would bypass the forced tunnel"
+                ));
+            }
+            _ => return Err(format!("{input:?} has an invalid prefix length {l:?}")),
+        }
+    }
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{input:?} is not an IPv4 address"))?;
+    let o = ip.octets();
+    let not_public = ip.is_unspecified()
+        || ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 shared address space
+        || o[0] == 0
+        || o[0] >= 240;
+    if not_public {
+        return Err(format!(
+            "{ip} is not a public address; KMS servers have public Azure addresses and a route with next hop Internet to {ip} would misroute it"
+        ));
+    }
+    Ok(ip)
+}
+
+fn check_resource_group(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'));
+    if name.is_empty() || name.len() > 90 || !ok_chars || name.ends_with('.') {
+        return Err(format!(
+            "{name:?} is not a valid resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')"
+        ));
+    }
+    Ok(())
+}
+
+fn check_subnet_name(name: &str) -> Result<(), String> {
+    check_route_name(name).map_err(|e| format!("not a valid subnet name: {e}"))
+}
+
+/// Checks a whole object: its name and its spec.
+pub fn validate_policy(
+    policy: &KmsRoutePolicy,
+    default_cloud: Cloud,
+) -> Result<Validated, Vec<FieldError>> {
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let created = policy.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let mut errors = Vec::new();
+    let valid_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid_name {
+        errors.push(FieldError {
+            path: "metadata.name".into(),
+            message: format!(
+                "{name:?} is not a valid Kubernetes name (lowercase letters, digits, '-', '.')"
+            ),
+        });
+    }
+    match validate(&name, created, &policy.spec, default_cloud) {
+        Ok(v) if errors.is_empty() => Ok(v),
+        Ok(_) => Err(errors),
+        Err(mut e) => {
+            errors.append(&mut e);
+            Err(errors)
+        }
+    }
+}
+
+/// Checks a spec; returns all errors, never just the first.
+pub fn validate(
+    name: &str,
+    created: Option<Timestamp>,
+    spec: &KmsRoutePolicySpec,
+    default_cloud: Cloud,
+) -> Result<Validated, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let err = |errors: &mut Vec<FieldError>, path: String, message: String| {
+        errors.push(FieldError { path, message })
+    };
+
+    let cloud = spec.kms.cloud.unwrap_or(default_cloud);
+    if let Some(retired) = cloud.endpoints().retired {
+        warnings.push(format!("spec.kms.cloud: {cloud} is deprecated: {retired}"));
+    }
+
+    // Route name prefix first: destinations' route names depend on it.
+    let prefix = &spec.route_name_prefix;
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 40
+        && prefix.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !prefix_ok {
+        err(
+            &mut errors,
+            "spec.routeNamePrefix".into(),
+            format!(
+                "{prefix:?} must be 1-40 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            ),
+        );
+    }
+
+    let catalog: BTreeSet<Ipv4Addr> = cloud.endpoints().kms_addresses.iter().copied().collect();
+    let mut addresses = catalog.clone();
+    let mut seen = BTreeMap::new();
+    for (i, a) in spec.kms.additional_addresses.iter().enumerate() {
+        let path = format!("spec.kms.additionalAddresses[{i}]");
+        match check_host_address(a) {
+            Ok(ip) => {
+                if let Some(first) = seen.insert(ip, i) {
+                    err(&mut errors, path, format!("{ip} duplicates additionalAddresses[{first}]"));
+                } else if catalog.contains(&ip) {
+                    warnings.push(format!(
+                        "{path}: {ip} is already in the {cloud} catalog; the entry is redundant"
+                    ));
+                } else {
+                    addresses.insert(ip);
+                }
+            }
+            Err(m) => err(&mut errors, path, m),
+        }
+    }
+    let destinations: Vec<Destination> = addresses
+        .into_iter()
+        .map(|address| Destination {
+            address,
+            route_name: route_name_for(prefix, address),
+        })
+        .collect();
+
+    let mut subnets = BTreeSet::new();
+    for (i, s) in spec.subnets.iter().enumerate() {
+        let path = format!("spec.subnets[{i}]");
+        match SubnetId::parse(s) {
+            Ok(id) if !is_guid(id.subscription()) => err(
+                &mut errors,
+                path,
+                format!(
+                    "subscription {:?} is not a subscription ID (a GUID)",
+                    id.subscription()
+                ),
+            ),
+            Ok(id) => {
+                if let Some(dup) = subnets.get(&id) {
+                    err(&mut errors, path, format!("duplicates {dup} (ARM IDs are case-insensitive)"));
+                } else {
+                    subnets.insert(id);
+                }
+            }
+            Err(e) => err(&mut errors, path, e.to_string()),
+        }
+    }
+
+    let selector = spec
+        .selector
+        .as_ref()
+        .map(|sel| check_selector(sel, &mut errors));
+    if spec.subnets.is_empty() && spec.selector.is_none() {
+        err(
+            &mut errors,
+            "spec".into(),
+            "at least one of spec.subnets or spec.selector is required".into(),
+        );
+    }
+
+    let template = &spec.route_table.name_template;
+    if let Err(m) = check_template(template) {
+        err(&mut errors, "spec.routeTable.nameTemplate".into(), m);
+    }
+
+    let resync = match parse_duration(&spec.resync_interval) {
+        Ok(d) if d < Duration::from_secs(30) => {
+            err(
+                &mut errors,
+                "spec.resyncInterval".into(),
+                format!("{:?} is below the minimum of 30s", spec.resync_interval),
+            );
+            d
+        }
+        Ok(d) if d > Duration::from_secs(24 * 3600) => {
+            err(
+                &mut errors,
+                "spec.resyncInterval".into(),
+                format!("{:?} is above the maximum of 24h", spec.resync_interval),
+            );
+            d
+        }
+        Ok(d) => d,
+        Err(m) => {
+            err(&mut errors, "spec.resyncInterval".into(), m);
+            Duration::ZERO
+        }
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Validated {
+        desired: DesiredState {
+            name: name.to_string(),
+            created,
+            cloud,
+            destinations,
+            subnets,
+            selector: selector.flatten(),
+            create_if_missing: spec.route_table.create_if_missing,
+            name_template: template.clone(),
+            disable_bgp_route_propagation: spec.route_table.disable_bgp_route_propagation,
+            route_name_prefix: prefix.clone(),
+            conflict_policy: spec.conflict_policy,
+            mode: spec.mode,
+            deletion_policy: spec.deletion_policy,
+            resync,
+        },
+        warnings,
+    })
+}
+
+fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<Selector> {
+    let before = errors.len();
+    let mut err = |path: String, message: String| errors.push(FieldError { path, message });
+    if sel.subscriptions.is_empty() {
+        err(
+            "spec.selector.subscriptions".into(),
+            "at least one subscription ID is required".into(),
+        );
+    }
+    let mut subscriptions = BTreeSet::new();
+    for (i, s) in sel.subscriptions.iter().enumerate() {
+        let path = format!("spec.selector.subscriptions[{i}]");
+        if !is_guid(s) {
+            err(path, format!("{s:?} is not a subscription ID (a GUID)"));
+        } else if !subscriptions.insert(s.to_ascii_lowercase()) {
+            err(path, format!("{s} is listed twice"));
+        }
+    }
+    let mut resource_groups = BTreeSet::new();
+    for (i, rg) in sel.resource_groups.iter().enumerate() {
+        let path = format!("spec.selector.resourceGroups[{i}]");
+        if let Err(m) = check_resource_group(rg) {
+            err(path, m);
+        } else if !resource_groups.insert(rg.to_ascii_lowercase()) {
+            err(path, format!("{rg:?} is listed twice"));
+        }
+    }
+    let mut names = |list: &[String], field: &str| {
+        let mut set = BTreeSet::new();
+        for (i, n) in list.iter().enumerate() {
+            let path = format!("spec.selector.{field}[{i}]");
+            if let Err(m) = check_subnet_name(n) {
+                err(path, m);
+            } else if !set.insert(n.to_ascii_lowercase()) {
+                err(path, format!("{n:?} is listed twice"));
+            }
+        }
+        set
+    };
+    let subnet_names = names(&sel.subnet_names, "subnetNames");
+    let exclude_subnet_names = names(&sel.exclude_subnet_names, "excludeSubnetNames");
+    for both in subnet_names.intersection(&exclude_subnet_names) {
+        err(
+            "spec.selector.excludeSubnetNames".into(),
+            format!("{both:?} is both included (subnetNames) and excluded"),
+        );
+    }
+    let mut vnet_tags = BTreeMap::new();
+    for (k, v) in &sel.virtual_network_tags {
+        if k.is_empty() || k.len() > 512 {
+            err(
+                format!("spec.selector.virtualNetworkTags[{k}]"),
+                "tag names are 1-512 characters".into(),
+            );
+        } else if vnet_tags.insert(k.to_ascii_lowercase(), v.clone()).is_some() {
+            err(
+                format!("spec.selector.virtualNetworkTags[{k}]"),
+                "tag names are case-insensitive in Azure; this one is given twice".into(),
+            );
+        }
+    }
+    (errors.len() == before).then_some(Selector {
+        subscriptions,
+        resource_groups,
+        vnet_tags,
+        subnet_names,
+        exclude_subnet_names,
+    })
+}

@@ -1,0 +1,383 @@
+//! Azure Resource Manager resource identifiers for the three resource kinds kmsroute touches.
+//!
+//! ARM compares resource IDs case-insensitively (`/resourcegroups/` and `/resourceGroups/` name
+//! the same group), so equality, ordering and hashing here use a lower-cased key while `Display`
+//! keeps the casing the user or the service gave. Nothing here does I/O.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Why a string is not the ARM resource ID that was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a {kind} ID: {why} (expected {shape})")]
+pub struct IdError {
+    pub input: String,
+    pub kind: &'static str,
+    pub shape: &'static str,
+    pub why: String,
+}
+
+const SUBNET_SHAPE: &str = "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}";
+const VNET_SHAPE: &str =
+    "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}";
+const TABLE_SHAPE: &str =
+    "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/routeTables/{name}";
+
+/// Splits `input` against a pattern of literal keywords (matched case-insensitively) and `*`
+/// placeholders, returning the placeholder values in order.
+fn parse_segments(
+    input: &str,
+    pattern: &[&str],
+    kind: &'static str,
+    shape: &'static str,
+) -> Result<Vec<String>, IdError> {
+    let err = |why: String| IdError {
+        input: input.to_string(),
+        kind,
+        shape,
+        why,
+    };
+    let rest = input
+        .strip_prefix('/')
+        .ok_or_else(|| err("must start with '/'".into()))?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.len() != pattern.len() {
+        return Err(err(format!(
+            "has {} path segments, expected {}",
+            segments.len(),
+            pattern.len()
+        )));
+    }
+    let mut values = Vec::new();
+    for (seg, pat) in segments.iter().zip(pattern) {
+        if *pat == "*" {
+            if seg.is_empty() {
+                return Err(err("has an empty name segment".into()));
+            }
+            if seg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(err(format!("segment {seg:?} contains whitespace")));
+            }
+            values.push((*seg).to_string());
+        } else if !seg.eq_ignore_ascii_case(pat) {
+            return Err(err(format!("found {seg:?} where {pat:?} belongs")));
+        }
+    }
+    Ok(values)
+}
+
+/// True when `s` has the 8-4-4-4-12 hexadecimal shape of an Azure subscription ID.
+pub fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+macro_rules! case_insensitive_id {
+    ($ty:ident) => {
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.key == other.key
+            }
+        }
+        impl Eq for $ty {}
+        impl Hash for $ty {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.key.hash(state)
+            }
+        }
+        impl PartialOrd for $ty {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $ty {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.key.cmp(&other.key)
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.raw)
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+        impl TryFrom<String> for $ty {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(id: $ty) -> String {
+                id.raw
+            }
+        }
+        impl $ty {
+            /// The ID as ARM spells it (original casing).
+            pub fn as_str(&self) -> &str {
+                &self.raw
+            }
+            /// The lower-cased comparison key.
+            pub fn key(&self) -> &str {
+                &self.key
+            }
+            pub fn subscription(&self) -> &str {
+                &self.parts[0]
+            }
+            pub fn resource_group(&self) -> &str {
+                &self.parts[1]
+            }
+        }
+    };
+}
+
+/// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/…/subnets/…`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SubnetId {
+    raw: String,
+    key: String,
+    parts: [String; 4],
+}
+
+/// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/…`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VnetId {
+    raw: String,
+    key: String,
+    parts: [String; 3],
+}
+
+/// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/routeTables/…`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RouteTableId {
+    raw: String,
+    key: String,
+    parts: [String; 3],
+}
+
+case_insensitive_id!(SubnetId);
+case_insensitive_id!(VnetId);
+case_insensitive_id!(RouteTableId);
+
+impl SubnetId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let v = parse_segments(
+            s,
+            &[
+                "subscriptions",
+                "*",
+                "resourceGroups",
+                "*",
+                "providers",
+                "Microsoft.Network",
+                "virtualNetworks",
+                "*",
+                "subnets",
+                "*",
+            ],
+            "subnet",
+            SUBNET_SHAPE,
+        )?;
+        Ok(Self::new(&v[0], &v[1], &v[2], &v[3]))
+    }
+    pub fn new(subscription: &str, rg: &str, vnet: &str, subnet: &str) -> Self {
+        let raw = format!(
+            "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}"
+        );
+        Self {
+            key: raw.to_ascii_lowercase(),
+            raw,
+            parts: [
+                subscription.into(),
+                rg.into(),
+                vnet.into(),
+                subnet.into(),
+            ],
+        }
+    }
+    pub fn vnet_name(&self) -> &str {
+        &self.parts[2]
+    }
+    pub fn name(&self) -> &str {
+        &self.parts[3]
+    }
+    pub fn vnet(&self) -> VnetId {
+        VnetId::new(&self.parts[0], &self.parts[1], &self.parts[2])
+    }
+}
+
+impl VnetId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let v = parse_segments(
+            s,
+            &[
+                "subscriptions",
+                "*",
+                "resourceGroups",
+                "*",
+                "providers",
+                "Microsoft.Network",
+                "virtualNetworks",
+                "*",
+            ],
+            "virtual network",
+            VNET_SHAPE,
+        )?;
+        Ok(Self::new(&v[0], &v[1], &v[2]))
+    }
+    pub fn new(subscription: &str, rg: &str, name: &str) -> Self {
+        let raw = format!(
+            "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{name}"
+        );
+        Self {
+            key: raw.to_ascii_lowercase(),
+            raw,
+            parts: [subscription.into(), rg.into(), name.into()],
+        }
+    }
+    pub fn name(&self) -> &str {
+        &self.parts[2]
+    }
+    pub fn subnet(&self, name: &str) -> SubnetId {
+        SubnetId::new(&self.parts[0], &self.parts[1], &self.parts[2], name)
+    }
+}
+
+impl RouteTableId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let v = parse_segments(
+            s,
+            &[
+                "subscriptions",
+                "*",
+                "resourceGroups",
+                "*",
+                "providers",
+                "Microsoft.Network",
+                "routeTables",
+                "*",
+            ],
+            "route table",
+            TABLE_SHAPE,
+        )?;
+        Ok(Self::new(&v[0], &v[1], &v[2]))
+    }
+    pub fn new(subscription: &str, rg: &str, name: &str) -> Self {
+        let raw = format!(
+            "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.Network/routeTables/{name}"
+        );
+        Self {
+            key: raw.to_ascii_lowercase(),
+            raw,
+            parts: [subscription.into(), rg.into(), name.into()],
+        }
+    }
+    pub fn name(&self) -> &str {
+        &self.parts[2]
+    }
+}
+
+/// ARM naming rule for route tables and routes ("Naming rules and restrictions for Azure
+/// resources"): 1–80 characters of letters, digits, `_`, `.`, `-`; starts with a letter or
+/// digit; ends with a letter, digit or `_`. Returns why a name breaks it.
+pub fn check_route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 80 {
+        return Err(format!("{name:?} must be 1-80 characters long (is {})", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"
+        ));
+    }
+    let first = name.chars().next().unwrap_or('-');
+    if !first.is_ascii_alphanumeric() {
+        return Err(format!("{name:?} must start with a letter or digit"));
+    }
+    let last = name.chars().last().unwrap_or('-');
+    if !(last.is_ascii_alphanumeric() || last == '_') {
+        return Err(format!("{name:?} must end with a letter, digit or '_'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUB: &str = "00000000-0000-0000-0000-000000000001";
+
+    #[test]
+    fn subnet_ids_compare_case_insensitively_and_keep_their_spelling() {
+        let a = SubnetId::parse(&format!(
+            "/subscriptions/{SUB}/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/Hub/subnets/App"
+        ))
+        .unwrap();
+        let b = SubnetId::parse(&format!(
+            "/SUBSCRIPTIONS/{SUB}/resourcegroups/rg/providers/microsoft.network/virtualnetworks/hub/subnets/app"
+        ))
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.name(), "App");
+        assert_eq!(a.vnet_name(), "Hub");
+        assert_eq!(a.resource_group(), "RG");
+        assert!(a.to_string().contains("/resourceGroups/RG/"));
+    }
+
+    #[test]
+    fn malformed_subnet_ids_are_rejected_with_the_reason() {
+        for bad in [
+            "",
+            "subscriptions/x/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s",
+            "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v",
+            "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/virtualNetworks/v/subnets/s",
+            "/subscriptions/x/resourceGroups//providers/Microsoft.Network/virtualNetworks/v/subnets/s",
+            "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s/",
+        ] {
+            let e = SubnetId::parse(bad).unwrap_err();
+            assert!(!e.why.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_table_ids_round_trip_through_serde() {
+        let id = RouteTableId::new(SUB, "rg", "rt1");
+        let json = serde_json::to_string(&id).unwrap();
+        let back: RouteTableId = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, id);
+        assert_eq!(back.name(), "rt1");
+    }
+
+    #[test]
+    fn guid_shape_is_checked() {
+        assert!(is_guid(SUB));
+        assert!(!is_guid("subid"));
+        assert!(!is_guid("00000000-0000-0000-0000-00000000000g"));
+    }
+
+    #[test]
+    fn route_names_follow_arm_rules() {
+        assert!(check_route_name("kms-20-118-99-224").is_ok());
+        assert!(check_route_name("a_").is_ok());
+        assert!(check_route_name("-a").is_err());
+        assert!(check_route_name("a-").is_err());
+        assert!(check_route_name("a b").is_err());
+        assert!(check_route_name(&"a".repeat(81)).is_err());
+        assert!(check_route_name("").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! kmsroute: declarative, self-healing KMS activation routes for force-tunneled Azure subnets.
+//!
+//! Layers, top to bottom (each knows only those below it): [`api`] (the custom resource and
+//! validation) → [`catalog`] (KMS and cloud endpoints) → [`plan`] (the pure planner over the
+//! [`model`] of observed Azure). See `docs/architecture.md`.
+
+pub mod api;
+pub mod catalog;
+pub mod ids;
+pub mod model;
+pub mod plan;

@@ -1,0 +1,160 @@
+//! What kmsroute observes in Azure, independent of any SDK: virtual networks with their subnets,
+//! route tables with their routes and associated subnets. The planner reads these; the ARM
+//! client builds them from list calls. Only the facts that decide a plan are here — the full
+//! subnet body (NSG, service endpoints, …) stays with the client, which round-trips it untouched.
+
+use crate::ids::{RouteTableId, SubnetId, VnetId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// The observed state of the subscriptions a set of policies needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Lower-cased subscription IDs whose listings are complete in this inventory. A subnet in a
+    /// subscription not listed here is "not observed", never "absent".
+    pub subscriptions: BTreeSet<String>,
+    pub virtual_networks: Vec<VirtualNetwork>,
+    pub route_tables: Vec<RouteTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtualNetwork {
+    pub id: VnetId,
+    pub location: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub subnets: Vec<Subnet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: SubnetId,
+    pub route_table: Option<RouteTableId>,
+    /// A NAT gateway gives the subnet Internet egress.
+    #[serde(default)]
+    pub nat_gateway: bool,
+    /// `defaultOutboundAccess`; `Some(false)` means a private subnet with no implicit egress.
+    #[serde(default)]
+    pub default_outbound_access: Option<bool>,
+    /// Service names of delegations (`Microsoft.Sql/managedInstances`, …).
+    #[serde(default)]
+    pub delegations: Vec<String>,
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub id: RouteTableId,
+    pub location: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub disable_bgp_route_propagation: bool,
+    pub routes: Vec<Route>,
+    /// Subnets associated with the table, as ARM reports them (`properties.subnets`).
+    #[serde(default)]
+    pub subnets: Vec<SubnetId>,
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub name: String,
+    /// As ARM holds it: a CIDR, or a service tag such as `AzureCloud`.
+    pub address_prefix: String,
+    pub next_hop_type: NextHopType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_ip_address: Option<String>,
+}
+
+impl Route {
+    /// The host address when the prefix is exactly an IPv4 `/32`.
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        let (addr, len) = self.address_prefix.split_once('/')?;
+        (len == "32").then(|| addr.parse().ok()).flatten()
+    }
+}
+
+/// `RouteNextHopType`; ARM models it as an extensible string, so unknown values are kept.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum NextHopType {
+    VirtualNetworkGateway,
+    VnetLocal,
+    Internet,
+    VirtualAppliance,
+    None,
+    Other(String),
+}
+
+impl From<String> for NextHopType {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "VirtualNetworkGateway" => Self::VirtualNetworkGateway,
+            "VnetLocal" => Self::VnetLocal,
+            "Internet" => Self::Internet,
+            "VirtualAppliance" => Self::VirtualAppliance,
+            "None" => Self::None,
+            _ => Self::Other(s),
+        }
+    }
+}
+
+impl From<NextHopType> for String {
+    fn from(n: NextHopType) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for NextHopType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::VirtualNetworkGateway => "VirtualNetworkGateway",
+            Self::VnetLocal => "VnetLocal",
+            Self::Internet => "Internet",
+            Self::VirtualAppliance => "VirtualAppliance",
+            Self::None => "None",
+            Self::Other(s) => s,
+        })
+    }
+}
+
+/// Subnet names Azure reserves for platform services; kmsroute never touches them.
+pub const SPECIAL_SUBNETS: [&str; 5] = [
+    "GatewaySubnet",
+    "AzureFirewallSubnet",
+    "AzureFirewallManagementSubnet",
+    "AzureBastionSubnet",
+    "RouteServerSubnet",
+];
+
+/// The reserved name a subnet has, if it has one (compared case-insensitively, like ARM).
+pub fn special_subnet_name(name: &str) -> Option<&'static str> {
+    SPECIAL_SUBNETS
+        .iter()
+        .find(|s| s.eq_ignore_ascii_case(name))
+        .copied()
+}
+
+impl Inventory {
+    pub fn subnet(&self, id: &SubnetId) -> Option<(&VirtualNetwork, &Subnet)> {
+        self.virtual_networks
+            .iter()
+            .filter(|v| v.id == id.vnet())
+            .flat_map(|v| v.subnets.iter().map(move |s| (v, s)))
+            .find(|(_, s)| &s.id == id)
+    }
+
+    pub fn route_table(&self, id: &RouteTableId) -> Option<&RouteTable> {
+        self.route_tables.iter().find(|t| &t.id == id)
+    }
+
+    pub fn observes_subscription(&self, subscription: &str) -> bool {
+        self.subscriptions
+            .contains(&subscription.to_ascii_lowercase())
+    }
+}

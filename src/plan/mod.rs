@@ -1,0 +1,832 @@
+//! The planner: desired state + observed Azure → the minimal ordered list of ARM writes, and a
+//! verdict for every selected subnet. Pure: no I/O, no clock, deterministic output order.
+//!
+//! This is where the safety rules live (see `docs/architecture.md`): foreign routes and subnet
+//! properties are never touched (a write can only add/repair/delete *owned* routes, create a
+//! tagged table, or set a subnet's `routeTable` where it had none); in-sync estates plan zero
+//! writes; conflicts are reported, not fought; special subnets are skipped; no route broader than
+//! a `/32` is ever planned. The executor only carries plans out.
+
+pub mod simulate;
+
+use crate::api::{
+    ConflictPolicy, DeletionPolicy, DesiredState, MANAGED_BY_VALUE, Mode, TAG_MANAGED_BY,
+    TAG_POLICY,
+};
+use crate::ids::{RouteTableId, SubnetId};
+use crate::model::{Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork, special_subnet_name};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Azure's limit of routes in one route table (without Virtual Network Manager).
+pub const MAX_ROUTES_PER_TABLE: usize = 400;
+
+/// What reconcile would do: writes in execution order, and a verdict per selected subnet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub writes: Vec<PlannedWrite>,
+    pub verdicts: Vec<SubnetVerdict>,
+}
+
+/// One ARM write and the policy it is made for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedWrite {
+    pub policy: String,
+    #[serde(flatten)]
+    pub write: Write,
+}
+
+/// The only writes kmsroute ever makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Write {
+    /// PUT a new route table (with `If-None-Match: *`), its routes inline.
+    CreateRouteTable {
+        table: RouteTableId,
+        location: String,
+        tags: BTreeMap<String, String>,
+        disable_bgp_route_propagation: bool,
+        routes: Vec<Route>,
+    },
+    /// PUT `routeTables/{t}/routes/{name}`.
+    PutRoute {
+        table: RouteTableId,
+        route: Route,
+        change: RouteChange,
+    },
+    /// DELETE an owned route.
+    DeleteRoute {
+        table: RouteTableId,
+        name: String,
+        address_prefix: String,
+    },
+    /// GET the subnet, set `routeTable`, PUT the whole body back (`If-Match`).
+    AssociateSubnet {
+        subnet: SubnetId,
+        table: RouteTableId,
+    },
+    /// The same, clearing `routeTable` (cleanup of a table the policy created).
+    DissociateSubnet {
+        subnet: SubnetId,
+        table: RouteTableId,
+    },
+    /// DELETE a table the policy created and nothing uses any more.
+    DeleteRouteTable { table: RouteTableId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RouteChange {
+    /// The route was missing.
+    Create,
+    /// An owned route had the wrong prefix or next hop.
+    Repair,
+    /// A foreign route sent a KMS address elsewhere and the policy says `Replace`.
+    Replace,
+}
+
+impl Write {
+    /// The route table the write belongs to (for grouping and serialization).
+    pub fn table(&self) -> &RouteTableId {
+        match self {
+            Write::CreateRouteTable { table, .. }
+            | Write::PutRoute { table, .. }
+            | Write::DeleteRoute { table, .. }
+            | Write::AssociateSubnet { table, .. }
+            | Write::DissociateSubnet { table, .. }
+            | Write::DeleteRouteTable { table } => table,
+        }
+    }
+
+    /// The subnet a write changes, for the writes that change a subnet.
+    pub fn subnet(&self) -> Option<&SubnetId> {
+        match self {
+            Write::AssociateSubnet { subnet, .. } | Write::DissociateSubnet { subnet, .. } => {
+                Some(subnet)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Write::CreateRouteTable { table, routes, location, .. } => write!(
+                f,
+                "create route table {} in {location} with {} route(s)",
+                table.name(),
+                routes.len()
+            ),
+            Write::PutRoute { table, route, change } => write!(
+                f,
+                "{} route {} {} -> {} in {}",
+                match change {
+                    RouteChange::Create => "add",
+                    RouteChange::Repair => "repair",
+                    RouteChange::Replace => "replace",
+                },
+                route.name,
+                route.address_prefix,
+                route.next_hop_type,
+                table.name()
+            ),
+            Write::DeleteRoute { table, name, address_prefix } => {
+                write!(f, "delete route {name} ({address_prefix}) from {}", table.name())
+            }
+            Write::AssociateSubnet { subnet, table } => write!(
+                f,
+                "associate {}/{} with {}",
+                subnet.vnet_name(),
+                subnet.name(),
+                table.name()
+            ),
+            Write::DissociateSubnet { subnet, table } => write!(
+                f,
+                "dissociate {}/{} from {}",
+                subnet.vnet_name(),
+                subnet.name(),
+                table.name()
+            ),
+            Write::DeleteRouteTable { table } => write!(f, "delete route table {}", table.name()),
+        }
+    }
+}
+
+/// The outcome for one selected subnet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubnetVerdict {
+    pub policy: String,
+    pub subnet: SubnetId,
+    pub route_table: Option<RouteTableId>,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all_fields = "camelCase")]
+pub enum Verdict {
+    InSync,
+    /// Drift found; `changes` writes fix it (or would, in `Audit`).
+    WillRepair { changes: usize },
+    /// A foreign route sends a KMS address elsewhere; reported, not fought.
+    Conflict {
+        address: Ipv4Addr,
+        route: String,
+        next_hop_type: NextHopType,
+    },
+    Skipped { reason: SkipReason },
+    Error { reason: ErrorReason, message: String },
+}
+
+impl Verdict {
+    /// Machine-readable reason, as used in status problems and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Verdict::InSync => "InSync",
+            Verdict::WillRepair { .. } => "Drift",
+            Verdict::Conflict { .. } => "Conflict",
+            Verdict::Skipped { reason } => reason.code(),
+            Verdict::Error { reason, .. } => reason.code(),
+        }
+    }
+
+    /// A sentence a human can act on.
+    pub fn message(&self) -> String {
+        match self {
+            Verdict::InSync => "all KMS routes present".into(),
+            Verdict::WillRepair { changes } => format!("{changes} write(s) needed"),
+            Verdict::Conflict { address, route, next_hop_type } => format!(
+                "route {route} sends {address}/32 to {next_hop_type}, not Internet; set conflictPolicy: Replace to overwrite it, or fix it by hand"
+            ),
+            Verdict::Skipped { reason } => reason.to_string(),
+            Verdict::Error { message, .. } => message.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all_fields = "camelCase")]
+pub enum SkipReason {
+    /// A platform subnet (GatewaySubnet, AzureFirewallSubnet, …) that must not get UDRs.
+    SpecialSubnet { name: String },
+    /// No route table and `createIfMissing: false`.
+    NoRouteTable,
+    /// An older policy selects the same subnet and owns it.
+    OwnedByOtherPolicy { policy: String },
+}
+
+impl SkipReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::SpecialSubnet { .. } => "SpecialSubnet",
+            SkipReason::NoRouteTable => "NoRouteTable",
+            SkipReason::OwnedByOtherPolicy { .. } => "Overlap",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::SpecialSubnet { name } => {
+                write!(f, "{name} is reserved for an Azure service and must not carry these routes")
+            }
+            SkipReason::NoRouteTable => f.write_str(
+                "subnet has no route table and routeTable.createIfMissing is false",
+            ),
+            SkipReason::OwnedByOtherPolicy { policy } => {
+                write!(f, "also selected by older policy {policy:?}, which manages it")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorReason {
+    SubnetNotFound,
+    SubscriptionNotObserved,
+    RouteTableNotObserved,
+    InvalidRouteTableName,
+    RouteTableNameTaken,
+    LocationMismatch,
+    RouteLimitExceeded,
+}
+
+impl ErrorReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorReason::SubnetNotFound => "SubnetNotFound",
+            ErrorReason::SubscriptionNotObserved => "SubscriptionNotObserved",
+            ErrorReason::RouteTableNotObserved => "RouteTableNotObserved",
+            ErrorReason::InvalidRouteTableName => "InvalidRouteTableName",
+            ErrorReason::RouteTableNameTaken => "RouteTableNameTaken",
+            ErrorReason::LocationMismatch => "LocationMismatch",
+            ErrorReason::RouteLimitExceeded => "RouteLimitExceeded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "warning")]
+pub enum Warning {
+    /// `defaultOutboundAccess: false` and no NAT gateway: next hop Internet leads nowhere, so
+    /// the route alone will not make activation work.
+    NoInternetEgress,
+}
+
+impl Warning {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Warning::NoInternetEgress => "NoInternetEgress",
+        }
+    }
+    pub fn message(&self) -> &'static str {
+        match self {
+            Warning::NoInternetEgress => {
+                "subnet has defaultOutboundAccess=false and no NAT gateway: next hop Internet has no egress path, add a NAT gateway or public IP"
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// True when the plan writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The part of the plan that belongs to one policy.
+    pub fn for_policy(&self, name: &str) -> Plan {
+        Plan {
+            writes: self.writes.iter().filter(|w| w.policy == name).cloned().collect(),
+            verdicts: self.verdicts.iter().filter(|v| v.policy == name).cloned().collect(),
+        }
+    }
+}
+
+/// Lookups over an inventory by case-insensitive ID key.
+struct Index<'a> {
+    subnets: HashMap<&'a str, (&'a VirtualNetwork, &'a Subnet)>,
+    tables: HashMap<&'a str, &'a RouteTable>,
+    inventory: &'a Inventory,
+}
+
+impl<'a> Index<'a> {
+    fn new(inventory: &'a Inventory) -> Self {
+        let subnets = inventory
+            .virtual_networks
+            .iter()
+            .flat_map(|v| v.subnets.iter().map(move |s| (s.id.key(), (v, s))))
+            .collect();
+        let tables = inventory
+            .route_tables
+            .iter()
+            .map(|t| (t.id.key(), t))
+            .collect();
+        Index { subnets, tables, inventory }
+    }
+}
+
+/// A subnet a policy selected, or why it could not be looked at.
+enum Target<'a> {
+    Found(&'a VirtualNetwork, &'a Subnet),
+    Missing(SubnetId, ErrorReason, String),
+}
+
+/// The subnets one policy selects, deduplicated, in ID order.
+fn resolve<'a>(policy: &DesiredState, idx: &Index<'a>) -> Vec<Target<'a>> {
+    let mut found: BTreeMap<&'a str, (&'a VirtualNetwork, &'a Subnet)> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for id in &policy.subnets {
+        if !idx.inventory.observes_subscription(id.subscription()) {
+            missing.push(Target::Missing(
+                id.clone(),
+                ErrorReason::SubscriptionNotObserved,
+                format!("subscription {} was not listed", id.subscription()),
+            ));
+        } else if let Some(&(v, s)) = idx.subnets.get(id.key()) {
+            found.insert(s.id.key(), (v, s));
+        } else {
+            missing.push(Target::Missing(
+                id.clone(),
+                ErrorReason::SubnetNotFound,
+                format!("subnet {id} does not exist"),
+            ));
+        }
+    }
+    if let Some(sel) = &policy.selector {
+        for v in &idx.inventory.virtual_networks {
+            if !sel.subscriptions.contains(&v.id.subscription().to_ascii_lowercase()) {
+                continue;
+            }
+            for s in &v.subnets {
+                if sel.matches(&s.id, &v.tags) {
+                    found.insert(s.id.key(), (v, s));
+                }
+            }
+        }
+    }
+    found
+        .into_values()
+        .map(|(v, s)| Target::Found(v, s))
+        .chain(missing)
+        .collect()
+}
+
+/// Policies in claim order: oldest first, then by name.
+fn by_seniority(policies: &[DesiredState]) -> Vec<&DesiredState> {
+    let mut ordered: Vec<&DesiredState> = policies.iter().collect();
+    ordered.sort_by(|a, b| a.seniority().cmp(&b.seniority()));
+    ordered
+}
+
+/// A subnet owned by a policy, ready for grouping by route table.
+struct Member<'a> {
+    policy: &'a DesiredState,
+    subnet: &'a Subnet,
+    /// The subnet has no table yet; associating it is part of the plan.
+    associate: bool,
+}
+
+/// Subnets sharing one route table (existing, or to be created).
+struct Group<'a> {
+    id: RouteTableId,
+    existing: Option<&'a RouteTable>,
+    location: String,
+    members: Vec<Member<'a>>,
+}
+
+/// Which policy owns each selected subnet; verdicts for those that cannot be owned.
+fn claim<'a>(
+    ordered: &[&'a DesiredState],
+    idx: &Index<'a>,
+    verdicts: &mut Vec<SubnetVerdict>,
+) -> Vec<(&'a DesiredState, &'a VirtualNetwork, &'a Subnet)> {
+    let mut owner: HashMap<&'a str, &'a str> = HashMap::new();
+    let mut owned = Vec::new();
+    for &policy in ordered {
+        for target in resolve(policy, idx) {
+            match target {
+                Target::Found(v, s) => {
+                    if let Some(older) = owner.get(s.id.key()) {
+                        verdicts.push(verdict(
+                            policy,
+                            &s.id,
+                            s.route_table.clone(),
+                            Verdict::Skipped {
+                                reason: SkipReason::OwnedByOtherPolicy {
+                                    policy: (*older).to_string(),
+                                },
+                            },
+                        ));
+                    } else {
+                        owner.insert(s.id.key(), &policy.name);
+                        owned.push((policy, v, s));
+                    }
+                }
+                Target::Missing(id, reason, message) => verdicts.push(verdict(
+                    policy,
+                    &id,
+                    None,
+                    Verdict::Error { reason, message },
+                )),
+            }
+        }
+    }
+    owned
+}
+
+fn verdict(
+    policy: &DesiredState,
+    subnet: &SubnetId,
+    route_table: Option<RouteTableId>,
+    verdict: Verdict,
+) -> SubnetVerdict {
+    SubnetVerdict {
+        policy: policy.name.clone(),
+        subnet: subnet.clone(),
+        route_table,
+        verdict,
+        warnings: Vec::new(),
+    }
+}
+
+fn egress_warnings(subnet: &Subnet) -> Vec<Warning> {
+    if subnet.default_outbound_access == Some(false) && !subnet.nat_gateway {
+        vec![Warning::NoInternetEgress]
+    } else {
+        Vec::new()
+    }
+}
+
+fn is_kmsroute_table(table: &RouteTable) -> bool {
+    table
+        .tags
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case(TAG_MANAGED_BY) && v == MANAGED_BY_VALUE)
+}
+
+fn created_by(table: &RouteTable, policy: &str) -> bool {
+    table
+        .tags
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case(TAG_POLICY) && v == policy)
+}
+
+/// Plans reconcile for a set of policies against one inventory.
+///
+/// All policies are given so that overlaps are decided the same way every time (the older
+/// policy owns a contested subnet); each write names the policy it is made for, and
+/// [`Plan::for_policy`] cuts out one policy's share.
+pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
+    let idx = Index::new(inventory);
+    let ordered = by_seniority(policies);
+    let mut verdicts = Vec::new();
+    let owned = claim(&ordered, &idx, &mut verdicts);
+
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for (policy, vnet, subnet) in owned {
+        let skip = |reason| verdict(policy, &subnet.id, subnet.route_table.clone(), Verdict::Skipped { reason });
+        let error = |reason, message: String, table: Option<RouteTableId>| {
+            let mut v = verdict(policy, &subnet.id, table, Verdict::Error { reason, message });
+            v.warnings = egress_warnings(subnet);
+            v
+        };
+        if let Some(name) = special_subnet_name(subnet.id.name()) {
+            verdicts.push(skip(SkipReason::SpecialSubnet { name: name.into() }));
+            continue;
+        }
+        let member = |associate| Member { policy, subnet, associate };
+        match &subnet.route_table {
+            Some(table_id) => match idx.tables.get(table_id.key()) {
+                Some(&table) => groups
+                    .entry(table.id.key().to_string())
+                    .or_insert_with(|| Group {
+                        id: table.id.clone(),
+                        existing: Some(table),
+                        location: table.location.clone(),
+                        members: Vec::new(),
+                    })
+                    .members
+                    .push(member(false)),
+                None => verdicts.push(error(
+                    ErrorReason::RouteTableNotObserved,
+                    format!("route table {table_id} is associated but was not found in the listing"),
+                    Some(table_id.clone()),
+                )),
+            },
+            None if !policy.create_if_missing => verdicts.push(skip(SkipReason::NoRouteTable)),
+            None => {
+                let name = match policy.render_table_name(vnet.id.name(), subnet.id.name(), &vnet.location) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        verdicts.push(error(
+                            ErrorReason::InvalidRouteTableName,
+                            format!("routeTable.nameTemplate renders an invalid name for this subnet: {e}"),
+                            None,
+                        ));
+                        continue;
+                    }
+                };
+                let id = RouteTableId::new(vnet.id.subscription(), vnet.id.resource_group(), &name);
+                let existing = idx.tables.get(id.key()).copied();
+                if let Some(t) = existing
+                    && !is_kmsroute_table(t)
+                {
+                    verdicts.push(error(
+                        ErrorReason::RouteTableNameTaken,
+                        format!("a route table named {name} exists and was not created by kmsroute; change routeTable.nameTemplate or associate a table by hand"),
+                        Some(id),
+                    ));
+                    continue;
+                }
+                let group = groups.entry(id.key().to_string()).or_insert_with(|| Group {
+                    id: id.clone(),
+                    existing,
+                    location: existing.map_or_else(|| vnet.location.clone(), |t| t.location.clone()),
+                    members: Vec::new(),
+                });
+                if !group.location.eq_ignore_ascii_case(&vnet.location) {
+                    verdicts.push(error(
+                        ErrorReason::LocationMismatch,
+                        format!(
+                            "route table {name} is (or would be) in {} but the VNet is in {}; a subnet's table must be in its VNet's region. Add {{location}} to routeTable.nameTemplate",
+                            group.location, vnet.location
+                        ),
+                        Some(id),
+                    ));
+                    continue;
+                }
+                group.members.push(member(true));
+            }
+        }
+    }
+
+    let mut writes = Vec::new();
+    for group in groups.values() {
+        plan_group(group, &mut writes, &mut verdicts);
+    }
+    verdicts.sort_by(|a, b| (&a.policy, &a.subnet).cmp(&(&b.policy, &b.subnet)));
+    Plan { writes, verdicts }
+}
+
+/// What one destination needs in one table.
+struct Want<'a> {
+    address: Ipv4Addr,
+    /// The policy that names the route: the oldest member policy that wants the address.
+    policy: &'a DesiredState,
+    route_name: &'a str,
+}
+
+fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<SubnetVerdict>) {
+    // Members are in claim order (oldest policy first), so the first policy to want an address
+    // names its route.
+    let mut wants: BTreeMap<Ipv4Addr, Want> = BTreeMap::new();
+    for m in &group.members {
+        for d in &m.policy.destinations {
+            wants.entry(d.address).or_insert(Want {
+                address: d.address,
+                policy: m.policy,
+                route_name: &d.route_name,
+            });
+        }
+    }
+    let writer = group.members.iter().find(|m| m.policy.mode == Mode::Enforce).map(|m| m.policy);
+    let owned = |name: &str| group.members.iter().any(|m| m.policy.owns_route_name(name));
+
+    let mut table_writes: Vec<Write> = Vec::new();
+    let mut conflicts: Vec<(Ipv4Addr, &Route)> = Vec::new();
+    let routes_after: usize;
+    match group.existing {
+        None => {
+            let routes: Vec<Route> = wants.values().map(|w| internet_route(w.route_name, w.address)).collect();
+            routes_after = routes.len();
+            let creator = writer.unwrap_or(group.members[0].policy);
+            table_writes.push(Write::CreateRouteTable {
+                table: group.id.clone(),
+                location: group.location.clone(),
+                tags: BTreeMap::from([
+                    (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+                    (TAG_POLICY.to_string(), creator.name.clone()),
+                ]),
+                disable_bgp_route_propagation: creator.disable_bgp_route_propagation,
+                routes,
+            });
+        }
+        Some(table) => {
+            let mut chosen: BTreeSet<&str> = BTreeSet::new();
+            let mut puts: Vec<Write> = Vec::new();
+            let mut new_names = 0usize;
+            for want in wants.values() {
+                let candidates: Vec<&Route> =
+                    table.routes.iter().filter(|r| r.host_address() == Some(want.address)).collect();
+                let satisfied = candidates
+                    .iter()
+                    .filter(|r| r.next_hop_type == NextHopType::Internet)
+                    .min_by_key(|r| (!r.name.eq_ignore_ascii_case(want.route_name), !owned(&r.name)));
+                if let Some(r) = satisfied {
+                    chosen.insert(&r.name);
+                    continue;
+                }
+                let owned_candidate = candidates.iter().find(|r| owned(&r.name));
+                let foreign_candidate = candidates.iter().find(|r| !owned(&r.name));
+                let (name, change) = if let Some(r) = owned_candidate {
+                    (r.name.as_str(), RouteChange::Repair)
+                } else if let Some(r) = foreign_candidate {
+                    if want.policy.conflict_policy == ConflictPolicy::Replace {
+                        (r.name.as_str(), RouteChange::Replace)
+                    } else {
+                        conflicts.push((want.address, r));
+                        continue;
+                    }
+                } else if let Some(r) = table.routes.iter().find(|r| r.name.eq_ignore_ascii_case(want.route_name)) {
+                    // Our name, edited to another prefix: put it back.
+                    (r.name.as_str(), RouteChange::Repair)
+                } else {
+                    new_names += 1;
+                    (want.route_name, RouteChange::Create)
+                };
+                chosen.insert(name);
+                puts.push(Write::PutRoute {
+                    table: table.id.clone(),
+                    route: internet_route(name, want.address),
+                    change,
+                });
+            }
+            let deletes: Vec<Write> = table
+                .routes
+                .iter()
+                .filter(|r| owned(&r.name) && !chosen.iter().any(|c| c.eq_ignore_ascii_case(&r.name)))
+                .map(|r| Write::DeleteRoute {
+                    table: table.id.clone(),
+                    name: r.name.clone(),
+                    address_prefix: r.address_prefix.clone(),
+                })
+                .collect();
+            routes_after = table.routes.len() + new_names - deletes.len();
+            table_writes.extend(puts);
+            table_writes.extend(deletes);
+        }
+    }
+
+    if routes_after > MAX_ROUTES_PER_TABLE {
+        for m in &group.members {
+            let mut v = verdict(
+                m.policy,
+                &m.subnet.id,
+                Some(group.id.clone()),
+                Verdict::Error {
+                    reason: ErrorReason::RouteLimitExceeded,
+                    message: format!(
+                        "route table {} would hold {routes_after} routes; Azure allows {MAX_ROUTES_PER_TABLE}",
+                        group.id.name()
+                    ),
+                },
+            );
+            v.warnings = egress_warnings(m.subnet);
+            verdicts.push(v);
+        }
+        return;
+    }
+
+    let table_changes = table_writes.len();
+    if let Some(writer) = writer {
+        // Only enforce-mode members get associated: an Audit policy's subnet is never written.
+        // A new table is needed only if some enforce member will use it.
+        let associations: Vec<&Member> =
+            group.members.iter().filter(|m| m.associate && m.policy.mode == Mode::Enforce).collect();
+        let creates_table = group.existing.is_none();
+        if !creates_table || !associations.is_empty() {
+            writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
+                policy: writer.name.clone(),
+                write,
+            }));
+        }
+        writes.extend(associations.into_iter().map(|m| PlannedWrite {
+            policy: m.policy.name.clone(),
+            write: Write::AssociateSubnet { subnet: m.subnet.id.clone(), table: group.id.clone() },
+        }));
+    }
+
+    for m in &group.members {
+        let changes = table_changes + usize::from(m.associate);
+        let v = match conflicts.first() {
+            Some((address, route)) => Verdict::Conflict {
+                address: *address,
+                route: route.name.clone(),
+                next_hop_type: route.next_hop_type.clone(),
+            },
+            None if changes > 0 => Verdict::WillRepair { changes },
+            None => Verdict::InSync,
+        };
+        let mut sv = verdict(m.policy, &m.subnet.id, Some(group.id.clone()), v);
+        sv.warnings = egress_warnings(m.subnet);
+        verdicts.push(sv);
+    }
+}
+
+fn internet_route(name: &str, address: Ipv4Addr) -> Route {
+    Route {
+        name: name.to_string(),
+        address_prefix: format!("{address}/32"),
+        next_hop_type: NextHopType::Internet,
+        next_hop_ip_address: None,
+    }
+}
+
+/// Plans what deleting `policy` does in Azure (`deletionPolicy: Delete`): remove its owned
+/// routes, and dissociate and delete the tables it created once nothing else uses them.
+/// Subnets that `others` also select are left to them, as are routes they still need.
+/// `Orphan` and `Audit` policies plan no writes.
+pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &Inventory) -> Plan {
+    if policy.deletion_policy == DeletionPolicy::Orphan || policy.mode == Mode::Audit {
+        return Plan::default();
+    }
+    let idx = Index::new(inventory);
+    let others: Vec<&DesiredState> = by_seniority(others);
+    let mut ignored = Vec::new();
+    let others_owned = claim(&others, &idx, &mut ignored);
+    let others_subnets: BTreeSet<&str> = others_owned.iter().map(|(_, _, s)| s.id.key()).collect();
+    // Addresses other policies need in each table their subnets use.
+    let mut kept: HashMap<&str, BTreeSet<Ipv4Addr>> = HashMap::new();
+    for (p, _, s) in &others_owned {
+        if let Some(t) = &s.route_table {
+            kept.entry(t.key()).or_default().extend(p.destinations.iter().map(|d| d.address));
+        }
+    }
+
+    let mut footprint: BTreeMap<&str, &Subnet> = BTreeMap::new();
+    for t in resolve(policy, &idx) {
+        if let Target::Found(_, s) = t
+            && !others_subnets.contains(s.id.key())
+        {
+            footprint.insert(s.id.key(), s);
+        }
+    }
+    let mut tables: BTreeMap<&str, &RouteTable> = BTreeMap::new();
+    for s in footprint.values() {
+        if let Some(t) = s.route_table.as_ref().and_then(|t| idx.tables.get(t.key())) {
+            tables.insert(t.id.key(), t);
+        }
+    }
+    for t in &inventory.route_tables {
+        if created_by(t, &policy.name) {
+            tables.insert(t.id.key(), t);
+        }
+    }
+
+    let mut writes = Vec::new();
+    let mut changes_by_table: HashMap<&str, usize> = HashMap::new();
+    let empty = BTreeSet::new();
+    for table in tables.values() {
+        let keep = kept.get(table.id.key()).unwrap_or(&empty);
+        let removable: Vec<&Route> = table
+            .routes
+            .iter()
+            .filter(|r| policy.owns_route_name(&r.name) && !r.host_address().is_some_and(|a| keep.contains(&a)))
+            .collect();
+        let only_ours = table.subnets.iter().all(|s| footprint.contains_key(s.key()));
+        let before = writes.len();
+        let mut push = |write| writes.push(PlannedWrite { policy: policy.name.clone(), write });
+        if created_by(table, &policy.name) && only_ours && removable.len() == table.routes.len() {
+            for s in &table.subnets {
+                push(Write::DissociateSubnet { subnet: s.clone(), table: table.id.clone() });
+            }
+            push(Write::DeleteRouteTable { table: table.id.clone() });
+        } else {
+            for r in removable {
+                push(Write::DeleteRoute {
+                    table: table.id.clone(),
+                    name: r.name.clone(),
+                    address_prefix: r.address_prefix.clone(),
+                });
+            }
+        }
+        changes_by_table.insert(table.id.key(), writes.len() - before);
+    }
+
+    let verdicts = footprint
+        .values()
+        .map(|s| {
+            let changes = s
+                .route_table
+                .as_ref()
+                .and_then(|t| changes_by_table.get(t.key()))
+                .copied()
+                .unwrap_or(0);
+            verdict(
+                policy,
+                &s.id,
+                s.route_table.clone(),
+                if changes > 0 { Verdict::WillRepair { changes } } else { Verdict::InSync },
+            )
+        })
+        .collect();
+    Plan { writes, verdicts }
+}
+#[cfg(test)]
+mod tests;
