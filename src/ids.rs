@@ -20,10 +20,8 @@ pub struct IdError {
 }
 
 const SUBNET_SHAPE: &str = "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}";
-const VNET_SHAPE: &str =
-    "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}";
-const TABLE_SHAPE: &str =
-    "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/routeTables/{name}";
+const VNET_SHAPE: &str = "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/{vnet}";
+const TABLE_SHAPE: &str = "/subscriptions/{subscriptionId}/resourceGroups/{rg}/providers/Microsoft.Network/routeTables/{name}";
 
 /// Splits `input` against a pattern of literal keywords (matched case-insensitively) and `*`
 /// placeholders, returning the placeholder values in order.
@@ -100,6 +98,11 @@ macro_rules! case_insensitive_id {
                 self.key.cmp(&other.key)
             }
         }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.raw)
+            }
+        }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.raw)
@@ -142,7 +145,7 @@ macro_rules! case_insensitive_id {
 }
 
 /// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/…/subnets/…`
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct SubnetId {
     raw: String,
@@ -151,7 +154,7 @@ pub struct SubnetId {
 }
 
 /// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/…`
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct VnetId {
     raw: String,
@@ -160,7 +163,7 @@ pub struct VnetId {
 }
 
 /// `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/routeTables/…`
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RouteTableId {
     raw: String,
@@ -200,12 +203,7 @@ impl SubnetId {
         Self {
             key: raw.to_ascii_lowercase(),
             raw,
-            parts: [
-                subscription.into(),
-                rg.into(),
-                vnet.into(),
-                subnet.into(),
-            ],
+            parts: [subscription.into(), rg.into(), vnet.into(), subnet.into()],
         }
     }
     pub fn vnet_name(&self) -> &str {
@@ -295,7 +293,10 @@ impl RouteTableId {
 /// digit; ends with a letter, digit or `_`. Returns why a name breaks it.
 pub fn check_route_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 80 {
-        return Err(format!("{name:?} must be 1-80 characters long (is {})", name.len()));
+        return Err(format!(
+            "{name:?} must be 1-80 characters long (is {})",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()

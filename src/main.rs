@@ -7,7 +7,11 @@ use std::io::Read;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kmsroute", version, about = "Declarative, self-healing KMS activation routes for force-tunneled Azure subnets")]
+#[command(
+    name = "kmsroute",
+    version,
+    about = "Declarative, self-healing KMS activation routes for force-tunneled Azure subnets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                                 a.to_string(),
                                 e.kms_port,
                                 e.kms_hosts.join(","),
-                                if e.retired.is_some() { "  (retired)" } else { "" }
+                                if e.retired.is_some() {
+                                    "  (retired)"
+                                } else {
+                                    ""
+                                }
                             );
                         }
                     }
@@ -117,7 +125,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     }
                 }
             }
-            Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if invalid == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
 }

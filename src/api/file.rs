@@ -32,14 +32,26 @@ pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .map(str::to_string);
-        docs.push(Document { index, name, policy: parse_one(value, schema.as_ref()) });
+        docs.push(Document {
+            index,
+            name,
+            policy: parse_one(value, schema.as_ref()),
+        });
     }
     Ok(docs)
 }
 
 fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec<FieldError>> {
-    let err = |path: &str, message: String| vec![FieldError { path: path.into(), message }];
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let err = |path: &str, message: String| {
+        vec![FieldError {
+            path: path.into(),
+            message,
+        }]
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     if kind != "KmsRoutePolicy" {
         return Err(err("kind", format!("{kind:?} is not KmsRoutePolicy")));
@@ -57,9 +69,7 @@ fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    serde_json::from_value::<KmsRoutePolicy>(value).map_err(|e| {
-        err("spec", format!("{e}"))
-    })
+    serde_json::from_value::<KmsRoutePolicy>(value).map_err(|e| err("spec", format!("{e}")))
 }
 
 /// The CRD's OpenAPI schema for `spec`.

@@ -10,7 +10,7 @@ mod validate;
 
 pub use file::{Document, parse_policies};
 pub use validate::{
-    Destination, DesiredState, FieldError, Selector, Validated, parse_duration, route_name_for,
+    DesiredState, Destination, FieldError, Selector, Validated, parse_duration, route_name_for,
     validate, validate_policy,
 };
 
@@ -45,6 +45,7 @@ pub const DEFAULT_RESYNC: &str = "10m";
     singular = "kmsroutepolicy",
     shortname = "krp",
     status = "KmsRoutePolicyStatus",
+    doc = "KmsRoutePolicy declares which Azure subnets must route Windows KMS activation (TCP 1688) to the Internet with /32 user-defined routes.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Subnets","type":"integer","jsonPath":".status.summary.subnetsMatched"}"#,
@@ -63,7 +64,12 @@ pub struct KmsRoutePolicySpec {
     pub kms: KmsSpec,
     /// Explicit ARM subnet IDs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 5000), inner(regex(pattern = r"^/[Ss][Uu][Bb][Ss][Cc][Rr][Ii][Pp][Tt][Ii][Oo][Nn][Ss]/[^/]+/[Rr][Ee][Ss][Oo][Uu][Rr][Cc][Ee][Gg][Rr][Oo][Uu][Pp][Ss]/[^/]+/[Pp][Rr][Oo][Vv][Ii][Dd][Ee][Rr][Ss]/[Mm][Ii][Cc][Rr][Oo][Ss][Oo][Ff][Tt]\.[Nn][Ee][Tt][Ww][Oo][Rr][Kk]/[Vv][Ii][Rr][Tt][Uu][Aa][Ll][Nn][Ee][Tt][Ww][Oo][Rr][Kk][Ss]/[^/]+/[Ss][Uu][Bb][Nn][Ee][Tt][Ss]/[^/]+$")))]
+    #[schemars(
+        length(max = 5000),
+        inner(regex(
+            pattern = r"^/[Ss][Uu][Bb][Ss][Cc][Rr][Ii][Pp][Tt][Ii][Oo][Nn][Ss]/[^/]+/[Rr][Ee][Ss][Oo][Uu][Rr][Cc][Ee][Gg][Rr][Oo][Uu][Pp][Ss]/[^/]+/[Pp][Rr][Oo][Vv][Ii][Dd][Ee][Rr][Ss]/[Mm][Ii][Cc][Rr][Oo][Ss][Oo][Ff][Tt]\.[Nn][Ee][Tt][Ww][Oo][Rr][Kk]/[Vv][Ii][Rr][Tt][Uu][Aa][Ll][Nn][Ee][Tt][Ww][Oo][Rr][Kk][Ss]/[^/]+/[Ss][Uu][Bb][Nn][Ee][Tt][Ss]/[^/]+$"
+        ))
+    )]
     pub subnets: Vec<String>,
     /// Discovery of subnets by subscription, resource group, VNet tags and subnet name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +79,10 @@ pub struct KmsRoutePolicySpec {
     pub route_table: RouteTableSpec,
     /// Name prefix of the routes this policy owns (e.g. `kms-20-118-99-224`).
     #[serde(default = "default_route_name_prefix")]
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    )]
     pub route_name_prefix: String,
     /// What to do when a foreign route sends a KMS address elsewhere.
     #[serde(default)]
@@ -98,7 +107,10 @@ pub struct KmsSpec {
     pub cloud: Option<Cloud>,
     /// Extra IPv4 host addresses to route (`a.b.c.d` or `a.b.c.d/32`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$")))]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$"))
+    )]
     pub additional_addresses: Vec<String>,
 }
 
@@ -110,7 +122,12 @@ pub struct KmsSpec {
 ]))]
 pub struct SubnetSelector {
     /// Subscription IDs to search (required).
-    #[schemars(length(min = 1, max = 100), inner(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")))]
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))
+    )]
     pub subscriptions: Vec<String>,
     /// Only these resource groups (any, when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -197,6 +214,7 @@ pub struct KmsRoutePolicyStatus {
     pub destinations: Vec<String>,
     /// RFC 3339 time of the last completed pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_sync_time: Option<String>,
     /// At most 50 subnets that need attention.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

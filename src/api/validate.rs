@@ -142,7 +142,13 @@ pub fn route_name_for(prefix: &str, address: Ipv4Addr) -> String {
 
 const PLACEHOLDERS: [&str; 4] = ["vnet", "subnet", "location", "policy"];
 
-fn render_template(template: &str, vnet: &str, subnet: &str, location: &str, policy: &str) -> String {
+fn render_template(
+    template: &str,
+    vnet: &str,
+    subnet: &str,
+    location: &str,
+    policy: &str,
+) -> String {
     template
         .replace("{vnet}", vnet)
         .replace("{subnet}", subnet)
@@ -191,7 +197,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             'h' => 3600,
             'm' => 60,
             's' => 1,
-            _ => return Err(format!("{s:?}: unknown unit {c:?}; use h, m or s (e.g. 10m)")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown unit {c:?}; use h, m or s (e.g. 10m)"
+                ));
+            }
         };
         let n: u64 = digits
             .parse()
@@ -344,7 +354,11 @@ pub fn validate(
         match check_host_address(a) {
             Ok(ip) => {
                 if let Some(first) = seen.insert(ip, i) {
-                    err(&mut errors, path, format!("{ip} duplicates additionalAddresses[{first}]"));
+                    err(
+                        &mut errors,
+                        path,
+                        format!("{ip} duplicates additionalAddresses[{first}]"),
+                    );
                 } else if catalog.contains(&ip) {
                     warnings.push(format!(
                         "{path}: {ip} is already in the {cloud} catalog; the entry is redundant"
@@ -378,7 +392,11 @@ pub fn validate(
             ),
             Ok(id) => {
                 if let Some(dup) = subnets.get(&id) {
-                    err(&mut errors, path, format!("duplicates {dup} (ARM IDs are case-insensitive)"));
+                    err(
+                        &mut errors,
+                        path,
+                        format!("duplicates {dup} (ARM IDs are case-insensitive)"),
+                    );
                 } else {
                     subnets.insert(id);
                 }
@@ -506,7 +524,10 @@ fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<
                 format!("spec.selector.virtualNetworkTags[{k}]"),
                 "tag names are 1-512 characters".into(),
             );
-        } else if vnet_tags.insert(k.to_ascii_lowercase(), v.clone()).is_some() {
+        } else if vnet_tags
+            .insert(k.to_ascii_lowercase(), v.clone())
+            .is_some()
+        {
             err(
                 format!("spec.selector.virtualNetworkTags[{k}]"),
                 "tag names are case-insensitive in Azure; this one is given twice".into(),

@@ -14,7 +14,9 @@ use crate::api::{
     TAG_POLICY,
 };
 use crate::ids::{RouteTableId, SubnetId};
-use crate::model::{Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork, special_subnet_name};
+use crate::model::{
+    Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork, special_subnet_name,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -113,13 +115,22 @@ impl Write {
 impl fmt::Display for Write {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Write::CreateRouteTable { table, routes, location, .. } => write!(
+            Write::CreateRouteTable {
+                table,
+                routes,
+                location,
+                ..
+            } => write!(
                 f,
                 "create route table {} in {location} with {} route(s)",
                 table.name(),
                 routes.len()
             ),
-            Write::PutRoute { table, route, change } => write!(
+            Write::PutRoute {
+                table,
+                route,
+                change,
+            } => write!(
                 f,
                 "{} route {} {} -> {} in {}",
                 match change {
@@ -132,8 +143,16 @@ impl fmt::Display for Write {
                 route.next_hop_type,
                 table.name()
             ),
-            Write::DeleteRoute { table, name, address_prefix } => {
-                write!(f, "delete route {name} ({address_prefix}) from {}", table.name())
+            Write::DeleteRoute {
+                table,
+                name,
+                address_prefix,
+            } => {
+                write!(
+                    f,
+                    "delete route {name} ({address_prefix}) from {}",
+                    table.name()
+                )
             }
             Write::AssociateSubnet { subnet, table } => write!(
                 f,
@@ -171,15 +190,22 @@ pub struct SubnetVerdict {
 pub enum Verdict {
     InSync,
     /// Drift found; `changes` writes fix it (or would, in `Audit`).
-    WillRepair { changes: usize },
+    WillRepair {
+        changes: usize,
+    },
     /// A foreign route sends a KMS address elsewhere; reported, not fought.
     Conflict {
         address: Ipv4Addr,
         route: String,
         next_hop_type: NextHopType,
     },
-    Skipped { reason: SkipReason },
-    Error { reason: ErrorReason, message: String },
+    Skipped {
+        reason: SkipReason,
+    },
+    Error {
+        reason: ErrorReason,
+        message: String,
+    },
 }
 
 impl Verdict {
@@ -199,7 +225,11 @@ impl Verdict {
         match self {
             Verdict::InSync => "all KMS routes present".into(),
             Verdict::WillRepair { changes } => format!("{changes} write(s) needed"),
-            Verdict::Conflict { address, route, next_hop_type } => format!(
+            Verdict::Conflict {
+                address,
+                route,
+                next_hop_type,
+            } => format!(
                 "route {route} sends {address}/32 to {next_hop_type}, not Internet; set conflictPolicy: Replace to overwrite it, or fix it by hand"
             ),
             Verdict::Skipped { reason } => reason.to_string(),
@@ -233,13 +263,19 @@ impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SkipReason::SpecialSubnet { name } => {
-                write!(f, "{name} is reserved for an Azure service and must not carry these routes")
+                write!(
+                    f,
+                    "{name} is reserved for an Azure service and must not carry these routes"
+                )
             }
-            SkipReason::NoRouteTable => f.write_str(
-                "subnet has no route table and routeTable.createIfMissing is false",
-            ),
+            SkipReason::NoRouteTable => {
+                f.write_str("subnet has no route table and routeTable.createIfMissing is false")
+            }
             SkipReason::OwnedByOtherPolicy { policy } => {
-                write!(f, "also selected by older policy {policy:?}, which manages it")
+                write!(
+                    f,
+                    "also selected by older policy {policy:?}, which manages it"
+                )
             }
         }
     }
@@ -302,8 +338,18 @@ impl Plan {
     /// The part of the plan that belongs to one policy.
     pub fn for_policy(&self, name: &str) -> Plan {
         Plan {
-            writes: self.writes.iter().filter(|w| w.policy == name).cloned().collect(),
-            verdicts: self.verdicts.iter().filter(|v| v.policy == name).cloned().collect(),
+            writes: self
+                .writes
+                .iter()
+                .filter(|w| w.policy == name)
+                .cloned()
+                .collect(),
+            verdicts: self
+                .verdicts
+                .iter()
+                .filter(|v| v.policy == name)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -327,7 +373,11 @@ impl<'a> Index<'a> {
             .iter()
             .map(|t| (t.id.key(), t))
             .collect();
-        Index { subnets, tables, inventory }
+        Index {
+            subnets,
+            tables,
+            inventory,
+        }
     }
 }
 
@@ -360,7 +410,10 @@ fn resolve<'a>(policy: &DesiredState, idx: &Index<'a>) -> Vec<Target<'a>> {
     }
     if let Some(sel) = &policy.selector {
         for v in &idx.inventory.virtual_networks {
-            if !sel.subscriptions.contains(&v.id.subscription().to_ascii_lowercase()) {
+            if !sel
+                .subscriptions
+                .contains(&v.id.subscription().to_ascii_lowercase())
+            {
                 continue;
             }
             for s in &v.subnets {
@@ -490,9 +543,21 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
 
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (policy, vnet, subnet) in owned {
-        let skip = |reason| verdict(policy, &subnet.id, subnet.route_table.clone(), Verdict::Skipped { reason });
+        let skip = |reason| {
+            verdict(
+                policy,
+                &subnet.id,
+                subnet.route_table.clone(),
+                Verdict::Skipped { reason },
+            )
+        };
         let error = |reason, message: String, table: Option<RouteTableId>| {
-            let mut v = verdict(policy, &subnet.id, table, Verdict::Error { reason, message });
+            let mut v = verdict(
+                policy,
+                &subnet.id,
+                table,
+                Verdict::Error { reason, message },
+            );
             v.warnings = egress_warnings(subnet);
             v
         };
@@ -500,7 +565,11 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
             verdicts.push(skip(SkipReason::SpecialSubnet { name: name.into() }));
             continue;
         }
-        let member = |associate| Member { policy, subnet, associate };
+        let member = |associate| Member {
+            policy,
+            subnet,
+            associate,
+        };
         match &subnet.route_table {
             Some(table_id) => match idx.tables.get(table_id.key()) {
                 Some(&table) => groups
@@ -515,13 +584,19 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                     .push(member(false)),
                 None => verdicts.push(error(
                     ErrorReason::RouteTableNotObserved,
-                    format!("route table {table_id} is associated but was not found in the listing"),
+                    format!(
+                        "route table {table_id} is associated but was not found in the listing"
+                    ),
                     Some(table_id.clone()),
                 )),
             },
             None if !policy.create_if_missing => verdicts.push(skip(SkipReason::NoRouteTable)),
             None => {
-                let name = match policy.render_table_name(vnet.id.name(), subnet.id.name(), &vnet.location) {
+                let name = match policy.render_table_name(
+                    vnet.id.name(),
+                    subnet.id.name(),
+                    &vnet.location,
+                ) {
                     Ok(n) => n,
                     Err(e) => {
                         verdicts.push(error(
@@ -547,7 +622,8 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                 let group = groups.entry(id.key().to_string()).or_insert_with(|| Group {
                     id: id.clone(),
                     existing,
-                    location: existing.map_or_else(|| vnet.location.clone(), |t| t.location.clone()),
+                    location: existing
+                        .map_or_else(|| vnet.location.clone(), |t| t.location.clone()),
                     members: Vec::new(),
                 });
                 if !group.location.eq_ignore_ascii_case(&vnet.location) {
@@ -595,7 +671,11 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
             });
         }
     }
-    let writer = group.members.iter().find(|m| m.policy.mode == Mode::Enforce).map(|m| m.policy);
+    let writer = group
+        .members
+        .iter()
+        .find(|m| m.policy.mode == Mode::Enforce)
+        .map(|m| m.policy);
     let owned = |name: &str| group.members.iter().any(|m| m.policy.owns_route_name(name));
 
     let mut table_writes: Vec<Write> = Vec::new();
@@ -603,7 +683,10 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
     let routes_after: usize;
     match group.existing {
         None => {
-            let routes: Vec<Route> = wants.values().map(|w| internet_route(w.route_name, w.address)).collect();
+            let routes: Vec<Route> = wants
+                .values()
+                .map(|w| internet_route(w.route_name, w.address))
+                .collect();
             routes_after = routes.len();
             let creator = writer.unwrap_or(group.members[0].policy);
             table_writes.push(Write::CreateRouteTable {
@@ -619,15 +702,33 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
         }
         Some(table) => {
             let mut chosen: BTreeSet<&str> = BTreeSet::new();
-            let mut puts: Vec<Write> = Vec::new();
-            let mut new_names = 0usize;
+            let mut repairs: Vec<Write> = Vec::new();
+            let mut creates: Vec<Write> = Vec::new();
+            // A route carrying the expected name of one wanted address is reserved for it: it
+            // may not satisfy another address, or repairing it would undo that (non-convergence).
+            let reserved_for_other = |r: &Route, address: Ipv4Addr| {
+                wants
+                    .values()
+                    .any(|w| w.address != address && r.name.eq_ignore_ascii_case(w.route_name))
+            };
             for want in wants.values() {
-                let candidates: Vec<&Route> =
-                    table.routes.iter().filter(|r| r.host_address() == Some(want.address)).collect();
+                let candidates: Vec<&Route> = table
+                    .routes
+                    .iter()
+                    .filter(|r| {
+                        r.host_address() == Some(want.address)
+                            && !reserved_for_other(r, want.address)
+                    })
+                    .collect();
                 let satisfied = candidates
                     .iter()
                     .filter(|r| r.next_hop_type == NextHopType::Internet)
-                    .min_by_key(|r| (!r.name.eq_ignore_ascii_case(want.route_name), !owned(&r.name)));
+                    .min_by_key(|r| {
+                        (
+                            !r.name.eq_ignore_ascii_case(want.route_name),
+                            !owned(&r.name),
+                        )
+                    });
                 if let Some(r) = satisfied {
                     chosen.insert(&r.name);
                     continue;
@@ -643,32 +744,45 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
                         conflicts.push((want.address, r));
                         continue;
                     }
-                } else if let Some(r) = table.routes.iter().find(|r| r.name.eq_ignore_ascii_case(want.route_name)) {
+                } else if let Some(r) = table
+                    .routes
+                    .iter()
+                    .find(|r| r.name.eq_ignore_ascii_case(want.route_name))
+                {
                     // Our name, edited to another prefix: put it back.
                     (r.name.as_str(), RouteChange::Repair)
                 } else {
-                    new_names += 1;
                     (want.route_name, RouteChange::Create)
                 };
                 chosen.insert(name);
-                puts.push(Write::PutRoute {
+                let put = Write::PutRoute {
                     table: table.id.clone(),
                     route: internet_route(name, want.address),
                     change,
-                });
+                };
+                // Repairs move routes off prefixes; they go first so that no create ever lands
+                // beside another route with the same prefix.
+                if change == RouteChange::Create {
+                    creates.push(put)
+                } else {
+                    repairs.push(put)
+                }
             }
             let deletes: Vec<Write> = table
                 .routes
                 .iter()
-                .filter(|r| owned(&r.name) && !chosen.iter().any(|c| c.eq_ignore_ascii_case(&r.name)))
+                .filter(|r| {
+                    owned(&r.name) && !chosen.iter().any(|c| c.eq_ignore_ascii_case(&r.name))
+                })
                 .map(|r| Write::DeleteRoute {
                     table: table.id.clone(),
                     name: r.name.clone(),
                     address_prefix: r.address_prefix.clone(),
                 })
                 .collect();
-            routes_after = table.routes.len() + new_names - deletes.len();
-            table_writes.extend(puts);
+            routes_after = table.routes.len() + creates.len() - deletes.len();
+            table_writes.extend(repairs);
+            table_writes.extend(creates);
             table_writes.extend(deletes);
         }
     }
@@ -697,8 +811,11 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
     if let Some(writer) = writer {
         // Only enforce-mode members get associated: an Audit policy's subnet is never written.
         // A new table is needed only if some enforce member will use it.
-        let associations: Vec<&Member> =
-            group.members.iter().filter(|m| m.associate && m.policy.mode == Mode::Enforce).collect();
+        let associations: Vec<&Member> = group
+            .members
+            .iter()
+            .filter(|m| m.associate && m.policy.mode == Mode::Enforce)
+            .collect();
         let creates_table = group.existing.is_none();
         if !creates_table || !associations.is_empty() {
             writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
@@ -708,7 +825,10 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
         }
         writes.extend(associations.into_iter().map(|m| PlannedWrite {
             policy: m.policy.name.clone(),
-            write: Write::AssociateSubnet { subnet: m.subnet.id.clone(), table: group.id.clone() },
+            write: Write::AssociateSubnet {
+                subnet: m.subnet.id.clone(),
+                table: group.id.clone(),
+            },
         }));
     }
 
@@ -755,14 +875,18 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
     let mut kept: HashMap<&str, BTreeSet<Ipv4Addr>> = HashMap::new();
     for (p, _, s) in &others_owned {
         if let Some(t) = &s.route_table {
-            kept.entry(t.key()).or_default().extend(p.destinations.iter().map(|d| d.address));
+            kept.entry(t.key())
+                .or_default()
+                .extend(p.destinations.iter().map(|d| d.address));
         }
     }
 
     let mut footprint: BTreeMap<&str, &Subnet> = BTreeMap::new();
     for t in resolve(policy, &idx) {
+        // Special subnets were never managed, so their tables are not ours to clean.
         if let Target::Found(_, s) = t
             && !others_subnets.contains(s.id.key())
+            && special_subnet_name(s.id.name()).is_none()
         {
             footprint.insert(s.id.key(), s);
         }
@@ -787,16 +911,32 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         let removable: Vec<&Route> = table
             .routes
             .iter()
-            .filter(|r| policy.owns_route_name(&r.name) && !r.host_address().is_some_and(|a| keep.contains(&a)))
+            .filter(|r| {
+                policy.owns_route_name(&r.name)
+                    && !r.host_address().is_some_and(|a| keep.contains(&a))
+            })
             .collect();
-        let only_ours = table.subnets.iter().all(|s| footprint.contains_key(s.key()));
+        let only_ours = table
+            .subnets
+            .iter()
+            .all(|s| footprint.contains_key(s.key()));
         let before = writes.len();
-        let mut push = |write| writes.push(PlannedWrite { policy: policy.name.clone(), write });
+        let mut push = |write| {
+            writes.push(PlannedWrite {
+                policy: policy.name.clone(),
+                write,
+            })
+        };
         if created_by(table, &policy.name) && only_ours && removable.len() == table.routes.len() {
             for s in &table.subnets {
-                push(Write::DissociateSubnet { subnet: s.clone(), table: table.id.clone() });
+                push(Write::DissociateSubnet {
+                    subnet: s.clone(),
+                    table: table.id.clone(),
+                });
             }
-            push(Write::DeleteRouteTable { table: table.id.clone() });
+            push(Write::DeleteRouteTable {
+                table: table.id.clone(),
+            });
         } else {
             for r in removable {
                 push(Write::DeleteRoute {
@@ -822,7 +962,11 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
                 policy,
                 &s.id,
                 s.route_table.clone(),
-                if changes > 0 { Verdict::WillRepair { changes } } else { Verdict::InSync },
+                if changes > 0 {
+                    Verdict::WillRepair { changes }
+                } else {
+                    Verdict::InSync
+                },
             )
         })
         .collect();

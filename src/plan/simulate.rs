@@ -28,7 +28,13 @@ fn table_mut<'a>(inv: &'a mut Inventory, id: &RouteTableId) -> Result<&'a mut Ro
 
 fn apply_one(inv: &mut Inventory, write: &Write) -> Result<(), String> {
     match write {
-        Write::CreateRouteTable { table, location, tags, disable_bgp_route_propagation, routes } => {
+        Write::CreateRouteTable {
+            table,
+            location,
+            tags,
+            disable_bgp_route_propagation,
+            routes,
+        } => {
             if inv.route_table(table).is_some() {
                 return Err(format!("route table {table} already exists"));
             }
@@ -44,7 +50,11 @@ fn apply_one(inv: &mut Inventory, write: &Write) -> Result<(), String> {
         }
         Write::PutRoute { table, route, .. } => {
             let t = table_mut(inv, table)?;
-            match t.routes.iter_mut().find(|r| r.name.eq_ignore_ascii_case(&route.name)) {
+            match t
+                .routes
+                .iter_mut()
+                .find(|r| r.name.eq_ignore_ascii_case(&route.name))
+            {
                 Some(r) => *r = route.clone(),
                 None => t.routes.push(route.clone()),
             }

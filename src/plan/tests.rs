@@ -64,7 +64,11 @@ impl Estate {
         id
     }
     fn vnet_mut(&mut self, vnet: &VnetId) -> &mut VirtualNetwork {
-        self.0.virtual_networks.iter_mut().find(|v| &v.id == vnet).unwrap()
+        self.0
+            .virtual_networks
+            .iter_mut()
+            .find(|v| &v.id == vnet)
+            .unwrap()
     }
     fn subnet_mut(&mut self, id: &SubnetId) -> &mut Subnet {
         self.0
@@ -88,7 +92,11 @@ impl Estate {
         id
     }
     fn table_mut(&mut self, id: &RouteTableId) -> &mut RouteTable {
-        self.0.route_tables.iter_mut().find(|t| &t.id == id).unwrap()
+        self.0
+            .route_tables
+            .iter_mut()
+            .find(|t| &t.id == id)
+            .unwrap()
     }
     fn route(&mut self, table: &RouteTableId, name: &str, prefix: &str, hop: NextHopType) {
         let next_hop_ip_address = (hop == NextHopType::VirtualAppliance).then(|| "10.0.0.4".into());
@@ -101,7 +109,12 @@ impl Estate {
     }
     fn kms_routes(&mut self, table: &RouteTableId) {
         for ip in KMS {
-            self.route(table, &format!("kms-{}", ip.replace('.', "-")), &format!("{ip}/32"), NextHopType::Internet);
+            self.route(
+                table,
+                &format!("kms-{}", ip.replace('.', "-")),
+                &format!("{ip}/32"),
+                NextHopType::Internet,
+            );
         }
     }
     fn associate(&mut self, subnet: &SubnetId, table: &RouteTableId) {
@@ -115,7 +128,12 @@ fn writes(plan: &Plan) -> Vec<&Write> {
 }
 
 fn verdict_of<'a>(plan: &'a Plan, subnet: &SubnetId) -> &'a Verdict {
-    &plan.verdicts.iter().find(|v| &v.subnet == subnet).expect("verdict").verdict
+    &plan
+        .verdicts
+        .iter()
+        .find(|v| &v.subnet == subnet)
+        .expect("verdict")
+        .verdict
 }
 
 fn converge(policies: &[DesiredState], inv: &Inventory) -> Inventory {
@@ -131,19 +149,42 @@ fn subnet_without_table_gets_a_created_table_with_every_kms_route_then_associati
     let p = plan(&[desired(|_| {})], &e.0);
     let w = writes(&p);
     assert_eq!(w.len(), 2, "{w:#?}");
-    let Write::CreateRouteTable { table, location, tags, routes, disable_bgp_route_propagation } = w[0] else {
+    let Write::CreateRouteTable {
+        table,
+        location,
+        tags,
+        routes,
+        disable_bgp_route_propagation,
+    } = w[0]
+    else {
         panic!("first write must create the table: {w:#?}")
     };
     assert_eq!(table, &RouteTableId::new(SUB, "rg", "spoke1-app-kms"));
     assert_eq!(location, "westeurope");
-    assert_eq!(tags.get(TAG_MANAGED_BY).map(String::as_str), Some("kmsroute"));
+    assert_eq!(
+        tags.get(TAG_MANAGED_BY).map(String::as_str),
+        Some("kmsroute")
+    );
     assert_eq!(tags.get(TAG_POLICY).map(String::as_str), Some("p1"));
     assert!(!disable_bgp_route_propagation);
     let mut prefixes: Vec<&str> = routes.iter().map(|r| r.address_prefix.as_str()).collect();
     prefixes.sort();
-    assert_eq!(prefixes, ["20.118.99.224/32", "23.102.135.246/32", "40.83.235.53/32"]);
-    assert!(routes.iter().all(|r| r.next_hop_type == NextHopType::Internet && r.name.starts_with("kms-")));
-    assert_eq!(w[1], &Write::AssociateSubnet { subnet: s.clone(), table: table.clone() });
+    assert_eq!(
+        prefixes,
+        ["20.118.99.224/32", "23.102.135.246/32", "40.83.235.53/32"]
+    );
+    assert!(
+        routes
+            .iter()
+            .all(|r| r.next_hop_type == NextHopType::Internet && r.name.starts_with("kms-"))
+    );
+    assert_eq!(
+        w[1],
+        &Write::AssociateSubnet {
+            subnet: s.clone(),
+            table: table.clone()
+        }
+    );
     assert_eq!(verdict_of(&p, &s), &Verdict::WillRepair { changes: 2 });
 }
 
@@ -152,10 +193,18 @@ fn created_table_honours_disable_bgp_route_propagation() {
     let mut e = Estate::new();
     let v = e.vnet("spoke1", "westeurope");
     e.subnet(&v, "app");
-    let p = plan(&[desired(|s| s.route_table.disable_bgp_route_propagation = true)], &e.0);
+    let p = plan(
+        &[desired(|s| {
+            s.route_table.disable_bgp_route_propagation = true
+        })],
+        &e.0,
+    );
     assert!(matches!(
         writes(&p)[0],
-        Write::CreateRouteTable { disable_bgp_route_propagation: true, .. }
+        Write::CreateRouteTable {
+            disable_bgp_route_propagation: true,
+            ..
+        }
     ));
 }
 
@@ -170,7 +219,13 @@ fn two_subnets_sharing_a_table_get_its_writes_once() {
     e.associate(&b, &t);
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(p.writes.len(), 3, "one PUT per KMS route, not per subnet");
-    assert!(writes(&p).iter().all(|w| matches!(w, Write::PutRoute { change: RouteChange::Create, .. })));
+    assert!(writes(&p).iter().all(|w| matches!(
+        w,
+        Write::PutRoute {
+            change: RouteChange::Create,
+            ..
+        }
+    )));
     assert_eq!(verdict_of(&p, &a), &Verdict::WillRepair { changes: 3 });
     assert_eq!(verdict_of(&p, &b), &Verdict::WillRepair { changes: 3 });
 }
@@ -181,9 +236,20 @@ fn subnets_rendering_the_same_table_name_share_one_created_table() {
     let v = e.vnet("hub", "westeurope");
     e.subnet(&v, "a");
     e.subnet(&v, "b");
-    let p = plan(&[desired(|s| s.route_table.name_template = "{vnet}-kms".into())], &e.0);
-    let creates = writes(&p).iter().filter(|w| matches!(w, Write::CreateRouteTable { .. })).count();
-    let assocs = writes(&p).iter().filter(|w| matches!(w, Write::AssociateSubnet { .. })).count();
+    let p = plan(
+        &[desired(|s| {
+            s.route_table.name_template = "{vnet}-kms".into()
+        })],
+        &e.0,
+    );
+    let creates = writes(&p)
+        .iter()
+        .filter(|w| matches!(w, Write::CreateRouteTable { .. }))
+        .count();
+    let assocs = writes(&p)
+        .iter()
+        .filter(|w| matches!(w, Write::AssociateSubnet { .. }))
+        .count();
     assert_eq!((creates, assocs), (1, 2));
 }
 
@@ -194,10 +260,23 @@ fn a_shared_template_across_regions_is_a_location_mismatch_not_a_cross_region_as
     let ne = e.vnet("ne", "northeurope");
     let a = e.subnet(&we, "app");
     let b = e.subnet(&ne, "app");
-    let p = plan(&[desired(|s| s.route_table.name_template = "kms-{subnet}".into())], &e.0);
+    let p = plan(
+        &[desired(|s| {
+            s.route_table.name_template = "kms-{subnet}".into()
+        })],
+        &e.0,
+    );
     let errors: Vec<&SubnetId> = [&a, &b]
         .into_iter()
-        .filter(|s| matches!(verdict_of(&p, s), Verdict::Error { reason: ErrorReason::LocationMismatch, .. }))
+        .filter(|s| {
+            matches!(
+                verdict_of(&p, s),
+                Verdict::Error {
+                    reason: ErrorReason::LocationMismatch,
+                    ..
+                }
+            )
+        })
         .collect();
     assert_eq!(errors.len(), 1, "{:#?}", p.verdicts);
     assert!(writes(&p).iter().all(|w| match w {
@@ -214,8 +293,18 @@ fn foreign_route_with_same_prefix_and_next_hop_internet_satisfies_the_need() {
     let t = e.table("rt", "westeurope");
     e.associate(&s, &t);
     e.route(&t, "corp-kms-1", "20.118.99.224/32", NextHopType::Internet);
-    e.route(&t, "kms-40-83-235-53", "40.83.235.53/32", NextHopType::Internet);
-    e.route(&t, "kms-23-102-135-246", "23.102.135.246/32", NextHopType::Internet);
+    e.route(
+        &t,
+        "kms-40-83-235-53",
+        "40.83.235.53/32",
+        NextHopType::Internet,
+    );
+    e.route(
+        &t,
+        "kms-23-102-135-246",
+        "23.102.135.246/32",
+        NextHopType::Internet,
+    );
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty(), "{:#?}", p.writes);
     assert_eq!(verdict_of(&p, &s), &Verdict::InSync);
@@ -228,7 +317,12 @@ fn foreign_route_sending_a_kms_address_elsewhere_is_a_conflict_and_untouched() {
     let s = e.subnet(&v, "app");
     let t = e.table("rt", "westeurope");
     e.associate(&s, &t);
-    e.route(&t, "to-nva", "20.118.99.224/32", NextHopType::VirtualAppliance);
+    e.route(
+        &t,
+        "to-nva",
+        "20.118.99.224/32",
+        NextHopType::VirtualAppliance,
+    );
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(
         verdict_of(&p, &s),
@@ -241,7 +335,8 @@ fn foreign_route_sending_a_kms_address_elsewhere_is_a_conflict_and_untouched() {
     // The other two addresses are still routed; the conflicting one is neither overwritten nor duplicated.
     assert_eq!(p.writes.len(), 2);
     assert!(writes(&p).iter().all(|w| match w {
-        Write::PutRoute { route, .. } => route.name != "to-nva" && route.address_prefix != "20.118.99.224/32",
+        Write::PutRoute { route, .. } =>
+            route.name != "to-nva" && route.address_prefix != "20.118.99.224/32",
         _ => false,
     }));
 }
@@ -254,11 +349,23 @@ fn conflict_policy_replace_overwrites_the_foreign_route_in_place() {
     let t = e.table("rt", "westeurope");
     e.associate(&s, &t);
     e.kms_routes(&t);
-    e.table_mut(&t).routes.retain(|r| r.address_prefix != "20.118.99.224/32");
-    e.route(&t, "to-nva", "20.118.99.224/32", NextHopType::VirtualAppliance);
-    let p = plan(&[desired(|s| s.conflict_policy = ConflictPolicy::Replace)], &e.0);
+    e.table_mut(&t)
+        .routes
+        .retain(|r| r.address_prefix != "20.118.99.224/32");
+    e.route(
+        &t,
+        "to-nva",
+        "20.118.99.224/32",
+        NextHopType::VirtualAppliance,
+    );
+    let p = plan(
+        &[desired(|s| s.conflict_policy = ConflictPolicy::Replace)],
+        &e.0,
+    );
     assert_eq!(writes(&p).len(), 1);
-    let Write::PutRoute { route, change, .. } = writes(&p)[0] else { panic!() };
+    let Write::PutRoute { route, change, .. } = writes(&p)[0] else {
+        panic!()
+    };
     assert_eq!(*change, RouteChange::Replace);
     assert_eq!(route.name, "to-nva");
     assert_eq!(route.next_hop_type, NextHopType::Internet);
@@ -276,8 +383,10 @@ fn owned_route_with_the_wrong_next_hop_is_repaired() {
     e.table_mut(&t).routes[0].next_hop_type = NextHopType::VirtualNetworkGateway;
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(writes(&p).len(), 1);
-    assert!(matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Repair, route, .. }
-        if route.name == "kms-20-118-99-224" && route.next_hop_type == NextHopType::Internet));
+    assert!(
+        matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Repair, route, .. }
+        if route.name == "kms-20-118-99-224" && route.next_hop_type == NextHopType::Internet)
+    );
 }
 
 #[test]
@@ -291,8 +400,10 @@ fn owned_route_edited_to_another_prefix_is_put_back() {
     e.table_mut(&t).routes[0].address_prefix = "10.0.0.0/8".into();
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(writes(&p).len(), 1, "{:#?}", p.writes);
-    assert!(matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Repair, route, .. }
-        if route.name == "kms-20-118-99-224" && route.address_prefix == "20.118.99.224/32"));
+    assert!(
+        matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Repair, route, .. }
+        if route.name == "kms-20-118-99-224" && route.address_prefix == "20.118.99.224/32")
+    );
 }
 
 #[test]
@@ -306,8 +417,10 @@ fn a_missing_owned_route_is_recreated() {
     e.table_mut(&t).routes.remove(1);
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(writes(&p).len(), 1);
-    assert!(matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Create, route, .. }
-        if route.address_prefix == "40.83.235.53/32"));
+    assert!(
+        matches!(writes(&p)[0], Write::PutRoute { change: RouteChange::Create, route, .. }
+        if route.address_prefix == "40.83.235.53/32")
+    );
 }
 
 #[test]
@@ -319,12 +432,26 @@ fn owned_routes_for_addresses_no_longer_desired_are_deleted_and_foreign_ones_kep
     e.associate(&s, &t);
     e.kms_routes(&t);
     e.route(&t, "kms-52-1-2-3", "52.1.2.3/32", NextHopType::Internet);
-    e.route(&t, "default-to-fw", "0.0.0.0/0", NextHopType::VirtualAppliance);
-    e.route(&t, "onprem", "10.0.0.0/8", NextHopType::VirtualNetworkGateway);
+    e.route(
+        &t,
+        "default-to-fw",
+        "0.0.0.0/0",
+        NextHopType::VirtualAppliance,
+    );
+    e.route(
+        &t,
+        "onprem",
+        "10.0.0.0/8",
+        NextHopType::VirtualNetworkGateway,
+    );
     let p = plan(&[desired(|_| {})], &e.0);
     assert_eq!(
         writes(&p),
-        [&Write::DeleteRoute { table: t.clone(), name: "kms-52-1-2-3".into(), address_prefix: "52.1.2.3/32".into() }]
+        [&Write::DeleteRoute {
+            table: t.clone(),
+            name: "kms-52-1-2-3".into(),
+            address_prefix: "52.1.2.3/32".into()
+        }]
     );
 }
 
@@ -336,7 +463,12 @@ fn additional_addresses_are_routed_as_host_routes() {
     let t = e.table("rt", "westeurope");
     e.associate(&s, &t);
     e.kms_routes(&t);
-    let p = plan(&[desired(|s| s.kms.additional_addresses = vec!["52.1.2.3".into()])], &e.0);
+    let p = plan(
+        &[desired(|s| {
+            s.kms.additional_addresses = vec!["52.1.2.3".into()]
+        })],
+        &e.0,
+    );
     assert!(matches!(writes(&p)[..], [Write::PutRoute { route, .. }]
         if route.name == "kms-52-1-2-3" && route.address_prefix == "52.1.2.3/32"));
 }
@@ -346,9 +478,17 @@ fn create_if_missing_false_skips_a_subnet_without_a_table() {
     let mut e = Estate::new();
     let v = e.vnet("hub", "westeurope");
     let s = e.subnet(&v, "app");
-    let p = plan(&[desired(|s| s.route_table.create_if_missing = false)], &e.0);
+    let p = plan(
+        &[desired(|s| s.route_table.create_if_missing = false)],
+        &e.0,
+    );
     assert!(p.is_empty());
-    assert_eq!(verdict_of(&p, &s), &Verdict::Skipped { reason: SkipReason::NoRouteTable });
+    assert_eq!(
+        verdict_of(&p, &s),
+        &Verdict::Skipped {
+            reason: SkipReason::NoRouteTable
+        }
+    );
 }
 
 #[test]
@@ -356,13 +496,18 @@ fn special_subnets_are_skipped_with_their_name() {
     let mut e = Estate::new();
     let v = e.vnet("hub", "westeurope");
     let names = crate::model::SPECIAL_SUBNETS;
-    let ids: Vec<SubnetId> = names.iter().map(|n| e.subnet(&v, &n.to_lowercase())).collect();
+    let ids: Vec<SubnetId> = names
+        .iter()
+        .map(|n| e.subnet(&v, &n.to_lowercase()))
+        .collect();
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty(), "{:#?}", p.writes);
     for (id, name) in ids.iter().zip(names) {
         assert_eq!(
             verdict_of(&p, id),
-            &Verdict::Skipped { reason: SkipReason::SpecialSubnet { name: name.into() } }
+            &Verdict::Skipped {
+                reason: SkipReason::SpecialSubnet { name: name.into() }
+            }
         );
     }
 }
@@ -375,11 +520,22 @@ fn the_400_route_limit_is_an_error_with_no_writes() {
     let t = e.table("full", "westeurope");
     e.associate(&s, &t);
     for i in 0..399 {
-        e.route(&t, &format!("r{i}"), &format!("10.{}.{}.0/24", i / 256, i % 256), NextHopType::VirtualAppliance);
+        e.route(
+            &t,
+            &format!("r{i}"),
+            &format!("10.{}.{}.0/24", i / 256, i % 256),
+            NextHopType::VirtualAppliance,
+        );
     }
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty());
-    assert!(matches!(verdict_of(&p, &s), Verdict::Error { reason: ErrorReason::RouteLimitExceeded, .. }));
+    assert!(matches!(
+        verdict_of(&p, &s),
+        Verdict::Error {
+            reason: ErrorReason::RouteLimitExceeded,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -392,7 +548,14 @@ fn a_subnet_without_internet_egress_is_warned_about() {
     e.subnet_mut(&natted).default_outbound_access = Some(false);
     e.subnet_mut(&natted).nat_gateway = true;
     let p = plan(&[desired(|_| {})], &e.0);
-    let warnings = |s: &SubnetId| p.verdicts.iter().find(|v| &v.subnet == s).unwrap().warnings.clone();
+    let warnings = |s: &SubnetId| {
+        p.verdicts
+            .iter()
+            .find(|v| &v.subnet == s)
+            .unwrap()
+            .warnings
+            .clone()
+    };
     assert_eq!(warnings(&private), [Warning::NoInternetEgress]);
     assert!(warnings(&natted).is_empty());
 }
@@ -405,7 +568,12 @@ fn audit_mode_gives_the_same_verdicts_and_no_writes() {
     let b = e.subnet(&v, "b");
     let t = e.table("rt", "westeurope");
     e.associate(&b, &t);
-    e.route(&t, "to-nva", "20.118.99.224/32", NextHopType::VirtualAppliance);
+    e.route(
+        &t,
+        "to-nva",
+        "20.118.99.224/32",
+        NextHopType::VirtualAppliance,
+    );
     let enforce = plan(&[desired(|_| {})], &e.0);
     let audit = plan(&[desired(|s| s.mode = Mode::Audit)], &e.0);
     assert!(!enforce.is_empty());
@@ -439,7 +607,10 @@ fn a_table_created_before_a_crash_is_reused_not_created_twice() {
     let second = plan(&policies, &partial);
     assert_eq!(
         writes(&second),
-        [&Write::AssociateSubnet { subnet: s, table: RouteTableId::new(SUB, "rg", "hub-app-kms") }]
+        [&Write::AssociateSubnet {
+            subnet: s,
+            table: RouteTableId::new(SUB, "rg", "hub-app-kms")
+        }]
     );
 }
 
@@ -451,7 +622,13 @@ fn a_foreign_table_with_the_rendered_name_is_not_adopted() {
     e.table("hub-app-kms", "westeurope");
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty());
-    assert!(matches!(verdict_of(&p, &s), Verdict::Error { reason: ErrorReason::RouteTableNameTaken, .. }));
+    assert!(matches!(
+        verdict_of(&p, &s),
+        Verdict::Error {
+            reason: ErrorReason::RouteTableNameTaken,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -461,7 +638,13 @@ fn a_template_rendering_too_long_a_name_is_an_error_for_that_subnet() {
     let s = e.subnet(&v, "app");
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty());
-    assert!(matches!(verdict_of(&p, &s), Verdict::Error { reason: ErrorReason::InvalidRouteTableName, .. }));
+    assert!(matches!(
+        verdict_of(&p, &s),
+        Verdict::Error {
+            reason: ErrorReason::InvalidRouteTableName,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -470,11 +653,20 @@ fn the_older_policy_owns_an_overlapping_subnet_and_the_other_reports_the_overlap
     let v = e.vnet("hub", "westeurope");
     let s = e.subnet(&v, "app");
     let older = desired_at("zeta", 0, |_| {});
-    let newer = desired_at("alpha", 60, |sp| sp.kms.additional_addresses = vec!["52.1.2.3".into()]);
+    let newer = desired_at("alpha", 60, |sp| {
+        sp.kms.additional_addresses = vec!["52.1.2.3".into()]
+    });
     let p = plan(&[newer.clone(), older.clone()], &e.0);
     assert!(p.writes.iter().all(|w| w.policy == "zeta"));
     let v_new = p.verdicts.iter().find(|v| v.policy == "alpha").unwrap();
-    assert_eq!(v_new.verdict, Verdict::Skipped { reason: SkipReason::OwnedByOtherPolicy { policy: "zeta".into() } });
+    assert_eq!(
+        v_new.verdict,
+        Verdict::Skipped {
+            reason: SkipReason::OwnedByOtherPolicy {
+                policy: "zeta".into()
+            }
+        }
+    );
     // Stable: the same answer whatever order the policies arrive in.
     assert_eq!(plan(&[older, newer], &e.0), p);
     let _ = s;
@@ -494,8 +686,20 @@ fn an_explicit_subnet_that_does_not_exist_is_an_error() {
         &e.0,
     );
     assert!(p.is_empty());
-    assert!(matches!(verdict_of(&p, &missing), Verdict::Error { reason: ErrorReason::SubnetNotFound, .. }));
-    assert!(matches!(verdict_of(&p, &other_sub), Verdict::Error { reason: ErrorReason::SubscriptionNotObserved, .. }));
+    assert!(matches!(
+        verdict_of(&p, &missing),
+        Verdict::Error {
+            reason: ErrorReason::SubnetNotFound,
+            ..
+        }
+    ));
+    assert!(matches!(
+        verdict_of(&p, &other_sub),
+        Verdict::Error {
+            reason: ErrorReason::SubscriptionNotObserved,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -503,8 +707,17 @@ fn explicit_ids_match_whatever_their_casing() {
     let mut e = Estate::new();
     let v = e.vnet("Hub", "westeurope");
     let s = e.subnet(&v, "App");
-    let shouted = s.to_string().to_uppercase().replace("SUBSCRIPTIONS", "subscriptions");
-    let p = plan(&[desired(|sp| { sp.selector = None; sp.subnets = vec![shouted]; })], &e.0);
+    let shouted = s
+        .to_string()
+        .to_uppercase()
+        .replace("SUBSCRIPTIONS", "subscriptions");
+    let p = plan(
+        &[desired(|sp| {
+            sp.selector = None;
+            sp.subnets = vec![shouted];
+        })],
+        &e.0,
+    );
     assert!(matches!(verdict_of(&p, &s), Verdict::WillRepair { .. }));
 }
 
@@ -557,7 +770,13 @@ fn an_associated_table_missing_from_the_listing_is_an_error_not_a_new_table() {
     e.subnet_mut(&s).route_table = Some(RouteTableId::new(SUB, "rg", "gone"));
     let p = plan(&[desired(|_| {})], &e.0);
     assert!(p.is_empty());
-    assert!(matches!(verdict_of(&p, &s), Verdict::Error { reason: ErrorReason::RouteTableNotObserved, .. }));
+    assert!(matches!(
+        verdict_of(&p, &s),
+        Verdict::Error {
+            reason: ErrorReason::RouteTableNotObserved,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -572,7 +791,10 @@ fn cleanup_dissociates_and_deletes_a_table_the_policy_created() {
     assert_eq!(
         writes(&cleanup),
         [
-            &Write::DissociateSubnet { subnet: s.clone(), table: t.clone() },
+            &Write::DissociateSubnet {
+                subnet: s.clone(),
+                table: t.clone()
+            },
             &Write::DeleteRouteTable { table: t }
         ]
     );
@@ -595,7 +817,11 @@ fn cleanup_keeps_a_created_table_someone_added_routes_to_and_removes_only_owned_
     });
     let cleanup = plan_cleanup(&p, &[], &after);
     assert_eq!(cleanup.writes.len(), 3);
-    assert!(writes(&cleanup).iter().all(|w| matches!(w, Write::DeleteRoute { name, .. } if name.starts_with("kms-"))));
+    assert!(
+        writes(&cleanup)
+            .iter()
+            .all(|w| matches!(w, Write::DeleteRoute { name, .. } if name.starts_with("kms-")))
+    );
 }
 
 #[test]
@@ -611,13 +837,19 @@ fn cleanup_leaves_routes_another_policy_still_needs() {
         s.kms.additional_addresses = vec!["52.1.2.3".into()];
         s.selector.as_mut().unwrap().subnet_names = vec!["a".into()];
     });
-    let second = desired_at("second", 1, |s| s.selector.as_mut().unwrap().subnet_names = vec!["b".into()]);
+    let second = desired_at("second", 1, |s| {
+        s.selector.as_mut().unwrap().subnet_names = vec!["b".into()]
+    });
     let after = converge(&[first.clone(), second.clone()], &e.0);
     assert_eq!(after.route_tables[0].routes.len(), 4);
     let cleanup = plan_cleanup(&first, &[second], &after);
     assert_eq!(
         writes(&cleanup),
-        [&Write::DeleteRoute { table: t, name: "kms-52-1-2-3".into(), address_prefix: "52.1.2.3/32".into() }]
+        [&Write::DeleteRoute {
+            table: t,
+            name: "kms-52-1-2-3".into(),
+            address_prefix: "52.1.2.3/32".into()
+        }]
     );
 }
 
@@ -632,4 +864,66 @@ fn orphan_and_audit_policies_clean_up_nothing() {
     let audit = desired(|s| s.mode = Mode::Audit);
     assert!(plan_cleanup(&orphan, &[], &after).is_empty());
     assert!(plan_cleanup(&audit, &[], &after).is_empty());
+}
+
+#[test]
+fn a_route_carrying_another_addresss_owned_name_does_not_satisfy_it() {
+    // Found by the property tests: `kms-20-118-99-224` pointing at 40.83.235.53 must be put back
+    // to 20.118.99.224 *and* 40.83.235.53 must get its own route, or the next pass writes again.
+    let mut e = Estate::new();
+    let v = e.vnet("hub", "westeurope");
+    let s = e.subnet(&v, "app");
+    let t = e.table("rt", "westeurope");
+    e.associate(&s, &t);
+    e.route(
+        &t,
+        "kms-20-118-99-224",
+        "40.83.235.53/32",
+        NextHopType::Internet,
+    );
+    e.route(
+        &t,
+        "kms-23-102-135-246",
+        "23.102.135.246/32",
+        NextHopType::Internet,
+    );
+    let policies = [desired(|_| {})];
+    let p = plan(&policies, &e.0);
+    let w = writes(&p);
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        matches!(
+            w[0],
+            Write::PutRoute {
+                change: RouteChange::Repair,
+                ..
+            }
+        ),
+        "repairs go before creates"
+    );
+    assert!(matches!(
+        w[1],
+        Write::PutRoute {
+            change: RouteChange::Create,
+            ..
+        }
+    ));
+    let after = simulate::apply(&e.0, w).unwrap();
+    assert!(plan(&policies, &after).is_empty());
+}
+
+#[test]
+fn cleanup_never_touches_the_table_of_a_special_subnet() {
+    let mut e = Estate::new();
+    let v = e.vnet("hub", "westeurope");
+    let gw = e.subnet(&v, "GatewaySubnet");
+    let t = e.table("gw-rt", "westeurope");
+    e.associate(&gw, &t);
+    e.route(
+        &t,
+        "kms-20-118-99-224",
+        "20.118.99.224/32",
+        NextHopType::Internet,
+    );
+    assert!(plan_cleanup(&desired(|_| {}), &[], &e.0).is_empty());
 }

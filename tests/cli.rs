@@ -1,0 +1,91 @@
+//! The `kmsroute` binary's read-only subcommands, run as a user would.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn kmsroute(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn crd_prints_the_checked_in_crd() {
+    let o = kmsroute(&["crd"], None);
+    assert!(o.status.success());
+    let printed: serde_json::Value = serde_yaml::from_str(&stdout(&o)).unwrap();
+    let file: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string("crds/kmsroutepolicies.kmsroute.io.yaml").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, file);
+}
+
+#[test]
+fn endpoints_json_lists_every_cloud_and_one_cloud_on_request() {
+    let o = kmsroute(&["endpoints", "-o", "json"], None);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    assert_eq!(v[0]["kmsAddresses"][0], "20.118.99.224");
+    assert_eq!(v[0]["kmsPort"], 1688);
+
+    let o = kmsroute(&["endpoints", "--cloud", "AzureChina"], None);
+    let out = stdout(&o);
+    assert!(
+        out.contains("159.27.28.100") && out.contains("azkms.core.chinacloudapi.cn"),
+        "{out}"
+    );
+    assert!(!out.contains("20.118.99.224"), "{out}");
+}
+
+#[test]
+fn endpoints_refuses_an_unknown_cloud() {
+    let o = kmsroute(&["endpoints", "--cloud", "Mars"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown cloud"));
+}
+
+#[test]
+fn validate_accepts_the_example_and_exits_zero() {
+    let o = kmsroute(&["validate", "-f", "examples/kmsroutepolicy.yaml"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("spokes: valid (3 destination(s), cloud AzurePublic)"));
+}
+
+#[test]
+fn validate_reads_stdin_and_reports_every_problem_with_its_path() {
+    let bad = "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: bad\nspec:\n  subnets: [\"/subscriptions/x\"]\n  kms:\n    additionalAddresses: [\"0.0.0.0/0\"]\n";
+    let o = kmsroute(&["validate", "-f", "-"], Some(bad));
+    assert_eq!(o.status.code(), Some(2));
+    let out = stdout(&o);
+    assert!(out.contains("bad: invalid"), "{out}");
+    assert!(out.contains("spec.subnets[0]:"), "{out}");
+    assert!(out.contains("spec.kms.additionalAddresses[0]:"), "{out}");
+}
+
+#[test]
+fn validate_fails_on_a_missing_file_or_an_empty_one() {
+    assert_eq!(
+        kmsroute(&["validate", "-f", "/nonexistent.yaml"], None)
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        kmsroute(&["validate", "-f", "-"], Some("")).status.code(),
+        Some(2)
+    );
+}
