@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod emulator;
 pub mod ids;
 pub mod model;
 pub mod plan;

@@ -29,6 +29,25 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Serve the local ARM emulator (Microsoft.Network subset) on loopback, for tests and demos.
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Estate to start with: `{"resources": [ARM resource JSON…], "learnedRoutes": […]}`.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Items per list page before a nextLink.
+        #[arg(long, default_value_t = 100)]
+        page_size: usize,
+        #[arg(long, value_enum, default_value = "off")]
+        throttle: ThrottleMode,
+        /// Accept only this bearer token (any non-empty one when absent).
+        #[arg(long)]
+        token: Option<String>,
+        /// How long long-running operations stay InProgress, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        lro_ms: u64,
+    },
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
         #[arg(short = 'f', long = "filename")]
@@ -39,15 +58,23 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ThrottleMode {
+    Off,
+    /// ARM's documented per-subscription buckets.
+    Arm,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
     Json,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -56,8 +83,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
+async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Emulator {
+            listen,
+            seed,
+            page_size,
+            throttle,
+            token,
+            lro_ms,
+        } => {
+            use kmsroute::emulator::{self, Config, Seed, Throttle};
+            let seed: Seed = match seed {
+                Some(f) => {
+                    serde_json::from_str(&read_input(&f)?).map_err(|e| format!("{f}: {e}"))?
+                }
+                None => Seed::default(),
+            };
+            let config = Config {
+                page_size,
+                throttle: (throttle == ThrottleMode::Arm).then_some(Throttle::ARM),
+                token,
+                lro_duration: std::time::Duration::from_millis(lro_ms),
+            };
+            let handle = emulator::start(config, seed, listen).await?;
+            println!("listening on {}", handle.url());
+            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!("{}", api::crd_yaml().map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)

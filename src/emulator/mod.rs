@@ -1,0 +1,484 @@
+//! A local ARM emulator for the Microsoft.Network subset kmsroute uses: virtual networks and
+//! subnets, route tables and routes, plus NSGs, NAT gateways and NICs as referenceable
+//! resources. A test and demo fixture held to Azure's documented behaviour
+//! (`docs/arm-protocol.md`) and to the official examples in `tests/fixtures/arm/`; the product
+//! never depends on it outside `kmsroute emulator` and `kmsroute demo`.
+//!
+//! Honoured: bearer auth (401); `api-version`; PUT create → 201 / update → 200 with
+//! `Azure-AsyncOperation`; DELETE → 202 with `Location` or 204; ETags shared by parents and
+//! children and changed by every write; `If-Match` / `If-None-Match: *` → 412; a subnet PUT
+//! replaces the whole subnet; tables in use cannot be deleted; 400 routes per table; name and
+//! prefix validation; one write per VNet at a time (429 `RetryableError`); `nextLink` paging;
+//! per-subscription token buckets with `x-ms-ratelimit-remaining-*`; injected faults; an
+//! "other writer" editing resources behind the client's back. Error codes the docs do not name
+//! are marked *inferred* where they are produced.
+
+mod arm;
+pub mod state;
+
+pub use state::{Config, FaultRule, Seed, Stats, Throttle};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use state::{Store, lower};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The api-version the emulator speaks (azure_mgmt_network 0.21, tag package-2024-03).
+pub const API_VERSION: &str = "2024-03-01";
+
+struct App {
+    store: Mutex<Store>,
+    config: Config,
+}
+
+impl App {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock must not wedge every later request.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running emulator. Dropping it stops the server.
+pub struct EmulatorHandle {
+    pub addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A colleague with the portal: edits made behind the controller's back (not counted as requests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum OtherWrite {
+    DeleteRoute {
+        route_table: String,
+        route: String,
+    },
+    PutRoute {
+        route_table: String,
+        route: Value,
+    },
+    SetSubnetRouteTable {
+        subnet: String,
+        route_table: Option<String>,
+    },
+    /// Shallow-merges `properties` into the subnet's properties (e.g. a new NSG).
+    PatchSubnet {
+        subnet: String,
+        properties: Value,
+    },
+    DeleteRouteTable {
+        route_table: String,
+    },
+}
+
+/// Starts the emulator on `addr` (use port 0 for a free port) with a seeded estate.
+pub async fn start(config: Config, seed: Seed, addr: SocketAddr) -> Result<EmulatorHandle, String> {
+    if !addr.ip().is_loopback() {
+        return Err(format!("the emulator only listens on loopback, not {addr}"));
+    }
+    let store = Store::from_seed(seed)?;
+    let app = Arc::new(App {
+        store: Mutex::new(store),
+        config,
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = Router::new().fallback(handle).with_state(app.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(EmulatorHandle {
+        addr,
+        app,
+        shutdown: Some(tx),
+    })
+}
+
+impl EmulatorHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// The full state in the seed format.
+    pub fn dump(&self) -> Seed {
+        self.app.lock().dump()
+    }
+    pub fn stats(&self) -> Stats {
+        self.app.lock().stats.clone()
+    }
+    pub fn reset_stats(&self) {
+        self.app.lock().stats = Stats::default();
+    }
+    pub fn add_fault(&self, rule: FaultRule) {
+        self.app.lock().faults.push((rule, 0));
+    }
+    pub fn clear_faults(&self) {
+        self.app.lock().faults.clear();
+    }
+    pub fn other_writer(&self, w: OtherWrite) -> Result<(), String> {
+        arm::other_write(&mut self.app.lock(), w)
+    }
+}
+
+/// An answer before it becomes HTTP.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Some(body),
+        }
+    }
+    pub fn empty(status: StatusCode) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+    pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Reply {
+        Reply::json(
+            status,
+            json!({"error": {"code": code, "message": message.into()}}),
+        )
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+fn into_response(reply: Reply) -> Response<Body> {
+    let mut resp = Response::new(match &reply.body {
+        Some(v) => Body::from(v.to_string()),
+        None => Body::empty(),
+    });
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    if reply.body.is_some() {
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+    }
+    for (k, v) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.append(k, v);
+        }
+    }
+    h.insert(
+        "x-ms-request-id",
+        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or(HeaderValue::from_static("0")),
+    );
+    resp
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name || k.replace("%24", "$") == name).then(|| v.to_string())
+    })
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Body> {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let headers = req.headers().clone();
+    let body = match to_bytes(req.into_body(), 32 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => {
+            return into_response(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                e.to_string(),
+            ));
+        }
+    };
+    let path = uri.path().trim_end_matches('/').to_string();
+    let query = uri.query().unwrap_or_default().to_string();
+    if let Some(rest) = path.strip_prefix("/_emulator/") {
+        return into_response(control(&app, &method, rest, &body));
+    }
+    into_response(arm_request(&app, &method, &path, &query, &headers, &body).await)
+}
+
+async fn arm_request(
+    app: &App,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(token) = auth.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
+        return Reply::error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        )
+        .header(
+            "www-authenticate",
+            "Bearer authorization_uri=\"https://login.microsoftonline.com/common\"",
+        );
+    };
+    if app.config.token.as_deref().is_some_and(|t| t != token) {
+        return Reply::error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        );
+    }
+    match query_param(query, "api-version") {
+        None => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            );
+        }
+        Some(v) if v != API_VERSION => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidApiVersionParameter",
+                format!(
+                    "The api-version '{v}' is invalid. The supported versions are '{API_VERSION}'."
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let op = arm::operation_name(method, &segs);
+    let is_read = *method == Method::GET;
+    let subscription = segs.get(1).map(|s| lower(s)).unwrap_or_default();
+
+    // Faults: decided under the lock, slept outside it.
+    let fault = {
+        let mut store = app.lock();
+        pick_fault(&mut store, method, path)
+    };
+    if let Some(f) = &fault {
+        if let Some(ms) = f.latency_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if f.hang {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+
+    let mut store = app.lock();
+    let mut throttle_headers = Vec::new();
+    if let Some(t) = app.config.throttle {
+        let (cap, rate) = if is_read {
+            (t.read_capacity, t.read_refill)
+        } else {
+            (t.write_capacity, t.write_refill)
+        };
+        let now = Instant::now();
+        let bucket = store
+            .buckets
+            .entry((subscription.clone(), is_read))
+            .or_insert(state::Bucket {
+                tokens: cap,
+                last: now,
+            });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(cap);
+        bucket.last = now;
+        let header = if is_read {
+            "x-ms-ratelimit-remaining-subscription-reads"
+        } else {
+            "x-ms-ratelimit-remaining-subscription-writes"
+        };
+        if bucket.tokens < 1.0 {
+            let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
+            let remaining = bucket.tokens.max(0.0).floor() as u64;
+            store.stats.throttled += 1;
+            record(
+                &mut store,
+                &op,
+                is_read,
+                StatusCode::TOO_MANY_REQUESTS,
+                false,
+            );
+            return Reply::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "SubscriptionRequestsThrottled",
+                format!("Number of {} requests for subscription '{subscription}' exceeded the limit. Please try again after '{wait}' seconds.", if is_read { "read" } else { "write" }),
+            )
+            .header("retry-after", wait.to_string())
+            .header(header, remaining.to_string());
+        }
+        bucket.tokens -= 1.0;
+        throttle_headers.push((header, (bucket.tokens.floor() as u64).to_string()));
+    }
+
+    if let Some(f) = &fault
+        && let Some(status) = f.status
+    {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = f
+            .code
+            .clone()
+            .unwrap_or_else(|| "InternalServerError".into());
+        let mut reply = Reply::error(status, &code, format!("Injected fault {code}."));
+        if code == "RetryableError" {
+            reply.body = Some(
+                json!({"error": {"code": code, "message": "Retryable error.", "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": "Another operation is in progress."}]}}),
+            );
+        }
+        if let Some(s) = f.retry_after {
+            reply = reply.header("retry-after", s.to_string());
+        }
+        record(&mut store, &op, is_read, status, false);
+        return reply;
+    }
+
+    let base = format!(
+        "http://{}",
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+    );
+    let ctx = arm::Ctx {
+        base,
+        page_size: app.config.page_size.max(1),
+        lro: app.config.lro_duration,
+        lro_failure: fault.and_then(|f| f.lro_status),
+        if_match: headers
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        if_none_match: headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        skip: query_param(query, "$skiptoken")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut reply = arm::dispatch(&mut store, &ctx, method, &segs, body);
+    let mutated = !is_read && reply.status.is_success() && !op.starts_with("Operation");
+    record(&mut store, &op, is_read, reply.status, mutated);
+    reply.headers.extend(throttle_headers);
+    reply
+}
+
+fn record(store: &mut Store, op: &str, is_read: bool, status: StatusCode, mutated: bool) {
+    *store
+        .stats
+        .by_operation
+        .entry(format!("{op} {}", status.as_u16()))
+        .or_insert(0) += 1;
+    if is_read {
+        store.stats.reads += 1;
+    } else {
+        store.stats.writes += 1;
+    }
+    if mutated {
+        store.stats.mutations += 1;
+    }
+}
+
+fn pick_fault(store: &mut Store, method: &Method, path: &str) -> Option<FaultRule> {
+    let lpath = lower(path);
+    for (rule, hits) in &mut store.faults {
+        let method_ok = rule
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
+        let path_ok = rule
+            .path_contains
+            .as_deref()
+            .is_none_or(|p| lpath.contains(&lower(p)));
+        let left = rule.count.is_none_or(|c| *hits < c);
+        if method_ok && path_ok && left && rand::random::<f64>() < rule.probability.unwrap_or(1.0) {
+            *hits += 1;
+            return Some(rule.clone());
+        }
+    }
+    None
+}
+
+fn control(app: &App, method: &Method, rest: &str, body: &[u8]) -> Reply {
+    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| e.to_string());
+    match (method.as_str(), rest) {
+        ("GET", "resources") => Reply::json(StatusCode::OK, json!(app.lock().dump())),
+        ("GET", "stats") => Reply::json(StatusCode::OK, json!(app.lock().stats)),
+        ("POST", "stats/reset") => {
+            app.lock().stats = Stats::default();
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        ("DELETE", "faults") => {
+            app.lock().faults.clear();
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        ("POST", "faults") => {
+            let rules: Result<Vec<FaultRule>, String> = parse(body).and_then(|v| {
+                if v.is_array() {
+                    serde_json::from_value(v).map_err(|e| e.to_string())
+                } else {
+                    serde_json::from_value(v)
+                        .map(|r| vec![r])
+                        .map_err(|e| e.to_string())
+                }
+            });
+            match rules {
+                Ok(rules) => {
+                    app.lock().faults.extend(rules.into_iter().map(|r| (r, 0)));
+                    Reply::empty(StatusCode::NO_CONTENT)
+                }
+                Err(e) => Reply::error(StatusCode::BAD_REQUEST, "InvalidFault", e),
+            }
+        }
+        ("POST", "other-writer") => {
+            let w = parse(body)
+                .and_then(|v| serde_json::from_value::<OtherWrite>(v).map_err(|e| e.to_string()));
+            match w.and_then(|w| arm::other_write(&mut app.lock(), w)) {
+                Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+                Err(e) => Reply::error(StatusCode::BAD_REQUEST, "OtherWriterFailed", e),
+            }
+        }
+        _ => Reply::error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no control endpoint {method} /_emulator/{rest}"),
+        ),
+    }
+}

@@ -1,0 +1,267 @@
+//! The emulator's store and ARM semantics, independent of HTTP: resources as the ARM JSON a GET
+//! returns, ETags, long-running operations, token buckets, faults and request statistics.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// How the emulator behaves; every knob a test or benchmark turns.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Items per list page before a `nextLink`.
+    pub page_size: usize,
+    /// `None`: no throttling. `Some`: per-subscription token buckets.
+    pub throttle: Option<Throttle>,
+    /// When set, only `Authorization: Bearer <token>` is accepted.
+    pub token: Option<String>,
+    /// How long a PUT/DELETE stays `InProgress` (and holds its VNet) before `Succeeded`.
+    pub lro_duration: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            page_size: 100,
+            throttle: None,
+            token: None,
+            lro_duration: Duration::ZERO,
+        }
+    }
+}
+
+/// ARM's documented bucket shape (reads 250 + 25/s, writes 200 + 10/s per subscription).
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    pub read_capacity: f64,
+    pub read_refill: f64,
+    pub write_capacity: f64,
+    pub write_refill: f64,
+}
+
+impl Throttle {
+    pub const ARM: Throttle = Throttle {
+        read_capacity: 250.0,
+        read_refill: 25.0,
+        write_capacity: 200.0,
+        write_refill: 10.0,
+    };
+}
+
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    pub tokens: f64,
+    pub last: Instant,
+}
+
+/// A fault to inject into matching requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultRule {
+    /// HTTP method to match (any when empty).
+    pub method: Option<String>,
+    /// Case-insensitive substring of the path to match (any when empty).
+    pub path_contains: Option<String>,
+    /// Status to answer with (no error when absent: latency or hang only).
+    pub status: Option<u16>,
+    /// ARM error code for the body.
+    pub code: Option<String>,
+    /// `Retry-After` seconds to send with the error.
+    pub retry_after: Option<u64>,
+    /// Chance per matching request, 0..=1 (1 when absent).
+    pub probability: Option<f64>,
+    /// How many matching requests to affect (unlimited when absent).
+    pub count: Option<u64>,
+    /// Extra latency before answering.
+    pub latency_ms: Option<u64>,
+    /// Never answer (the client's timeout must fire).
+    pub hang: bool,
+    /// Let the request through but make its long-running operation end with this status
+    /// (`Failed` or `Canceled`); the write is rolled back.
+    pub lro_status: Option<String>,
+}
+
+/// Request counts for tests and benchmarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// `"Operation STATUS"` → count, e.g. `"Routes_CreateOrUpdate 201"`.
+    pub by_operation: BTreeMap<String, u64>,
+    pub reads: u64,
+    pub writes: u64,
+    pub throttled: u64,
+    /// Writes that changed state (successful PUT/PATCH/DELETE on ARM resources).
+    pub mutations: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Operation {
+    pub done_at: Instant,
+    /// `None` while it succeeds; `Some(status)` for `Failed`/`Canceled`.
+    pub failure: Option<String>,
+    /// Lower-cased VNet ID the operation holds (subnet writes).
+    pub vnet: Option<String>,
+}
+
+/// Everything the emulator holds.
+#[derive(Debug, Default)]
+pub struct Store {
+    /// Top-level resources by lower-cased ID: virtualNetworks (subnets inline), routeTables
+    /// (routes inline), networkSecurityGroups, natGateways, networkInterfaces.
+    pub resources: BTreeMap<String, Value>,
+    pub learned_routes: Vec<Value>,
+    pub(crate) operations: HashMap<String, Operation>,
+    pub stats: Stats,
+    pub faults: Vec<(FaultRule, u64)>,
+    pub(crate) buckets: HashMap<(String, bool), Bucket>,
+}
+
+/// The seed file and state dump format: ARM resources exactly as a GET returns them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Seed {
+    pub resources: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned_routes: Vec<Value>,
+}
+
+pub fn new_etag() -> String {
+    format!("W/\"{}\"", uuid::Uuid::new_v4())
+}
+
+pub(crate) fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+impl Store {
+    /// Loads a seed: fills `etag` and `provisioningState`, gives children their parent's etag,
+    /// and drops derived fields (a table's `subnets`) that are computed on output.
+    pub fn from_seed(seed: Seed) -> Result<Store, String> {
+        let mut store = Store::default();
+        for mut r in seed.resources {
+            let id = r
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or("every seeded resource needs an \"id\"")?
+                .to_string();
+            let name = id.rsplit('/').next().unwrap_or_default().to_string();
+            r["name"] = json!(name);
+            if r.get("type").is_none() {
+                r["type"] =
+                    json!(type_of(&id).ok_or_else(|| format!("unsupported resource {id}"))?);
+            }
+            if r.get("properties").is_none() {
+                r["properties"] = json!({});
+            }
+            if is_type(&id, "virtualNetworks") {
+                if r["properties"].get("subnets").is_none() {
+                    r["properties"]["subnets"] = json!([]);
+                }
+            } else if let Some(p) = r["properties"].as_object_mut() {
+                // A table's `subnets` is derived from the subnets' `routeTable`, never trusted.
+                p.remove("subnets");
+            }
+            stamp(&mut r, &new_etag());
+            store.resources.insert(lower(&id), r);
+        }
+        store.learned_routes = seed.learned_routes;
+        Ok(store)
+    }
+
+    /// The state in the seed format, derived fields computed.
+    pub fn dump(&self) -> Seed {
+        Seed {
+            resources: self.resources.values().map(|r| self.render(r)).collect(),
+            learned_routes: self.learned_routes.clone(),
+        }
+    }
+
+    /// A resource as a GET returns it (route tables gain their `subnets`).
+    pub fn render(&self, r: &Value) -> Value {
+        let mut out = r.clone();
+        let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+        if is_type(id, "routeTables") {
+            let users: Vec<Value> = self
+                .subnets_using(id)
+                .into_iter()
+                .map(|s| json!({"id": s}))
+                .collect();
+            if !users.is_empty() {
+                out["properties"]["subnets"] = json!(users);
+            }
+        }
+        out
+    }
+
+    /// IDs of subnets whose `routeTable` points at `table_id`.
+    pub fn subnets_using(&self, table_id: &str) -> Vec<String> {
+        let key = lower(table_id);
+        self.resources
+            .values()
+            .filter(|r| {
+                r.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| is_type(id, "virtualNetworks"))
+            })
+            .flat_map(|v| {
+                v["properties"]["subnets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|s| {
+                s.pointer("/properties/routeTable/id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| lower(t) == key)
+            })
+            .filter_map(|s| s.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+
+    /// Gives a top-level resource and all its children a new etag.
+    pub fn bump(&mut self, key: &str) -> Option<String> {
+        let etag = new_etag();
+        let r = self.resources.get_mut(key)?;
+        stamp(r, &etag);
+        Some(etag)
+    }
+}
+
+/// Sets etag and provisioningState on a resource and its inline children.
+pub(crate) fn stamp(r: &mut Value, etag: &str) {
+    r["etag"] = json!(etag);
+    if r.get("properties").is_some_and(Value::is_object) {
+        r["properties"]["provisioningState"] = json!("Succeeded");
+    }
+    for child in ["subnets", "routes"] {
+        if let Some(items) = r
+            .pointer_mut(&format!("/properties/{child}"))
+            .and_then(Value::as_array_mut)
+        {
+            for item in items {
+                item["etag"] = json!(etag);
+                if item.get("properties").is_none() {
+                    item["properties"] = json!({});
+                }
+                item["properties"]["provisioningState"] = json!("Succeeded");
+            }
+        }
+    }
+}
+
+/// The ARM type of a top-level resource ID.
+pub(crate) fn type_of(id: &str) -> Option<&'static str> {
+    let segs: Vec<String> = id.split('/').map(lower).collect();
+    match segs.get(7).map(String::as_str) {
+        Some("virtualnetworks") => Some("Microsoft.Network/virtualNetworks"),
+        Some("routetables") => Some("Microsoft.Network/routeTables"),
+        Some("networksecuritygroups") => Some("Microsoft.Network/networkSecurityGroups"),
+        Some("natgateways") => Some("Microsoft.Network/natGateways"),
+        Some("networkinterfaces") => Some("Microsoft.Network/networkInterfaces"),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_type(id: &str, kind: &str) -> bool {
+    type_of(id).is_some_and(|t| t.eq_ignore_ascii_case(&format!("Microsoft.Network/{kind}")))
+}
