@@ -5,6 +5,7 @@
 //! [`model`] of observed Azure). See `docs/architecture.md`.
 
 pub mod api;
+pub mod azure;
 pub mod catalog;
 pub mod emulator;
 pub mod ids;

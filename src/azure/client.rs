@@ -1,0 +1,616 @@
+//! The real [`NetworkApi`]: `azure_mgmt_network` 0.21 (api-version 2024-03-01) for listing and
+//! route writes, through a pipeline carrying [`ArmPolicy`].
+//!
+//! Raw `azure_core` requests (same pipeline, same policy) are used only where the generated
+//! client cannot express what safety needs:
+//! - subnet GET/PUT: the generated `Subnet` model drops properties it does not know, and the
+//!   spec declares no `If-Match`; we round-trip the subnet as raw JSON with `If-Match`;
+//! - route table creation: it needs `If-None-Match: *`, or a table that appeared since the
+//!   listing would have its routes wiped by our PUT;
+//! - long-running-operation polling: the generated poller sleeps a fixed 30 s without
+//!   `Retry-After` and discards the operation's error.
+
+use super::metrics::ArmMetrics;
+use super::policy::{ArmPolicy, RateLimiter, RateLimits, RetrySettings};
+use super::{ArmError, ErrorClass, NetworkApi};
+use crate::ids::{RouteTableId, SubnetId, VnetId};
+use crate::model::{self, Inventory, NextHopType};
+use azure_core::auth::TokenCredential;
+use azure_core::{ClientOptions, Context, Method, Pipeline, Request, RetryOptions, Url};
+use azure_mgmt_network::models;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const API_VERSION: &str = "2024-03-01";
+
+/// Knobs of the client.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    pub retry: RetrySettings,
+    pub rate_limits: RateLimits,
+    /// Longest wait for one long-running operation (default 10 minutes).
+    pub lro_timeout: Option<Duration>,
+}
+
+pub struct AzureNetworkApi {
+    client: azure_mgmt_network::Client,
+    pipeline: Pipeline,
+    credential: Arc<dyn TokenCredential>,
+    endpoint: Url,
+    scopes: Vec<String>,
+    lro_timeout: Duration,
+    pub metrics: Arc<ArmMetrics>,
+}
+
+fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::Error) -> ArmError {
+    let resource = resource.into();
+    match e.as_http_error() {
+        Some(h) => {
+            let status = u16::from(h.status());
+            let code = h.error_code().map(str::to_string);
+            ArmError {
+                class: ArmError::classify(Some(status), code.as_deref()),
+                operation,
+                resource,
+                status: Some(status),
+                code,
+                message: h.error_message().unwrap_or("no message").to_string(),
+            }
+        }
+        None => ArmError {
+            class: ErrorClass::Retryable,
+            operation,
+            resource,
+            status: None,
+            code: None,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn tags_of(v: &Option<Value>) -> BTreeMap<String, String> {
+    v.as_ref()
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn next_hop(n: &models::RouteNextHopType) -> NextHopType {
+    let s = serde_json::to_value(n)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    NextHopType::from(s)
+}
+
+impl AzureNetworkApi {
+    pub fn new(
+        endpoint: Url,
+        credential: Arc<dyn TokenCredential>,
+        settings: ClientSettings,
+    ) -> Result<Self, String> {
+        let metrics = Arc::new(ArmMetrics::default());
+        let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
+            limiter: Arc::new(RateLimiter::new(settings.rate_limits)),
+            metrics: metrics.clone(),
+            retry: settings.retry,
+        });
+        let options = ClientOptions::default()
+            .retry(RetryOptions::none())
+            .per_retry_policies(vec![policy]);
+        let scope = endpoint
+            .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let client = azure_mgmt_network::Client::new(
+            endpoint.clone(),
+            credential.clone(),
+            vec![scope.clone()],
+            options.clone(),
+        );
+        let pipeline = Pipeline::new(
+            Some("kmsroute"),
+            Some(env!("CARGO_PKG_VERSION")),
+            options,
+            Vec::new(),
+            Vec::new(),
+        );
+        Ok(AzureNetworkApi {
+            client,
+            pipeline,
+            credential,
+            endpoint,
+            scopes: vec![scope],
+            lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
+            metrics,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, String> {
+        let mut url = self.endpoint.clone();
+        url.set_path(path);
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION);
+        Ok(url)
+    }
+
+    /// Sends a raw request with auth through the shared pipeline; returns status, headers, body.
+    async fn raw(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        headers: &[(&'static str, String)],
+    ) -> azure_core::Result<(u16, azure_core::headers::Headers, Vec<u8>)> {
+        let mut req = Request::new(url, method);
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        let token = self.credential.get_token(&scopes).await?;
+        req.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        for (k, v) in headers {
+            req.insert_header(*k, v.clone());
+        }
+        if let Some(b) = body {
+            req.insert_header("content-type", "application/json");
+            req.set_body(serde_json::to_vec(b).unwrap_or_default());
+        }
+        match self.pipeline.send(&Context::new(), &mut req).await {
+            Ok(resp) => {
+                let (status, headers, body) = resp.deconstruct();
+                Ok((u16::from(status), headers, body.collect().await?.to_vec()))
+            }
+            // The pipeline turns non-2xx answers into errors; callers here branch on the
+            // status (412 means re-read), so give it back with ARM's error body.
+            Err(e) => match e.as_http_error() {
+                Some(h) => {
+                    let body =
+                        json!({"error": {"code": h.error_code(), "message": h.error_message()}});
+                    Ok((
+                        u16::from(h.status()),
+                        azure_core::headers::Headers::new(),
+                        body.to_string().into_bytes(),
+                    ))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Waits for a long-running operation started by a response with these headers.
+    async fn wait(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        headers: &azure_core::headers::Headers,
+    ) -> Result<(), ArmError> {
+        let fail = |class, code: Option<String>, message: String| ArmError {
+            class,
+            operation,
+            resource: resource.to_string(),
+            status: None,
+            code,
+            message,
+        };
+        let async_op = headers
+            .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
+            .map(str::to_string);
+        let location = headers
+            .get_optional_str(&azure_core::headers::LOCATION)
+            .map(str::to_string);
+        let Some((url, by_status)) = async_op.map(|u| (u, false)).or(location.map(|u| (u, true)))
+        else {
+            return Ok(());
+        };
+        let url = Url::parse(&url)
+            .map_err(|e| fail(ErrorClass::Retryable, None, format!("bad monitor URL: {e}")))?;
+        let deadline = Instant::now() + self.lro_timeout;
+        loop {
+            let (status, h, body) = self
+                .raw(Method::Get, url.clone(), None, &[])
+                .await
+                .map_err(|e| arm_err(operation, resource, e))?;
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let done = if by_status {
+                status != 202
+            } else {
+                match v["status"].as_str().unwrap_or("InProgress") {
+                    "Succeeded" => true,
+                    "InProgress" | "Accepted" | "Running" | "Updating" | "Deleting" => false,
+                    other => {
+                        let code = v
+                            .pointer("/error/code")
+                            .and_then(Value::as_str)
+                            .map(str::to_string);
+                        let msg = v
+                            .pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no message");
+                        return Err(fail(
+                            ErrorClass::Retryable,
+                            code,
+                            format!("long-running operation ended {other}: {msg}"),
+                        ));
+                    }
+                }
+            };
+            if done {
+                return Ok(());
+            }
+            let pause = h
+                .get_optional_str(&azure_core::headers::RETRY_AFTER)
+                .and_then(|s| s.parse::<u64>().ok())
+                .map_or(Duration::from_secs(2), Duration::from_secs)
+                .clamp(Duration::from_millis(50), Duration::from_secs(60));
+            if Instant::now() + pause > deadline {
+                return Err(fail(
+                    ErrorClass::Retryable,
+                    None,
+                    format!(
+                        "long-running operation still running after {:?}",
+                        self.lro_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn list_subscription(&self, sub: &str, inv: &mut Inventory) -> Result<(), ArmError> {
+        let listed_sub = |id: &str| {
+            id.split('/')
+                .nth(2)
+                .is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        };
+        let mut vnets = self
+            .client
+            .virtual_networks_client()
+            .list_all(sub)
+            .into_stream();
+        while let Some(page) = vnets.next().await {
+            let page = page.map_err(|e| {
+                arm_err(
+                    "VirtualNetworks_ListAll",
+                    format!("/subscriptions/{sub}"),
+                    e,
+                )
+            })?;
+            for v in page.value {
+                let Some(id) = v
+                    .resource
+                    .id
+                    .as_deref()
+                    .filter(|id| listed_sub(id))
+                    .and_then(|id| VnetId::parse(id).ok())
+                else {
+                    // Never trust a listing to scope writes: foreign-subscription entries are dropped.
+                    tracing::warn!(subscription = sub, id = ?v.resource.id, "ignoring a virtual network outside the listed subscription");
+                    continue;
+                };
+                let props = v.properties.unwrap_or_default();
+                let subnets = props
+                    .subnets
+                    .into_iter()
+                    .filter_map(|s| {
+                        let sid = SubnetId::parse(s.sub_resource.id.as_deref()?)
+                            .ok()
+                            .filter(|sid| sid.vnet() == id)?;
+                        let p = s.properties.unwrap_or_default();
+                        Some(model::Subnet {
+                            id: sid,
+                            route_table: p
+                                .route_table
+                                .and_then(|t| t.resource.id)
+                                .and_then(|t| RouteTableId::parse(&t).ok()),
+                            nat_gateway: p.nat_gateway.is_some_and(|n| n.id.is_some()),
+                            default_outbound_access: p.default_outbound_access,
+                            delegations: p
+                                .delegations
+                                .into_iter()
+                                .filter_map(|d| d.properties.and_then(|p| p.service_name))
+                                .collect(),
+                            etag: s.etag,
+                        })
+                    })
+                    .collect();
+                inv.virtual_networks.push(model::VirtualNetwork {
+                    id,
+                    location: v.resource.location.unwrap_or_default(),
+                    tags: tags_of(&v.resource.tags),
+                    subnets,
+                });
+            }
+        }
+        let mut tables = self
+            .client
+            .route_tables_client()
+            .list_all(sub)
+            .into_stream();
+        while let Some(page) = tables.next().await {
+            let page = page
+                .map_err(|e| arm_err("RouteTables_ListAll", format!("/subscriptions/{sub}"), e))?;
+            for t in page.value {
+                let Some(id) = t
+                    .resource
+                    .id
+                    .as_deref()
+                    .filter(|id| listed_sub(id))
+                    .and_then(|id| RouteTableId::parse(id).ok())
+                else {
+                    tracing::warn!(subscription = sub, id = ?t.resource.id, "ignoring a route table outside the listed subscription");
+                    continue;
+                };
+                let p = t.properties.unwrap_or_default();
+                inv.route_tables.push(model::RouteTable {
+                    id,
+                    location: t.resource.location.unwrap_or_default(),
+                    tags: tags_of(&t.resource.tags),
+                    disable_bgp_route_propagation: p.disable_bgp_route_propagation.unwrap_or(false),
+                    routes: p
+                        .routes
+                        .into_iter()
+                        .filter_map(|r| {
+                            let rp = r.properties?;
+                            Some(model::Route {
+                                name: r.name?,
+                                address_prefix: rp.address_prefix.unwrap_or_default(),
+                                next_hop_type: next_hop(&rp.next_hop_type),
+                                next_hop_ip_address: rp.next_hop_ip_address,
+                            })
+                        })
+                        .collect(),
+                    subnets: p
+                        .subnets
+                        .into_iter()
+                        .filter_map(|s| SubnetId::parse(s.sub_resource.id.as_deref()?).ok())
+                        .collect(),
+                    etag: t.etag,
+                });
+            }
+        }
+        inv.subscriptions.insert(sub.to_ascii_lowercase());
+        Ok(())
+    }
+}
+
+fn http_error(operation: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = v
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    ArmError {
+        class: ArmError::classify(Some(status), code.as_deref()),
+        operation,
+        resource: resource.to_string(),
+        status: Some(status),
+        message: v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_string(),
+        code,
+    }
+}
+
+#[async_trait::async_trait]
+impl NetworkApi for AzureNetworkApi {
+    async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+        let mut inv = Inventory::default();
+        for sub in subscriptions {
+            self.list_subscription(sub, &mut inv).await?;
+        }
+        Ok(inv)
+    }
+
+    async fn create_route_table(
+        &self,
+        table: &RouteTableId,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+        disable_bgp_route_propagation: bool,
+        routes: &[model::Route],
+    ) -> Result<(), ArmError> {
+        const OP: &str = "RouteTables_CreateOrUpdate";
+        let routes: Vec<Value> = routes
+            .iter()
+            .map(|r| json!({"name": r.name, "properties": {"addressPrefix": r.address_prefix, "nextHopType": r.next_hop_type.to_string()}}))
+            .collect();
+        let body = json!({"location": location, "tags": tags, "properties": {"disableBgpRoutePropagation": disable_bgp_route_propagation, "routes": routes}});
+        let url = self.url(table.as_str()).map_err(|m| ArmError {
+            class: ErrorClass::NeedsUserAction,
+            operation: OP,
+            resource: table.to_string(),
+            status: None,
+            code: None,
+            message: m,
+        })?;
+        let (status, headers, resp) = self
+            .raw(
+                Method::Put,
+                url,
+                Some(&body),
+                &[("if-none-match", "*".to_string())],
+            )
+            .await
+            .map_err(|e| arm_err(OP, table.as_str(), e))?;
+        if !(200..300).contains(&status) {
+            let mut e = http_error(OP, table.as_str(), status, &resp);
+            if status == 412 {
+                e.message = format!(
+                    "route table {table} appeared since it was listed; not overwriting it ({})",
+                    e.message
+                );
+            }
+            return Err(e);
+        }
+        self.wait(OP, table.as_str(), &headers).await
+    }
+
+    async fn put_route(&self, table: &RouteTableId, route: &model::Route) -> Result<(), ArmError> {
+        const OP: &str = "Routes_CreateOrUpdate";
+        let resource = format!("{table}/routes/{}", route.name);
+        let next_hop_type: models::RouteNextHopType =
+            serde_json::from_value(json!(route.next_hop_type.to_string())).map_err(|e| {
+                ArmError {
+                    class: ErrorClass::NeedsUserAction,
+                    operation: OP,
+                    resource: resource.clone(),
+                    status: None,
+                    code: None,
+                    message: e.to_string(),
+                }
+            })?;
+        let mut props = models::RoutePropertiesFormat::new(next_hop_type);
+        props.address_prefix = Some(route.address_prefix.clone());
+        props.next_hop_ip_address = route.next_hop_ip_address.clone();
+        let mut body = models::Route::new();
+        body.properties = Some(props);
+        let resp = self
+            .client
+            .routes_client()
+            .create_or_update(
+                table.resource_group(),
+                table.name(),
+                &route.name,
+                body,
+                table.subscription(),
+            )
+            .send()
+            .await
+            .map_err(|e| arm_err(OP, &resource, e))?;
+        self.wait(OP, &resource, resp.as_raw_response().headers())
+            .await
+    }
+
+    async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError> {
+        const OP: &str = "Routes_Delete";
+        let resource = format!("{table}/routes/{name}");
+        let resp = self
+            .client
+            .routes_client()
+            .delete(
+                table.resource_group(),
+                table.name(),
+                name,
+                table.subscription(),
+            )
+            .send()
+            .await
+            .map_err(|e| arm_err(OP, &resource, e))?;
+        self.wait(OP, &resource, resp.as_raw_response().headers())
+            .await
+    }
+
+    async fn set_subnet_route_table(
+        &self,
+        subnet: &SubnetId,
+        expected: Option<&RouteTableId>,
+        new: Option<&RouteTableId>,
+    ) -> Result<(), ArmError> {
+        const OP: &str = "Subnets_CreateOrUpdate";
+        let resource = subnet.as_str();
+        let bad_url = |m: String| ArmError {
+            class: ErrorClass::NeedsUserAction,
+            operation: OP,
+            resource: resource.to_string(),
+            status: None,
+            code: None,
+            message: m,
+        };
+        let url = self.url(subnet.as_str()).map_err(bad_url)?;
+        // Re-read and retry on 412: someone changed the subnet between our GET and PUT.
+        for _ in 0..5 {
+            let (status, headers, body) = self
+                .raw(Method::Get, url.clone(), None, &[])
+                .await
+                .map_err(|e| arm_err("Subnets_Get", resource, e))?;
+            if status != 200 {
+                return Err(http_error("Subnets_Get", resource, status, &body));
+            }
+            let mut subnet_json: Value = serde_json::from_slice(&body)
+                .map_err(|e| bad_url(format!("unreadable subnet: {e}")))?;
+            let etag = headers
+                .get_optional_str(&azure_core::headers::ETAG)
+                .map(str::to_string)
+                .or_else(|| subnet_json["etag"].as_str().map(str::to_string));
+            let current = subnet_json
+                .pointer("/properties/routeTable/id")
+                .and_then(Value::as_str)
+                .and_then(|s| RouteTableId::parse(s).ok());
+            if current.as_ref() == new {
+                return Ok(());
+            }
+            if current.as_ref() != expected {
+                return Err(ArmError {
+                    class: ErrorClass::Conflict,
+                    operation: OP,
+                    resource: resource.to_string(),
+                    status: None,
+                    code: Some("SubnetRouteTableChanged".into()),
+                    message: format!(
+                        "the subnet is now associated with {}, not {}; leaving it alone",
+                        current.map_or("no route table".into(), |c| c.to_string()),
+                        expected.map_or("no route table".into(), |c| c.to_string())
+                    ),
+                });
+            }
+            // Only `routeTable` changes; every other property goes back exactly as read.
+            let Some(props) = subnet_json
+                .get_mut("properties")
+                .and_then(Value::as_object_mut)
+            else {
+                return Err(bad_url("subnet has no properties".into()));
+            };
+            match new {
+                Some(t) => props.insert("routeTable".into(), json!({"id": t.as_str()})),
+                None => props.remove("routeTable"),
+            };
+            let mut conditional = Vec::new();
+            if let Some(etag) = etag {
+                conditional.push(("if-match", etag));
+            }
+            let (status, headers, body) = self
+                .raw(Method::Put, url.clone(), Some(&subnet_json), &conditional)
+                .await
+                .map_err(|e| arm_err(OP, resource, e))?;
+            match status {
+                200 | 201 => return self.wait(OP, resource, &headers).await,
+                412 => {
+                    tracing::info!(subnet = %subnet, "subnet changed between read and write; re-reading");
+                    continue;
+                }
+                _ => return Err(http_error(OP, resource, status, &body)),
+            }
+        }
+        Err(ArmError {
+            class: ErrorClass::Conflict,
+            operation: OP,
+            resource: resource.to_string(),
+            status: Some(412),
+            code: Some("PreconditionFailed".into()),
+            message: "the subnet kept changing between read and write (5 attempts)".into(),
+        })
+    }
+
+    async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
+        const OP: &str = "RouteTables_Delete";
+        let resp = self
+            .client
+            .route_tables_client()
+            .delete(table.resource_group(), table.name(), table.subscription())
+            .send()
+            .await
+            .map_err(|e| arm_err(OP, table.as_str(), e))?;
+        self.wait(OP, table.as_str(), resp.as_raw_response().headers())
+            .await
+    }
+}

@@ -1,0 +1,161 @@
+//! Picking the Azure credential: workload identity, managed identity, client secret from the
+//! environment, or the Azure CLI, in that order, or the one `--auth` names. A static token is
+//! accepted only for loopback ARM endpoints (the emulator), never for a real cloud.
+
+use crate::catalog::Cloud;
+use azure_core::auth::{AccessToken, Secret, TokenCredential};
+use azure_identity::{
+    AppServiceManagedIdentityCredential, AzureCliCredential, ClientSecretCredential,
+    TokenCredentialOptions, VirtualMachineManagedIdentityCredential, WorkloadIdentityCredential,
+};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// How to authenticate to ARM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Static token on loopback endpoints; otherwise workload identity, managed identity, client secret, Azure CLI.
+    Auto,
+    WorkloadIdentity,
+    ManagedIdentity,
+    ClientSecret,
+    AzureCli,
+    /// A fixed token (`KMSROUTE_STATIC_TOKEN`, default `emulator`): loopback endpoints only.
+    StaticToken,
+}
+
+/// A fixed bearer token for the emulator. Its `Debug` never shows the token.
+pub struct StaticToken(Secret);
+
+impl std::fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticToken(<redacted>)")
+    }
+}
+
+impl StaticToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        StaticToken(Secret::new(token.into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for StaticToken {
+    async fn get_token(&self, _scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            self.0.clone(),
+            OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        Ok(())
+    }
+}
+
+/// True when the URL's host is a loopback address (or `localhost`).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// The credential for `mode` against `endpoint`, or why there is none.
+pub fn credential(
+    mode: AuthMode,
+    endpoint: &url::Url,
+    cloud: Cloud,
+) -> Result<Arc<dyn TokenCredential>, String> {
+    let loopback = is_loopback(endpoint);
+    if !loopback && endpoint.scheme() != "https" {
+        return Err(format!(
+            "ARM endpoint {endpoint} must use https (plain http is allowed only on loopback)"
+        ));
+    }
+    let mut options = TokenCredentialOptions::default();
+    options.set_authority_host(cloud.endpoints().authority_host.to_string());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mode = match mode {
+        AuthMode::Auto if loopback => AuthMode::StaticToken,
+        AuthMode::Auto if env("AZURE_FEDERATED_TOKEN_FILE").is_some() => AuthMode::WorkloadIdentity,
+        AuthMode::Auto if env("AZURE_CLIENT_SECRET").is_some() => AuthMode::ClientSecret,
+        AuthMode::Auto
+            if env("IDENTITY_ENDPOINT").is_some()
+                || env("MSI_ENDPOINT").is_some()
+                || env("AZURE_CLIENT_ID").is_some() =>
+        {
+            AuthMode::ManagedIdentity
+        }
+        AuthMode::Auto => AuthMode::AzureCli,
+        m => m,
+    };
+    let err = |e: azure_core::Error| format!("{mode:?} credential: {e}");
+    Ok(match mode {
+        AuthMode::StaticToken if !loopback => {
+            return Err(format!(
+                "a static token is only allowed for a loopback ARM endpoint (the emulator), not {endpoint}"
+            ));
+        }
+        AuthMode::StaticToken => {
+            let token = env("KMSROUTE_STATIC_TOKEN").unwrap_or_else(|| "emulator".into());
+            Arc::new(StaticToken(Secret::new(token)))
+        }
+        AuthMode::WorkloadIdentity => {
+            Arc::new(WorkloadIdentityCredential::create(options).map_err(err)?)
+        }
+        AuthMode::ClientSecret => Arc::new(ClientSecretCredential::create(options).map_err(err)?),
+        AuthMode::ManagedIdentity if env("IDENTITY_ENDPOINT").is_some() => {
+            Arc::new(AppServiceManagedIdentityCredential::create(options).map_err(err)?)
+        }
+        AuthMode::ManagedIdentity => {
+            Arc::new(VirtualMachineManagedIdentityCredential::new(options))
+        }
+        AuthMode::AzureCli | AuthMode::Auto => Arc::new(AzureCliCredential::new()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_static_token_is_refused_for_a_real_endpoint() {
+        let e = credential(
+            AuthMode::StaticToken,
+            &url("https://management.azure.com"),
+            Cloud::AzurePublic,
+        )
+        .unwrap_err();
+        assert!(e.contains("only allowed for a loopback"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let e = credential(
+            AuthMode::Auto,
+            &url("http://management.azure.com"),
+            Cloud::AzurePublic,
+        )
+        .unwrap_err();
+        assert!(e.contains("must use https"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn loopback_endpoints_get_the_static_token_by_default_and_debug_hides_it() {
+        let c = credential(
+            AuthMode::Auto,
+            &url("http://127.0.0.1:8080"),
+            Cloud::AzurePublic,
+        )
+        .unwrap();
+        let t = c.get_token(&["x"]).await.unwrap();
+        assert!(!t.token.secret().is_empty());
+        assert!(!format!("{c:?}").contains(t.token.secret()));
+    }
+}

@@ -1,0 +1,99 @@
+//! Counters and latency histograms of every ARM call, by operation and HTTP status, rendered
+//! in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ArmMetrics {
+    calls: Mutex<BTreeMap<(String, String), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl ArmMetrics {
+    /// Records one HTTP attempt: `status` is the code, or `timeout` / `error`.
+    pub fn record(&self, operation: &str, status: &str, elapsed: Duration) {
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls
+                .entry((operation.to_string(), status.to_string()))
+                .or_insert(0) += 1;
+        }
+        if let Ok(mut lat) = self.latency.lock() {
+            let h = lat.entry(operation.to_string()).or_default();
+            let s = elapsed.as_secs_f64();
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if s <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += s;
+            h.count += 1;
+        }
+    }
+
+    /// Calls so far for an operation and status.
+    pub fn count(&self, operation: &str, status: &str) -> u64 {
+        self.calls
+            .lock()
+            .map(|c| {
+                c.get(&(operation.to_string(), status.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Calls so far with a status, over all operations.
+    pub fn count_status(&self, status: &str) -> u64 {
+        self.calls
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((_, s), _)| s == status)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP kmsroute_arm_requests_total ARM HTTP requests by operation and status.\n# TYPE kmsroute_arm_requests_total counter\n",
+        );
+        if let Ok(calls) = self.calls.lock() {
+            for ((op, status), n) in calls.iter() {
+                out.push_str(&format!(
+                    "kmsroute_arm_requests_total{{operation=\"{op}\",status=\"{status}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str("# HELP kmsroute_arm_request_duration_seconds ARM HTTP request latency.\n# TYPE kmsroute_arm_request_duration_seconds histogram\n");
+        if let Ok(lat) = self.latency.lock() {
+            for (op, h) in lat.iter() {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    out.push_str(&format!("kmsroute_arm_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{b}\"}} {}\n", h.counts[i]));
+                }
+                out.push_str(&format!("kmsroute_arm_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}\n", h.count));
+                out.push_str(&format!(
+                    "kmsroute_arm_request_duration_seconds_sum{{operation=\"{op}\"}} {}\n",
+                    h.sum
+                ));
+                out.push_str(&format!(
+                    "kmsroute_arm_request_duration_seconds_count{{operation=\"{op}\"}} {}\n",
+                    h.count
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,147 @@
+//! The ARM port: the few Microsoft.Network operations the planner and executor need, behind one
+//! trait ([`NetworkApi`]) with one real implementation ([`client::AzureNetworkApi`]) on
+//! `azure_mgmt_network` 0.21 + `azure_identity`. Errors are classified so callers know whether
+//! to retry, back off, or tell the user; every error names the resource and the ARM code.
+
+pub mod client;
+pub mod credential;
+pub mod metrics;
+pub mod policy;
+
+use crate::ids::{RouteTableId, SubnetId};
+use crate::model::{Inventory, Route};
+use crate::plan::Write;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What a caller should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient (5xx, timeouts, another operation in progress): retry later.
+    Retryable,
+    /// ARM throttled the subscription: slow down.
+    Throttled,
+    /// Authentication, permissions or a request ARM refuses: a human must act.
+    NeedsUserAction,
+    /// The resource is gone.
+    NotFound,
+    /// Someone else changed it first (412, or state not what the plan assumed): re-plan.
+    Conflict,
+}
+
+impl ErrorClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::NeedsUserAction => "needs_user_action",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::Conflict => "conflict",
+        }
+    }
+}
+
+/// An ARM call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ArmError {
+    pub class: ErrorClass,
+    pub operation: &'static str,
+    pub resource: String,
+    pub status: Option<u16>,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ArmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} failed", self.operation, self.resource)?;
+        if let Some(s) = self.status {
+            write!(f, " with HTTP {s}")?;
+        }
+        if let Some(c) = &self.code {
+            write!(f, " {c}")?;
+        }
+        write!(f, ": {} [{}]", self.message, self.class.label())
+    }
+}
+
+impl ArmError {
+    /// Classifies an HTTP status and ARM error code.
+    pub fn classify(status: Option<u16>, code: Option<&str>) -> ErrorClass {
+        match (status, code) {
+            (
+                _,
+                Some(
+                    "AnotherOperationInProgress"
+                    | "RetryableError"
+                    | "ReferencedResourceNotProvisioned",
+                ),
+            ) => ErrorClass::Retryable,
+            (Some(429), _) => ErrorClass::Throttled,
+            (Some(401 | 403), _) => ErrorClass::NeedsUserAction,
+            (Some(404), _) => ErrorClass::NotFound,
+            (Some(409 | 412), _) => ErrorClass::Conflict,
+            (Some(400..=499), _) => ErrorClass::NeedsUserAction,
+            _ => ErrorClass::Retryable,
+        }
+    }
+}
+
+/// The port: everything kmsroute asks of ARM.
+#[async_trait::async_trait]
+pub trait NetworkApi: Send + Sync {
+    /// VNets (subnets inline) and route tables (routes inline) of each subscription, by listing.
+    async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError>;
+    /// Creates a route table with its routes; refuses to overwrite one that exists.
+    async fn create_route_table(
+        &self,
+        table: &RouteTableId,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+        disable_bgp_route_propagation: bool,
+        routes: &[Route],
+    ) -> Result<(), ArmError>;
+    /// PUTs one route through the `routes/{name}` child.
+    async fn put_route(&self, table: &RouteTableId, route: &Route) -> Result<(), ArmError>;
+    async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError>;
+    /// Sets a subnet's `routeTable` only if it is still `expected`, keeping every other
+    /// property of the subnet exactly as ARM returned it.
+    async fn set_subnet_route_table(
+        &self,
+        subnet: &SubnetId,
+        expected: Option<&RouteTableId>,
+        new: Option<&RouteTableId>,
+    ) -> Result<(), ArmError>;
+    async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError>;
+}
+
+/// Carries out one planned write through the port.
+pub async fn execute(api: &dyn NetworkApi, write: &Write) -> Result<(), ArmError> {
+    match write {
+        Write::CreateRouteTable {
+            table,
+            location,
+            tags,
+            disable_bgp_route_propagation,
+            routes,
+        } => {
+            api.create_route_table(
+                table,
+                location,
+                tags,
+                *disable_bgp_route_propagation,
+                routes,
+            )
+            .await
+        }
+        Write::PutRoute { table, route, .. } => api.put_route(table, route).await,
+        Write::DeleteRoute { table, name, .. } => api.delete_route(table, name).await,
+        Write::AssociateSubnet { subnet, table } => {
+            api.set_subnet_route_table(subnet, None, Some(table)).await
+        }
+        Write::DissociateSubnet { subnet, table } => {
+            api.set_subnet_route_table(subnet, Some(table), None).await
+        }
+        Write::DeleteRouteTable { table } => api.delete_route_table(table).await,
+    }
+}

@@ -1,0 +1,375 @@
+//! The ARM pipeline policy every request passes through: per-subscription client-side token
+//! buckets (sized below ARM's documented limits and fed by `x-ms-ratelimit-remaining-*`),
+//! per-attempt timeouts, retries with exponential backoff and jitter that honour `Retry-After`,
+//! and metrics. It replaces the SDK's retry policy (configured off) because that one hides
+//! the headers we need and cannot tell `AnotherOperationInProgress` from other 409s.
+
+use super::metrics::ArmMetrics;
+use azure_core::{Context, Policy, PolicyResult, Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Retry and timeout settings.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    /// No retry is started once this much time has passed since the first attempt.
+    pub max_elapsed: Duration,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Per attempt; a request that hangs longer is abandoned (and retried).
+    pub timeout: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(300),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client-side bucket shape per subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketShape {
+    pub capacity: f64,
+    pub refill_per_sec: f64,
+}
+
+/// Client-side limits: 80% of ARM's documented buckets, so the service's own rarely empties.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    pub reads: BucketShape,
+    pub writes: BucketShape,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            reads: BucketShape {
+                capacity: 200.0,
+                refill_per_sec: 20.0,
+            },
+            writes: BucketShape {
+                capacity: 160.0,
+                refill_per_sec: 8.0,
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    paused_until: Option<Instant>,
+}
+
+/// Per-subscription token buckets shared by every request of a client.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limits: RateLimits,
+    buckets: Mutex<HashMap<(String, bool), Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        RateLimiter {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn shape(&self, read: bool) -> BucketShape {
+        if read {
+            self.limits.reads
+        } else {
+            self.limits.writes
+        }
+    }
+
+    /// Waits for a token of the subscription's read or write bucket.
+    pub async fn acquire(&self, subscription: &str, read: bool) {
+        let shape = self.shape(read);
+        loop {
+            let wait = {
+                let mut buckets = self.buckets.lock().await;
+                let now = Instant::now();
+                let b = buckets
+                    .entry((subscription.to_string(), read))
+                    .or_insert(Bucket {
+                        tokens: shape.capacity,
+                        last: now,
+                        paused_until: None,
+                    });
+                b.tokens = (b.tokens
+                    + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
+                    .min(shape.capacity);
+                b.last = now;
+                match b.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ if b.tokens >= 1.0 => {
+                        b.tokens -= 1.0;
+                        return;
+                    }
+                    _ => Duration::from_secs_f64((1.0 - b.tokens) / shape.refill_per_sec),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Adopts ARM's own count when it is lower than ours (other clients share the budget).
+    pub async fn observe_remaining(&self, subscription: &str, read: bool, remaining: f64) {
+        let mut buckets = self.buckets.lock().await;
+        if let Some(b) = buckets.get_mut(&(subscription.to_string(), read)) {
+            b.tokens = b.tokens.min(remaining);
+        }
+    }
+
+    /// Holds every request of the subscription back until `until` (after a 429).
+    pub async fn pause(&self, subscription: &str, read: bool, until: Instant) {
+        let shape = self.shape(read);
+        let mut buckets = self.buckets.lock().await;
+        let b = buckets
+            .entry((subscription.to_string(), read))
+            .or_insert(Bucket {
+                tokens: 0.0,
+                last: Instant::now(),
+                paused_until: None,
+            });
+        b.tokens = b.tokens.min(shape.capacity).min(0.0);
+        b.paused_until = Some(b.paused_until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// The policy itself; installed as the client's per-retry policy.
+#[derive(Debug)]
+pub struct ArmPolicy {
+    pub limiter: Arc<RateLimiter>,
+    pub metrics: Arc<ArmMetrics>,
+    pub retry: RetrySettings,
+}
+
+/// `subscriptions/{id}` from a request path (lower-cased), or "" for other URLs.
+pub fn subscription_of(path: &str) -> String {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    while let Some(s) = segs.next() {
+        if s.eq_ignore_ascii_case("subscriptions") {
+            return segs.next().unwrap_or_default().to_ascii_lowercase();
+        }
+    }
+    String::new()
+}
+
+/// A metrics label for a request: method and the last resource type in the path.
+pub fn operation_label(method: &str, path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let kind = if segs
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case("operations") || s.eq_ignore_ascii_case("operationResults"))
+    {
+        "operation"
+    } else {
+        // Types sit at odd positions after the provider namespace; take the last type name.
+        let provider = segs
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case("Microsoft.Network"));
+        match provider {
+            Some(p) => {
+                let rest = &segs[p + 1..];
+                let idx = if rest.len().is_multiple_of(2) {
+                    rest.len().saturating_sub(2)
+                } else {
+                    rest.len() - 1
+                };
+                rest.get(idx).copied().unwrap_or("unknown")
+            }
+            None => "unknown",
+        }
+    };
+    format!("{method} {kind}")
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get_optional_str(&azure_core::headers::RETRY_AFTER)?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn backoff(settings: &RetrySettings, attempt: u32) -> Duration {
+    let exp = settings
+        .base_delay
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)));
+    let capped = exp.min(settings.max_delay);
+    // Full jitter in [capped/2, capped].
+    let jitter = rand::random::<f64>() * 0.5 + 0.5;
+    capped.mul_f64(jitter)
+}
+
+#[async_trait::async_trait]
+impl Policy for ArmPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let path = request.url().path().to_string();
+        let method = request.method().to_string();
+        let read = method.eq_ignore_ascii_case("GET");
+        let subscription = subscription_of(&path);
+        let label = operation_label(&method, &path);
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.limiter.acquire(&subscription, read).await;
+            let t0 = Instant::now();
+            let outcome =
+                tokio::time::timeout(self.retry.timeout, next[0].send(ctx, request, &next[1..]))
+                    .await;
+            let can_retry = |delay: Duration| {
+                attempt < self.retry.max_attempts
+                    && start.elapsed() + delay <= self.retry.max_elapsed
+            };
+            let resp = match outcome {
+                Err(_elapsed) => {
+                    self.metrics.record(&label, "timeout", t0.elapsed());
+                    let delay = backoff(&self.retry, attempt);
+                    if can_retry(delay) {
+                        tracing::warn!(operation = %label, attempt, "ARM request timed out; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(azure_core::Error::message(
+                        azure_core::error::ErrorKind::Io,
+                        format!(
+                            "ARM request {label} timed out after {:?}",
+                            self.retry.timeout
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    self.metrics.record(&label, "error", t0.elapsed());
+                    let delay = backoff(&self.retry, attempt);
+                    if *e.kind() == azure_core::error::ErrorKind::Io && can_retry(delay) {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            let status = resp.status();
+            self.metrics
+                .record(&label, &u16::from(status).to_string(), t0.elapsed());
+            let header = if read {
+                "x-ms-ratelimit-remaining-subscription-reads"
+            } else {
+                "x-ms-ratelimit-remaining-subscription-writes"
+            };
+            if let Some(remaining) = resp
+                .headers()
+                .get_optional_str(&azure_core::headers::HeaderName::from_static(header))
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                self.limiter
+                    .observe_remaining(&subscription, read, remaining)
+                    .await;
+            }
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let transient = matches!(
+                status,
+                StatusCode::TooManyRequests
+                    | StatusCode::Conflict
+                    | StatusCode::InternalServerError
+                    | StatusCode::BadGateway
+                    | StatusCode::ServiceUnavailable
+                    | StatusCode::GatewayTimeout
+            );
+            if !transient {
+                return Ok(resp);
+            }
+            // Read the body to tell retryable 409/429s from the rest, then rebuild the response.
+            let hinted = retry_after(&resp);
+            let (status, headers, body) = resp.deconstruct();
+            let bytes = body.collect().await?;
+            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/code")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            let rebuilt = Response::new(
+                status,
+                headers,
+                Box::pin(azure_core::BytesStream::new(bytes)),
+            );
+            let retryable = match status {
+                StatusCode::Conflict => code == "AnotherOperationInProgress",
+                _ => true,
+            };
+            let delay = hinted.unwrap_or_else(|| backoff(&self.retry, attempt));
+            if status == StatusCode::TooManyRequests && code != "RetryableError" {
+                self.limiter
+                    .pause(&subscription, read, Instant::now() + delay)
+                    .await;
+            }
+            if !retryable || !can_retry(delay) {
+                return Ok(rebuilt);
+            }
+            tracing::debug!(operation = %label, status = u16::from(status), code, attempt, ?delay, "retrying ARM request");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_the_resource_type() {
+        let p = "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Network/routeTables/rt/routes/r1";
+        assert_eq!(operation_label("PUT", p), "PUT routes");
+        assert_eq!(
+            operation_label(
+                "GET",
+                "/subscriptions/S/providers/Microsoft.Network/routeTables"
+            ),
+            "GET routeTables"
+        );
+        assert_eq!(
+            operation_label(
+                "GET",
+                "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+            ),
+            "GET subnets"
+        );
+        assert_eq!(subscription_of(p), "s");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = RetrySettings {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetrySettings::default()
+        };
+        assert!(backoff(&s, 1) <= Duration::from_millis(200));
+        assert!(backoff(&s, 10) <= Duration::from_secs(1));
+        assert!(backoff(&s, 10) >= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,513 @@
+//! The real ARM client (`azure_mgmt_network` + our pipeline policy) against the emulator over
+//! HTTP: listing with paging, writes, the subnet-PUT trap avoided, 412/429/timeouts/auth.
+
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::StaticToken;
+use kmsroute::azure::policy::RetrySettings;
+use kmsroute::azure::{ErrorClass, NetworkApi};
+use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::ids::{RouteTableId, SubnetId};
+use kmsroute::model::{NextHopType, Route};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SUB: &str = "00000000-0000-0000-0000-000000000001";
+const SUB2: &str = "00000000-0000-0000-0000-000000000002";
+
+fn rg(sub: &str) -> String {
+    format!("/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Network")
+}
+
+async fn emulator(config: Config, resources: Vec<Value>) -> EmulatorHandle {
+    emulator::start(
+        config,
+        Seed {
+            resources,
+            learned_routes: vec![],
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn client(em: &EmulatorHandle, retry: RetrySettings) -> AzureNetworkApi {
+    let url = url::Url::parse(&em.url()).unwrap();
+    AzureNetworkApi::new(
+        url,
+        Arc::new(StaticToken::new("t")),
+        ClientSettings {
+            retry,
+            ..ClientSettings::default()
+        },
+    )
+    .unwrap()
+}
+
+fn quick_retry() -> RetrySettings {
+    RetrySettings {
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        timeout: Duration::from_secs(10),
+        ..RetrySettings::default()
+    }
+}
+
+fn vnet(sub: &str, name: &str, subnets: Value) -> Value {
+    json!({"id": format!("{}/virtualNetworks/{name}", rg(sub)), "location": "westeurope", "tags": {"env": "prod"},
+           "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}, "subnets": subnets}})
+}
+
+fn subnet(sub: &str, vnet: &str, name: &str, props: Value) -> Value {
+    json!({"id": format!("{}/virtualNetworks/{vnet}/subnets/{name}", rg(sub)), "name": name, "properties": props})
+}
+
+fn table(sub: &str, name: &str) -> Value {
+    json!({"id": format!("{}/routeTables/{name}", rg(sub)), "location": "westeurope", "properties": {"routes": [
+        {"name": "to-fw", "properties": {"addressPrefix": "0.0.0.0/0", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}
+    ]}})
+}
+
+fn kms_route(ip: &str) -> Route {
+    Route {
+        name: format!("kms-{}", ip.replace('.', "-")),
+        address_prefix: format!("{ip}/32"),
+        next_hop_type: NextHopType::Internet,
+        next_hop_ip_address: None,
+    }
+}
+
+fn subnet_json(em: &EmulatorHandle, id: &str) -> Value {
+    let (vnet, name) = id.rsplit_once("/subnets/").unwrap();
+    em.dump()
+        .resources
+        .into_iter()
+        .find(|r| r["id"].as_str().unwrap().eq_ignore_ascii_case(vnet))
+        .unwrap()["properties"]["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn inventory_lists_every_subscription_following_next_links() {
+    let mut resources = Vec::new();
+    for sub in [SUB, SUB2] {
+        for v in 0..3 {
+            resources.push(vnet(
+                sub,
+                &format!("v{v}"),
+                json!([subnet(
+                    sub,
+                    &format!("v{v}"),
+                    "app",
+                    json!({"addressPrefix": "10.0.1.0/24"})
+                )]),
+            ));
+        }
+        for t in 0..5 {
+            resources.push(table(sub, &format!("rt{t}")));
+        }
+    }
+    let em = emulator(
+        Config {
+            page_size: 2,
+            ..Config::default()
+        },
+        resources,
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    let subs: BTreeSet<String> = [SUB.to_string(), SUB2.to_string()].into();
+    let inv = api.inventory(&subs).await.unwrap();
+    assert_eq!(inv.virtual_networks.len(), 6);
+    assert_eq!(inv.route_tables.len(), 10);
+    assert_eq!(inv.subscriptions, subs);
+    assert_eq!(
+        inv.route_tables[0].routes[0].next_hop_type,
+        NextHopType::VirtualAppliance
+    );
+    assert_eq!(
+        inv.virtual_networks[0].tags.get("env").map(String::as_str),
+        Some("prod")
+    );
+    let stats = em.stats();
+    // 3 VNets at 2 a page = 2 pages; 5 tables = 3 pages; per subscription.
+    assert_eq!(
+        stats.by_operation.get("VirtualNetworks_ListAll 200"),
+        Some(&4)
+    );
+    assert_eq!(stats.by_operation.get("RouteTables_ListAll 200"), Some(&6));
+    assert_eq!(stats.writes, 0);
+}
+
+#[tokio::test]
+async fn create_table_put_routes_and_associate_through_the_real_client() {
+    let s = subnet(SUB, "hub", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = emulator(Config::default(), vec![vnet(SUB, "hub", json!([s]))]).await;
+    let api = client(&em, quick_retry());
+    let t = RouteTableId::new(SUB, "rg", "hub-app-kms");
+    let tags = BTreeMap::from([("managed-by".to_string(), "kmsroute".to_string())]);
+    api.create_route_table(
+        &t,
+        "westeurope",
+        &tags,
+        false,
+        &[kms_route("20.118.99.224")],
+    )
+    .await
+    .unwrap();
+    api.put_route(&t, &kms_route("40.83.235.53")).await.unwrap();
+    let sid = SubnetId::new(SUB, "rg", "hub", "app");
+    api.set_subnet_route_table(&sid, None, Some(&t))
+        .await
+        .unwrap();
+    let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
+    let table = inv.route_table(&t).unwrap();
+    assert_eq!(table.routes.len(), 2);
+    assert_eq!(table.tags, tags);
+    assert_eq!(table.subnets, vec![sid.clone()]);
+    assert_eq!(inv.subnet(&sid).unwrap().1.route_table.as_ref(), Some(&t));
+    api.delete_route(&t, "kms-40-83-235-53").await.unwrap();
+    api.set_subnet_route_table(&sid, Some(&t), None)
+        .await
+        .unwrap();
+    api.delete_route_table(&t).await.unwrap();
+    let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
+    assert!(inv.route_tables.is_empty());
+}
+
+#[tokio::test]
+async fn association_keeps_every_other_subnet_property_byte_for_byte() {
+    let nsg = json!({"id": format!("{}/networkSecurityGroups/nsg", rg(SUB)), "location": "westeurope", "properties": {}});
+    let nat = json!({"id": format!("{}/natGateways/nat", rg(SUB)), "location": "westeurope", "properties": {}});
+    let props = json!({
+        "addressPrefix": "10.0.1.0/24",
+        "networkSecurityGroup": {"id": nsg["id"]},
+        "natGateway": {"id": nat["id"]},
+        "serviceEndpoints": [{"service": "Microsoft.Storage", "locations": ["westeurope", "northeurope"], "provisioningState": "Succeeded"}],
+        "delegations": [{"name": "sql", "id": format!("{}/virtualNetworks/hub/subnets/app/delegations/sql", rg(SUB)),
+                         "properties": {"serviceName": "Microsoft.Sql/managedInstances", "actions": ["Microsoft.Network/virtualNetworks/subnets/join/action"]}}],
+        "privateEndpointNetworkPolicies": "Enabled",
+        "privateLinkServiceNetworkPolicies": "Disabled",
+        "defaultOutboundAccess": false,
+        "someFuturePropertyTheSdkDoesNotKnow": {"keep": [1, 2, 3]}
+    });
+    let s = subnet(SUB, "hub", "app", props);
+    let em = emulator(
+        Config::default(),
+        vec![vnet(SUB, "hub", json!([s])), nsg, nat, table(SUB, "rt")],
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    let sid = SubnetId::new(SUB, "rg", "hub", "app");
+    let before = subnet_json(&em, sid.as_str());
+    let t = RouteTableId::new(SUB, "rg", "rt");
+    api.set_subnet_route_table(&sid, None, Some(&t))
+        .await
+        .unwrap();
+    let after = subnet_json(&em, sid.as_str());
+    let mut a = after["properties"].as_object().unwrap().clone();
+    assert_eq!(a.remove("routeTable"), Some(json!({"id": t.as_str()})));
+    assert_eq!(
+        Value::Object(a),
+        before["properties"],
+        "only routeTable may change"
+    );
+}
+
+#[tokio::test]
+async fn a_412_is_recovered_by_re_reading_the_subnet() {
+    let s = subnet(SUB, "hub", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = emulator(
+        Config::default(),
+        vec![vnet(SUB, "hub", json!([s])), table(SUB, "rt")],
+    )
+    .await;
+    em.add_fault(FaultRule {
+        method: Some("PUT".into()),
+        path_contains: Some("/subnets/app".into()),
+        status: Some(412),
+        code: Some("PreconditionFailed".into()),
+        count: Some(1),
+        ..FaultRule::default()
+    });
+    let api = client(&em, quick_retry());
+    let sid = SubnetId::new(SUB, "rg", "hub", "app");
+    let t = RouteTableId::new(SUB, "rg", "rt");
+    api.set_subnet_route_table(&sid, None, Some(&t))
+        .await
+        .unwrap();
+    let stats = em.stats();
+    assert_eq!(
+        stats.by_operation.get("Subnets_CreateOrUpdate 412"),
+        Some(&1)
+    );
+    assert_eq!(
+        stats.by_operation.get("Subnets_Get 200"),
+        Some(&2),
+        "re-read after the 412"
+    );
+    assert_eq!(
+        subnet_json(&em, sid.as_str())["properties"]["routeTable"]["id"],
+        t.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_table_someone_else_associated_meanwhile_is_not_overwritten() {
+    let s = subnet(SUB, "hub", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = emulator(
+        Config::default(),
+        vec![
+            vnet(SUB, "hub", json!([s])),
+            table(SUB, "ours"),
+            table(SUB, "theirs"),
+        ],
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    let sid = SubnetId::new(SUB, "rg", "hub", "app");
+    let theirs = RouteTableId::new(SUB, "rg", "theirs");
+    em.other_writer(OtherWrite::SetSubnetRouteTable {
+        subnet: sid.to_string(),
+        route_table: Some(theirs.to_string()),
+    })
+    .unwrap();
+    let err = api
+        .set_subnet_route_table(&sid, None, Some(&RouteTableId::new(SUB, "rg", "ours")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Conflict);
+    assert_eq!(
+        subnet_json(&em, sid.as_str())["properties"]["routeTable"]["id"],
+        theirs.as_str()
+    );
+}
+
+#[tokio::test]
+async fn creating_a_table_that_appeared_meanwhile_is_refused_not_overwritten() {
+    let em = emulator(Config::default(), vec![table(SUB, "rt")]).await;
+    let api = client(&em, quick_retry());
+    let t = RouteTableId::new(SUB, "rg", "rt");
+    let err = api
+        .create_route_table(
+            &t,
+            "westeurope",
+            &BTreeMap::new(),
+            false,
+            &[kms_route("20.118.99.224")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.class, err.status), (ErrorClass::Conflict, Some(412)));
+    let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
+    assert_eq!(
+        inv.route_tables[0].routes[0].name, "to-fw",
+        "the existing routes survive"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_is_retried_after_retry_after_and_succeeds() {
+    let em = emulator(Config::default(), vec![table(SUB, "rt")]).await;
+    em.add_fault(FaultRule {
+        method: Some("PUT".into()),
+        status: Some(429),
+        code: Some("SubscriptionRequestsThrottled".into()),
+        retry_after: Some(1),
+        count: Some(2),
+        ..FaultRule::default()
+    });
+    let api = client(&em, quick_retry());
+    let started = Instant::now();
+    api.put_route(
+        &RouteTableId::new(SUB, "rg", "rt"),
+        &kms_route("20.118.99.224"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited Retry-After each time: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        em.stats().by_operation.get("Routes_CreateOrUpdate 429"),
+        Some(&2)
+    );
+    assert_eq!(api.metrics.count("PUT routes", "429"), 2);
+    assert_eq!(api.metrics.count("PUT routes", "201"), 1);
+}
+
+#[tokio::test]
+async fn another_operation_in_progress_on_the_vnet_is_retried() {
+    let s = subnet(SUB, "hub", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = emulator(
+        Config::default(),
+        vec![vnet(SUB, "hub", json!([s])), table(SUB, "rt")],
+    )
+    .await;
+    em.add_fault(FaultRule {
+        method: Some("PUT".into()),
+        path_contains: Some("/subnets/".into()),
+        status: Some(409),
+        code: Some("AnotherOperationInProgress".into()),
+        count: Some(1),
+        ..FaultRule::default()
+    });
+    let api = client(&em, quick_retry());
+    api.set_subnet_route_table(
+        &SubnetId::new(SUB, "rg", "hub", "app"),
+        None,
+        Some(&RouteTableId::new(SUB, "rg", "rt")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.metrics.count("PUT subnets", "409"), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_request_times_out_and_is_retried() {
+    let em = emulator(Config::default(), vec![table(SUB, "rt")]).await;
+    em.add_fault(FaultRule {
+        method: Some("GET".into()),
+        hang: true,
+        count: Some(1),
+        ..FaultRule::default()
+    });
+    let api = client(
+        &em,
+        RetrySettings {
+            timeout: Duration::from_millis(300),
+            ..quick_retry()
+        },
+    );
+    let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
+    assert_eq!(inv.route_tables.len(), 1);
+    assert_eq!(api.metrics.count_status("timeout"), 1);
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_hanging_fails_instead_of_sticking() {
+    let em = emulator(Config::default(), vec![table(SUB, "rt")]).await;
+    em.add_fault(FaultRule {
+        method: Some("GET".into()),
+        hang: true,
+        ..FaultRule::default()
+    });
+    let api = client(
+        &em,
+        RetrySettings {
+            timeout: Duration::from_millis(100),
+            max_attempts: 3,
+            ..quick_retry()
+        },
+    );
+    let err = api.inventory(&[SUB.to_string()].into()).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Retryable);
+    assert_eq!(api.metrics.count_status("timeout"), 3);
+}
+
+#[tokio::test]
+async fn auth_failures_need_user_action() {
+    let em = emulator(
+        Config {
+            token: Some("the-right-one".into()),
+            ..Config::default()
+        },
+        vec![table(SUB, "rt")],
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    let err = api.inventory(&[SUB.to_string()].into()).await.unwrap_err();
+    assert_eq!(
+        (err.class, err.status),
+        (ErrorClass::NeedsUserAction, Some(401))
+    );
+
+    let s = subnet(SUB, "hub", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = emulator(
+        Config::default(),
+        vec![vnet(SUB, "hub", json!([s])), table(SUB, "rt")],
+    )
+    .await;
+    em.add_fault(FaultRule {
+        method: Some("PUT".into()),
+        status: Some(403),
+        code: Some("LinkedAuthorizationFailed".into()),
+        ..FaultRule::default()
+    });
+    let api = client(&em, quick_retry());
+    let err = api
+        .set_subnet_route_table(
+            &SubnetId::new(SUB, "rg", "hub", "app"),
+            None,
+            Some(&RouteTableId::new(SUB, "rg", "rt")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::NeedsUserAction);
+    assert_eq!(err.code.as_deref(), Some("LinkedAuthorizationFailed"));
+    assert!(
+        err.to_string().contains("/subnets/app"),
+        "errors name the resource: {err}"
+    );
+}
+
+#[tokio::test]
+async fn long_running_operations_are_polled_to_completion() {
+    let em = emulator(
+        Config {
+            lro_duration: Duration::from_millis(1200),
+            ..Config::default()
+        },
+        vec![table(SUB, "rt")],
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    api.put_route(
+        &RouteTableId::new(SUB, "rg", "rt"),
+        &kms_route("20.118.99.224"),
+    )
+    .await
+    .unwrap();
+    let polls = em
+        .stats()
+        .by_operation
+        .get("Operations_Get 200")
+        .copied()
+        .unwrap_or(0);
+    assert!(polls >= 2, "InProgress then Succeeded: {polls} polls");
+}
+
+#[tokio::test]
+async fn a_failed_long_running_operation_surfaces_as_an_error() {
+    let em = emulator(Config::default(), vec![table(SUB, "rt")]).await;
+    em.add_fault(FaultRule {
+        method: Some("PUT".into()),
+        lro_status: Some("Failed".into()),
+        count: Some(1),
+        ..FaultRule::default()
+    });
+    let api = client(&em, quick_retry());
+    let err = api
+        .put_route(
+            &RouteTableId::new(SUB, "rg", "rt"),
+            &kms_route("20.118.99.224"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("ended Failed"), "{err}");
+    let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
+    assert_eq!(
+        inv.route_tables[0].routes.len(),
+        1,
+        "the failed write was not applied"
+    );
+}
