@@ -511,3 +511,61 @@ async fn a_failed_long_running_operation_surfaces_as_an_error() {
         "the failed write was not applied"
     );
 }
+
+/// The whole read path on the example estate: seed → emulator → real client → planner.
+#[tokio::test]
+async fn the_example_estate_plans_as_its_story_says() {
+    use kmsroute::api::{parse_policies, validate_policy};
+    use kmsroute::catalog::Cloud;
+    use kmsroute::plan::{SkipReason, Verdict, Warning, Write, plan};
+    let seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = client(&em, quick_retry());
+    let docs =
+        parse_policies(&std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap()).unwrap();
+    let policy = validate_policy(docs[0].policy.as_ref().unwrap(), Cloud::AzurePublic)
+        .unwrap()
+        .desired;
+    let inv = api.inventory(&policy.subscriptions()).await.unwrap();
+    let p = plan(std::slice::from_ref(&policy), &inv);
+    let verdict = |name: &str| {
+        &p.verdicts
+            .iter()
+            .find(|v| v.subnet.name() == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .verdict
+    };
+    assert_eq!(
+        p.verdicts.len(),
+        7,
+        "the hub is not tagged kms=enabled: {:#?}",
+        p.verdicts
+    );
+    assert!(matches!(
+        verdict("GatewaySubnet"),
+        Verdict::Skipped {
+            reason: SkipReason::SpecialSubnet { .. }
+        }
+    ));
+    assert!(
+        matches!(verdict("app"), Verdict::WillRepair { changes: 2 }),
+        "create + associate"
+    );
+    assert!(matches!(verdict("web"), Verdict::WillRepair { changes: 3 }));
+    assert!(matches!(verdict("legacy"), Verdict::Conflict { route, .. } if route == "legacy-kms"));
+    let private = p
+        .verdicts
+        .iter()
+        .find(|v| v.subnet.name() == "private")
+        .unwrap();
+    assert_eq!(private.warnings, [Warning::NoInternetEgress]);
+    let shared_puts = p.writes.iter().filter(|w| matches!(&w.write, Write::PutRoute { table, .. } if table.name() == "rt-spoke1-shared")).count();
+    assert_eq!(
+        shared_puts, 3,
+        "the shared table gets its three routes once"
+    );
+    assert_eq!(em.stats().writes, 0, "planning only reads");
+}

@@ -89,3 +89,46 @@ fn validate_fails_on_a_missing_file_or_an_empty_one() {
         Some(2)
     );
 }
+
+#[test]
+fn emulator_serves_the_example_estate_on_loopback() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "examples/estate.json",
+            "--page-size",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (unauth, page) = rt.block_on(async {
+        let path = format!("{url}/subscriptions/11111111-1111-1111-1111-111111111111/providers/Microsoft.Network/virtualNetworks?api-version=2024-03-01");
+        let c = reqwest::Client::new();
+        let unauth = c.get(&path).send().await.unwrap().status().as_u16();
+        let page: serde_json::Value = c.get(&path).bearer_auth("anything").send().await.unwrap().json().await.unwrap();
+        (unauth, page)
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(unauth, 401);
+    assert_eq!(page["value"].as_array().unwrap().len(), 1);
+    assert!(page["nextLink"].as_str().unwrap().contains("$skiptoken=1"));
+}
