@@ -435,6 +435,32 @@ pub(crate) fn dispatch(
     }
 }
 
+/// Inserts or replaces a child (`routes` / `subnets`) of a top-level resource by name and gives
+/// the parent and all its children a new etag, which it returns.
+fn upsert_child(store: &mut Store, key: &str, child: &str, value: Value) -> Result<String, Reply> {
+    let name = value["name"].as_str().unwrap_or_default().to_string();
+    let Some(items) = store
+        .resources
+        .get_mut(key)
+        .and_then(|r| r["properties"][child].as_array_mut())
+    else {
+        return Err(Reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            format!("resource has no {child} array"),
+        ));
+    };
+    match items.iter().position(|c| {
+        c["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+    }) {
+        Some(i) => items[i] = value,
+        None => items.push(value),
+    }
+    Ok(store.bump(key).unwrap_or_default())
+}
+
 fn list_top(store: &Store, prefix: &str, kind: &str) -> Vec<Value> {
     store
         .resources
@@ -679,23 +705,10 @@ fn route_op(
             let route = json!({"name": name, "id": route_id, "type": "Microsoft.Network/routeTables/routes", "properties": props});
             let mut shown = route.clone();
             if ctx.lro_failure.is_none() {
-                let Some(routes) = store
-                    .resources
-                    .get_mut(key)
-                    .and_then(|t| t["properties"]["routes"].as_array_mut())
-                else {
-                    return Reply::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalServerError",
-                        "route table has no routes array",
-                    );
-                };
-                match idx {
-                    Some(i) => routes[i] = route,
-                    None => routes.push(route),
+                match upsert_child(store, key, "routes", route) {
+                    Ok(etag) => shown["etag"] = json!(etag),
+                    Err(e) => return e,
                 }
-                let etag = store.bump(key).unwrap_or_default();
-                shown["etag"] = json!(etag);
             }
             shown["properties"]["provisioningState"] = json!("Updating");
             let status = if idx.is_some() {
@@ -899,22 +912,10 @@ fn put_subnet(
     let subnet = json!({"name": name, "id": subnet_id, "type": "Microsoft.Network/virtualNetworks/subnets", "properties": Value::Object(new_props)});
     let mut shown = subnet.clone();
     if ctx.lro_failure.is_none() {
-        let Some(subnets) = store
-            .resources
-            .get_mut(vnet_key)
-            .and_then(|v| v["properties"]["subnets"].as_array_mut())
-        else {
-            return Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalServerError",
-                "virtual network has no subnets array",
-            );
+        let etag = match upsert_child(store, vnet_key, "subnets", subnet) {
+            Ok(etag) => etag,
+            Err(e) => return e,
         };
-        match idx {
-            Some(i) => subnets[i] = subnet,
-            None => subnets.push(subnet),
-        }
-        let etag = store.bump(vnet_key).unwrap_or_default();
         // Associating a table changes the table too: its etag moves with its subnets list.
         for table in [
             old.as_ref()
@@ -979,24 +980,16 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
                 .to_string();
             let props = check_route(&name, route.get("properties").unwrap_or(&json!({})))
                 .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
-            let t = store
+            let table_id = store
                 .resources
-                .get_mut(&key)
-                .ok_or(format!("no route table {route_table}"))?;
-            let id = format!("{}/routes/{name}", t["id"].as_str().unwrap_or_default());
-            let routes = t["properties"]["routes"]
-                .as_array_mut()
-                .ok_or("table has no routes")?;
-            let r = json!({"name": name, "id": id, "type": "Microsoft.Network/routeTables/routes", "properties": props});
-            match routes.iter().position(|x| {
-                x["name"]
-                    .as_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&name))
-            }) {
-                Some(i) => routes[i] = r,
-                None => routes.push(r),
-            }
-            store.bump(&key);
+                .get(&key)
+                .ok_or(format!("no route table {route_table}"))?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let r = json!({"name": name, "id": format!("{table_id}/routes/{name}"), "type": "Microsoft.Network/routeTables/routes", "properties": props});
+            upsert_child(store, &key, "routes", r)
+                .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
         }
         OtherWrite::SetSubnetRouteTable {
             subnet,
