@@ -7,7 +7,10 @@
 pub mod api;
 pub mod azure;
 pub mod catalog;
+pub mod demo;
 pub mod emulator;
 pub mod ids;
 pub mod model;
+pub mod output;
 pub mod plan;
+pub mod reconcile;

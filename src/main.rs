@@ -1,10 +1,37 @@
 //! The `kmsroute` command line: thin wiring over the library's layers.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kmsroute::api::{self, validate_policy};
+use kmsroute::api::{self, DesiredState, validate_policy};
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::{AuthMode, credential};
 use kmsroute::catalog::Cloud;
-use std::io::Read;
+use kmsroute::output::{plan_table, problems_text, status_table};
+use kmsroute::reconcile::{Options, Progress, Report, RunMode, reconcile};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
+
+/// Exit codes of `plan` and `apply` (documented in the README).
+const EXIT_CHANGES_PENDING: u8 = 1;
+const EXIT_INVALID_INPUT: u8 = 2;
+const EXIT_PROBLEMS: u8 = 3;
+const EXIT_AZURE_FAILED: u8 = 4;
+
+/// Where and how to reach ARM.
+#[derive(clap::Args)]
+struct ArmArgs {
+    /// ARM endpoint (default: the cloud's, e.g. https://management.azure.com). A loopback URL
+    /// (the emulator) needs no credentials.
+    #[arg(long, env = "KMSROUTE_ARM_ENDPOINT")]
+    arm_endpoint: Option<String>,
+    #[arg(long, value_enum, default_value = "auto", env = "KMSROUTE_AUTH")]
+    auth: AuthMode,
+    /// The cloud a policy without spec.kms.cloud routes, and the default ARM endpoint.
+    #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
+    cloud: Cloud,
+    /// Route tables written in parallel.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +75,29 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         lro_ms: u64,
     },
+    /// Show what reconcile would change for the policies in FILE. Reads only.
+    /// Exit 0 nothing to do, 1 changes pending, 2 invalid input, 3 conflicts/errors, 4 Azure failed.
+    Plan {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: PlanOutput,
+        #[command(flatten)]
+        arm: ArmArgs,
+    },
+    /// Reconcile the policies in FILE once, without a cluster. Exit 0 converged, 2 invalid input,
+    /// 3 conflicts/errors remain, 4 Azure failed.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        arm: ArmArgs,
+    },
+    /// The zero-setup tour on the embedded ARM emulator.
+    Demo,
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
         #[arg(short = 'f', long = "filename")]
@@ -63,6 +113,13 @@ enum ThrottleMode {
     Off,
     /// ARM's documented per-subscription buckets.
     Arm,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PlanOutput {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +142,125 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Demo => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            kmsroute::demo::run(&mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { file, output, arm } => {
+            let Some(policies) = load_policies(&file, arm.cloud)? else {
+                return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+            };
+            let api = connect(&arm)?;
+            let options = Options {
+                mode: RunMode::PlanOnly,
+                concurrency: arm.concurrency,
+            };
+            let report = match reconcile(&api, &policies, &options, &|_| {}).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(EXIT_AZURE_FAILED));
+                }
+            };
+            let doc = serde_json::json!({"plan": report.plan, "policies": report.policies});
+            match output {
+                PlanOutput::Table => {
+                    print!("{}", plan_table(&report.plan));
+                    print!("{}", problems_text(&report));
+                }
+                PlanOutput::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+                ),
+                PlanOutput::Yaml => print!(
+                    "{}",
+                    serde_yaml::to_string(&doc).map_err(|e| e.to_string())?
+                ),
+            }
+            Ok(exit_for(&report, true))
+        }
+        Command::Apply { file, yes, arm } => {
+            let Some(policies) = load_policies(&file, arm.cloud)? else {
+                return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+            };
+            let api = connect(&arm)?;
+            if !yes {
+                let preview = match reconcile(
+                    &api,
+                    &policies,
+                    &Options {
+                        mode: RunMode::PlanOnly,
+                        concurrency: arm.concurrency,
+                    },
+                    &|_| {},
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(EXIT_AZURE_FAILED));
+                    }
+                };
+                print!("{}", plan_table(&preview.plan));
+                if preview.plan.writes.is_empty() {
+                    print!("{}", status_table(&preview));
+                    print!("{}", problems_text(&preview));
+                    return Ok(exit_for(&preview, false));
+                }
+                if !std::io::stdin().is_terminal() {
+                    eprintln!(
+                        "error: refusing to write without confirmation: stdin is not a terminal; pass --yes"
+                    );
+                    return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+                }
+                print!(
+                    "Apply {} write(s) to Azure? [y/N] ",
+                    preview.plan.writes.len()
+                );
+                std::io::stdout().flush().map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                std::io::stdin()
+                    .read_line(&mut answer)
+                    .map_err(|e| e.to_string())?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    println!("Nothing written.");
+                    return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
+                }
+            }
+            let tty = std::io::stderr().is_terminal();
+            let progress = move |p: Progress| show_progress(p, tty);
+            let report = match reconcile(
+                &api,
+                &policies,
+                &Options {
+                    mode: RunMode::Apply,
+                    concurrency: arm.concurrency,
+                },
+                &progress,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(EXIT_AZURE_FAILED));
+                }
+            };
+            if tty {
+                eprintln!();
+            }
+            println!(
+                "{} write(s) done, {} failed.",
+                report.writes_done(),
+                report.writes_failed()
+            );
+            print!("{}", status_table(&report));
+            print!("{}", problems_text(&report));
+            Ok(exit_for(&report, false))
+        }
         Command::Emulator {
             listen,
             seed,
@@ -184,6 +360,103 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::from(2)
             })
         }
+    }
+}
+
+/// Reads and validates every policy in a file; prints problems and returns `None` if any is invalid.
+fn load_policies(file: &str, cloud: Cloud) -> Result<Option<Vec<DesiredState>>, String> {
+    let docs = api::parse_policies(&read_input(file)?)?;
+    if docs.is_empty() {
+        return Err(format!("{file}: no policies found"));
+    }
+    let mut policies = Vec::new();
+    let mut invalid = false;
+    for doc in docs {
+        let label = doc
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("document {}", doc.index));
+        match doc.policy.and_then(|p| validate_policy(&p, cloud)) {
+            Ok(v) => {
+                for w in v.warnings {
+                    eprintln!("warning: {label}: {w}");
+                }
+                policies.push(v.desired);
+            }
+            Err(errors) => {
+                invalid = true;
+                eprintln!("{label}: invalid");
+                for e in errors {
+                    eprintln!("  {e}");
+                }
+            }
+        }
+    }
+    Ok((!invalid).then_some(policies))
+}
+
+fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, String> {
+    let endpoint = arm
+        .arm_endpoint
+        .clone()
+        .unwrap_or_else(|| arm.cloud.endpoints().arm_endpoint.to_string());
+    let url = url::Url::parse(&endpoint).map_err(|e| format!("--arm-endpoint {endpoint}: {e}"))?;
+    let cred = credential(arm.auth, &url, arm.cloud)?;
+    AzureNetworkApi::new(url, cred, ClientSettings::default())
+}
+
+fn exit_for(report: &Report, plan_only: bool) -> ExitCode {
+    if report.has_problems() {
+        ExitCode::from(EXIT_PROBLEMS)
+    } else if plan_only && !report.plan.writes.is_empty() {
+        ExitCode::from(EXIT_CHANGES_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn show_progress(p: Progress, tty: bool) {
+    match p {
+        Progress::Observed {
+            subscriptions,
+            subnets,
+            route_tables,
+        } => {
+            eprintln!(
+                "observed {subscriptions} subscription(s): {subnets} subnet(s), {route_tables} route table(s)"
+            );
+        }
+        Progress::Planned { writes } => eprintln!("planned {writes} write(s)"),
+        Progress::Wrote {
+            done, total, error, ..
+        } if tty => {
+            let width = 30;
+            let filled = if total == 0 {
+                width
+            } else {
+                done * width / total
+            };
+            eprint!(
+                "\r[{}{}] {done}/{total} writes{}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                if error.is_some() {
+                    " (some failed)"
+                } else {
+                    ""
+                }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        Progress::Wrote {
+            done,
+            total,
+            write,
+            error,
+        } => match error {
+            None => println!("[{done}/{total}] {write}: ok"),
+            Some(e) => println!("[{done}/{total}] {write}: FAILED: {e}"),
+        },
     }
 }
 

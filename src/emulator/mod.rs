@@ -427,9 +427,15 @@ fn pick_fault(store: &mut Store, method: &Method, path: &str) -> Option<FaultRul
             .path_contains
             .as_deref()
             .is_none_or(|p| lpath.contains(&lower(p)));
-        let left = rule.count.is_none_or(|c| *hits < c);
-        if method_ok && path_ok && left && rand::random::<f64>() < rule.probability.unwrap_or(1.0) {
-            *hits += 1;
+        if !(method_ok && path_ok) {
+            continue;
+        }
+        // `hits` counts matching requests; the fault covers the window [after, after + count).
+        let seen = *hits;
+        *hits += 1;
+        let after = rule.after.unwrap_or(0);
+        let active = seen >= after && rule.count.is_none_or(|c| seen - after < c);
+        if active && rand::random::<f64>() < rule.probability.unwrap_or(1.0) {
             return Some(rule.clone());
         }
     }

@@ -72,6 +72,8 @@ pub struct FaultRule {
     pub probability: Option<f64>,
     /// How many matching requests to affect (unlimited when absent).
     pub count: Option<u64>,
+    /// Let this many matching requests through before the fault starts (e.g. "fail after N writes").
+    pub after: Option<u64>,
     /// Extra latency before answering.
     pub latency_ms: Option<u64>,
     /// Never answer (the client's timeout must fire).

@@ -1,0 +1,144 @@
+//! Human output of plans and pass reports: the plan grouped by route table, and the
+//! `kubectl get krp`-shaped summary. Pure string building, tested through the CLI.
+
+use crate::plan::{Plan, Verdict};
+use crate::reconcile::{PolicyReport, Report};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// True when every selected subnet is in sync or deliberately skipped.
+pub fn ready(p: &PolicyReport) -> bool {
+    p.summary.errors == 0
+        && p.summary.conflicts == 0
+        && p.summary.in_sync + p.summary.skipped == p.summary.subnets_matched
+}
+
+/// The plan grouped by route table: each table's subnets with verdicts, then its writes.
+pub fn plan_table(plan: &Plan) -> String {
+    let mut groups: BTreeMap<String, (String, Vec<String>, Vec<String>)> = BTreeMap::new();
+    let none = "~".to_string();
+    for v in &plan.verdicts {
+        let (key, title) = match &v.route_table {
+            Some(t) => (
+                t.key().to_string(),
+                format!(
+                    "route table {} (resource group {}, subscription {})",
+                    t.name(),
+                    t.resource_group(),
+                    t.subscription()
+                ),
+            ),
+            None => (none.clone(), "no route table".to_string()),
+        };
+        let g = groups
+            .entry(key)
+            .or_insert_with(|| (title, Vec::new(), Vec::new()));
+        let mut why = match &v.verdict {
+            Verdict::InSync => String::new(),
+            other => other.message(),
+        };
+        for w in &v.warnings {
+            why.push_str(&format!(
+                "{}warning {}: {}",
+                if why.is_empty() { "" } else { "; " },
+                w.code(),
+                w.message()
+            ));
+        }
+        g.1.push(format!(
+            "  {:<34} {:<11} {:<16} {}",
+            format!("{}/{}", v.subnet.vnet_name(), v.subnet.name()),
+            v.policy,
+            verdict_label(&v.verdict),
+            why
+        ));
+    }
+    for w in &plan.writes {
+        let key = w.write.table().key().to_string();
+        let g = groups.entry(key).or_insert_with(|| {
+            (
+                format!("route table {}", w.write.table().name()),
+                Vec::new(),
+                Vec::new(),
+            )
+        });
+        g.2.push(format!("    + {}", w.write));
+    }
+    let mut out = String::new();
+    for (title, subnets, writes) in groups.into_values() {
+        let _ = writeln!(out, "{title}");
+        let _ = writeln!(
+            out,
+            "  {:<34} {:<11} {:<16} WHY",
+            "SUBNET", "POLICY", "VERDICT"
+        );
+        for s in subnets {
+            let _ = writeln!(out, "{}", s.trim_end());
+        }
+        if !writes.is_empty() {
+            let _ = writeln!(out, "  writes:");
+            for w in writes {
+                let _ = writeln!(out, "{w}");
+            }
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{} write(s) planned.", plan.writes.len());
+    out
+}
+
+pub fn verdict_label(v: &Verdict) -> String {
+    match v {
+        Verdict::InSync => "InSync".into(),
+        Verdict::WillRepair { .. } => "WillRepair".into(),
+        Verdict::Conflict { .. } => "Conflict".into(),
+        Verdict::Skipped { reason } => format!("Skipped:{}", reason.code()),
+        Verdict::Error { reason, .. } => format!("Error:{}", reason.code()),
+    }
+}
+
+/// `kubectl get krp` columns, one line per policy.
+pub fn status_table(report: &Report) -> String {
+    let mut out = format!(
+        "{:<20} {:<6} {:<8} {:>7} {:>7} {:>9} {:>8} {:>7} {:>6}\n",
+        "NAME", "READY", "MODE", "SUBNETS", "INSYNC", "CONFLICTS", "REPAIRED", "SKIPPED", "ERRORS"
+    );
+    for p in &report.policies {
+        let s = &p.summary;
+        let _ = writeln!(
+            out,
+            "{:<20} {:<6} {:<8} {:>7} {:>7} {:>9} {:>8} {:>7} {:>6}",
+            p.name,
+            if ready(p) { "True" } else { "False" },
+            format!("{:?}", p.mode),
+            s.subnets_matched,
+            s.in_sync,
+            s.conflicts,
+            s.repaired,
+            s.skipped,
+            s.errors
+        );
+    }
+    out
+}
+
+/// The problems of every policy, as `kubectl describe` would list them.
+pub fn problems_text(report: &Report) -> String {
+    let mut out = String::new();
+    for p in &report.policies {
+        if p.problems.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{}: {} problem(s)", p.name, p.problems.len());
+        for pr in &p.problems {
+            let id = pr
+                .subnet_id
+                .split("/virtualNetworks/")
+                .nth(1)
+                .unwrap_or(&pr.subnet_id)
+                .replace("/subnets/", "/");
+            let _ = writeln!(out, "  {:<18} {:<28} {}", pr.reason, id, pr.message);
+        }
+    }
+    out
+}

@@ -1,0 +1,395 @@
+//! The executor, shared by `plan`, `apply`, `demo` and the controller: observe (inventory by
+//! listing, only the subscriptions the policies need) → plan → apply the writes with bounded
+//! concurrency, one route table's writes in plan order and one write per VNet at a time →
+//! re-read → a summary per policy that becomes status.
+//!
+//! Crash-safe by construction: it keeps no state of its own. Every pass plans from what Azure
+//! holds now, so re-running after an interruption converges without duplicates.
+
+use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
+use crate::azure::{ArmError, NetworkApi, execute};
+use crate::model::Inventory;
+use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// What a pass should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Observe and plan only (reads).
+    PlanOnly,
+    /// Observe, plan, write, re-read.
+    Apply,
+}
+
+/// How a pass runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: RunMode,
+    /// Route tables written in parallel (writes within one table are always sequential).
+    pub concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mode: RunMode::Apply,
+            concurrency: 8,
+        }
+    }
+}
+
+/// Progress events for a progress bar or log lines.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Observed {
+        subscriptions: usize,
+        subnets: usize,
+        route_tables: usize,
+    },
+    Planned {
+        writes: usize,
+    },
+    Wrote {
+        done: usize,
+        total: usize,
+        write: Write,
+        error: Option<ArmError>,
+    },
+}
+
+/// The outcome of one write.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub write: PlannedWrite,
+    /// `None`: done. `Some`: failed, or skipped because a write it depended on failed.
+    pub error: Option<ArmError>,
+}
+
+/// One policy's outcome, in the shape its status takes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub name: String,
+    pub mode: Mode,
+    pub summary: Summary,
+    pub problems: Vec<Problem>,
+    pub destinations: Vec<String>,
+    pub writes_planned: usize,
+    pub writes_done: usize,
+    pub writes_failed: usize,
+}
+
+/// Everything a pass did and found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The plan made from the first observation.
+    pub plan: Plan,
+    pub results: Vec<WriteResult>,
+    /// Verdicts after the writes (the plan's own verdicts when nothing was written).
+    pub final_verdicts: Vec<SubnetVerdict>,
+    pub policies: Vec<PolicyReport>,
+}
+
+impl Report {
+    pub fn writes_done(&self) -> usize {
+        self.results.iter().filter(|r| r.error.is_none()).count()
+    }
+    pub fn writes_failed(&self) -> usize {
+        self.results.iter().filter(|r| r.error.is_some()).count()
+    }
+    /// True when some subnet has a conflict or an error (plan/apply exit code 3).
+    pub fn has_problems(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.summary.conflicts > 0 || p.summary.errors > 0)
+    }
+}
+
+/// Reads the inventory of every subscription the policies need.
+pub async fn observe(
+    api: &dyn NetworkApi,
+    policies: &[DesiredState],
+) -> Result<Inventory, ArmError> {
+    let subscriptions: BTreeSet<String> = policies
+        .iter()
+        .flat_map(DesiredState::subscriptions)
+        .collect();
+    api.inventory(&subscriptions).await
+}
+
+/// One reconcile pass over a set of policies.
+pub async fn reconcile(
+    api: &dyn NetworkApi,
+    policies: &[DesiredState],
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, ArmError> {
+    let inventory = observe(api, policies).await?;
+    progress(Progress::Observed {
+        subscriptions: inventory.subscriptions.len(),
+        subnets: inventory
+            .virtual_networks
+            .iter()
+            .map(|v| v.subnets.len())
+            .sum(),
+        route_tables: inventory.route_tables.len(),
+    });
+    let first = plan(policies, &inventory);
+    progress(Progress::Planned {
+        writes: first.writes.len(),
+    });
+    if options.mode == RunMode::PlanOnly || first.writes.is_empty() {
+        let final_verdicts = first.verdicts.clone();
+        let policies = summarize(policies, &first, &[], &final_verdicts, false);
+        return Ok(Report {
+            plan: first,
+            results: Vec::new(),
+            final_verdicts,
+            policies,
+        });
+    }
+    let results = apply(api, &first.writes, options.concurrency.max(1), progress).await;
+    // Re-read what was written: the verdicts users see describe Azure after the pass.
+    let after = observe(api, policies).await?;
+    let final_verdicts = plan(policies, &after).verdicts;
+    let policies = summarize(policies, &first, &results, &final_verdicts, true);
+    Ok(Report {
+        plan: first,
+        results,
+        final_verdicts,
+        policies,
+    })
+}
+
+/// Groups writes into lanes, one per route table, keeping plan order within a lane.
+fn lanes(writes: &[PlannedWrite]) -> Vec<Vec<(usize, PlannedWrite)>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_table: HashMap<String, Vec<(usize, PlannedWrite)>> = HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        let key = w.write.table().key().to_string();
+        if !by_table.contains_key(&key) {
+            order.push(key.clone());
+        }
+        by_table.entry(key).or_default().push((i, w.clone()));
+    }
+    order
+        .into_iter()
+        .filter_map(|k| by_table.remove(&k))
+        .collect()
+}
+
+/// Carries out writes: lanes in parallel up to `concurrency`, one subnet write per VNet at a
+/// time. A failed table creation (or dissociation before a delete) skips what depends on it;
+/// any other failure is reported and the rest goes on.
+pub async fn apply(
+    api: &dyn NetworkApi,
+    writes: &[PlannedWrite],
+    concurrency: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Vec<WriteResult> {
+    let total = writes.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let vnet_locks: Mutex<HashMap<String, Arc<Mutex<()>>>> = Mutex::new(HashMap::new());
+    let lanes = lanes(writes);
+    let run_lane = |lane: Vec<(usize, PlannedWrite)>| {
+        let done = &done;
+        let vnet_locks = &vnet_locks;
+        async move {
+            let mut out = Vec::new();
+            let mut blocked: Option<ArmError> = None;
+            for (index, w) in lane {
+                let error = if let Some(cause) = &blocked {
+                    Some(ArmError {
+                        message: format!(
+                            "not attempted: an earlier write to this route table failed ({})",
+                            cause.message
+                        ),
+                        ..cause.clone()
+                    })
+                } else {
+                    let lock = match w.write.subnet() {
+                        Some(subnet) => {
+                            let mut locks = vnet_locks.lock().await;
+                            Some(
+                                locks
+                                    .entry(subnet.vnet().key().to_string())
+                                    .or_default()
+                                    .clone(),
+                            )
+                        }
+                        None => None,
+                    };
+                    let _guard = match &lock {
+                        Some(l) => Some(l.lock().await),
+                        None => None,
+                    };
+                    execute(api, &w.write).await.err()
+                };
+                if let Some(e) = &error
+                    && matches!(
+                        w.write,
+                        Write::CreateRouteTable { .. } | Write::DissociateSubnet { .. }
+                    )
+                    && blocked.is_none()
+                {
+                    blocked = Some(e.clone());
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                progress(Progress::Wrote {
+                    done: n,
+                    total,
+                    write: w.write.clone(),
+                    error: error.clone(),
+                });
+                out.push((index, WriteResult { write: w, error }));
+            }
+            out
+        }
+    };
+    let results: Vec<Vec<(usize, WriteResult)>> =
+        futures::stream::iter(lanes.into_iter().map(run_lane))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    // Report in plan order, whatever order the lanes finished in.
+    let mut flat: Vec<(usize, WriteResult)> = results.into_iter().flatten().collect();
+    flat.sort_by_key(|(i, _)| *i);
+    flat.into_iter().map(|(_, r)| r).collect()
+}
+
+fn problem_rank(reason: &str) -> u8 {
+    match reason {
+        "WriteFailed" => 0,
+        "Conflict" => 2,
+        "NoInternetEgress" => 3,
+        "Overlap" | "NoRouteTable" => 4,
+        "Drift" => 5,
+        _ => 1, // planner errors
+    }
+}
+
+/// Turns verdicts and write results into per-policy summaries and capped problem lists.
+fn summarize(
+    policies: &[DesiredState],
+    first: &Plan,
+    results: &[WriteResult],
+    final_verdicts: &[SubnetVerdict],
+    applied: bool,
+) -> Vec<PolicyReport> {
+    // Failed writes, by the subnets they concern: a subnet write names its subnet; a table
+    // write concerns every subnet the first plan put on that table.
+    let mut failed_by_subnet: BTreeMap<String, &ArmError> = BTreeMap::new();
+    for r in results {
+        let Some(e) = &r.error else { continue };
+        match r.write.write.subnet() {
+            Some(s) => {
+                failed_by_subnet.entry(s.key().to_string()).or_insert(e);
+            }
+            None => {
+                for v in first
+                    .verdicts
+                    .iter()
+                    .filter(|v| v.route_table.as_ref() == Some(r.write.write.table()))
+                {
+                    failed_by_subnet
+                        .entry(v.subnet.key().to_string())
+                        .or_insert(e);
+                }
+            }
+        }
+    }
+    let before: HashMap<(&str, &str), &Verdict> = first
+        .verdicts
+        .iter()
+        .map(|v| ((v.policy.as_str(), v.subnet.key()), &v.verdict))
+        .collect();
+    policies
+        .iter()
+        .map(|p| {
+            let verdicts: Vec<&SubnetVerdict> = final_verdicts
+                .iter()
+                .filter(|v| v.policy == p.name)
+                .collect();
+            let mut s = Summary {
+                subnets_matched: verdicts.len() as i64,
+                ..Summary::default()
+            };
+            let mut problems: Vec<Problem> = Vec::new();
+            for v in &verdicts {
+                let failed = failed_by_subnet.get(v.subnet.key());
+                match (&v.verdict, failed) {
+                    (_, Some(e)) => {
+                        s.errors += 1;
+                        problems.push(Problem {
+                            subnet_id: v.subnet.to_string(),
+                            reason: "WriteFailed".into(),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                    (Verdict::InSync, None) => {
+                        s.in_sync += 1;
+                        if applied
+                            && matches!(
+                                before.get(&(p.name.as_str(), v.subnet.key())),
+                                Some(Verdict::WillRepair { .. })
+                            )
+                        {
+                            s.repaired += 1;
+                        }
+                    }
+                    (Verdict::WillRepair { .. }, None) => {}
+                    (Verdict::Conflict { .. }, None) => s.conflicts += 1,
+                    (Verdict::Skipped { .. }, None) => s.skipped += 1,
+                    (Verdict::Error { .. }, None) => s.errors += 1,
+                }
+                let reportable = !matches!(
+                    v.verdict,
+                    Verdict::InSync
+                        | Verdict::Skipped {
+                            reason: crate::plan::SkipReason::SpecialSubnet { .. }
+                        }
+                );
+                if reportable {
+                    problems.push(Problem {
+                        subnet_id: v.subnet.to_string(),
+                        reason: v.verdict.reason().into(),
+                        message: v.verdict.message(),
+                    });
+                }
+                for w in &v.warnings {
+                    problems.push(Problem {
+                        subnet_id: v.subnet.to_string(),
+                        reason: w.code().into(),
+                        message: w.message().into(),
+                    });
+                }
+            }
+            problems.sort_by(|a, b| {
+                (problem_rank(&a.reason), &a.subnet_id)
+                    .cmp(&(problem_rank(&b.reason), &b.subnet_id))
+            });
+            problems.truncate(MAX_PROBLEMS);
+            let mine = |w: &PlannedWrite| w.policy == p.name;
+            PolicyReport {
+                name: p.name.clone(),
+                mode: p.mode,
+                summary: s,
+                problems,
+                destinations: p.destinations.iter().map(|d| d.prefix()).collect(),
+                writes_planned: first.writes.iter().filter(|w| mine(w)).count(),
+                writes_done: results
+                    .iter()
+                    .filter(|r| mine(&r.write) && r.error.is_none())
+                    .count(),
+                writes_failed: results
+                    .iter()
+                    .filter(|r| mine(&r.write) && r.error.is_some())
+                    .count(),
+            }
+        })
+        .collect()
+}
