@@ -55,8 +55,8 @@ pub enum Progress {
     Wrote {
         done: usize,
         total: usize,
-        write: Write,
-        error: Option<ArmError>,
+        write: Box<Write>,
+        error: Option<Box<ArmError>>,
     },
 }
 
@@ -241,8 +241,8 @@ pub async fn apply(
                 progress(Progress::Wrote {
                     done: n,
                     total,
-                    write: w.write.clone(),
-                    error: error.clone(),
+                    write: Box::new(w.write.clone()),
+                    error: error.clone().map(Box::new),
                 });
                 out.push((index, WriteResult { write: w, error }));
             }
