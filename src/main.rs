@@ -431,11 +431,7 @@ fn show_progress(p: Progress, tty: bool) {
             done, total, error, ..
         } if tty => {
             let width = 30;
-            let filled = if total == 0 {
-                width
-            } else {
-                done * width / total
-            };
+            let filled = (done * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\r[{}{}] {done}/{total} writes{}",
                 "#".repeat(filled),
