@@ -132,3 +132,145 @@ fn emulator_serves_the_example_estate_on_loopback() {
     assert_eq!(page["value"].as_array().unwrap().len(), 1);
     assert!(page["nextLink"].as_str().unwrap().contains("$skiptoken=1"));
 }
+
+/// An emulator on the example estate, kept alive by its runtime while the binary talks to it.
+fn estate_emulator() -> (tokio::runtime::Runtime, kmsroute::emulator::EmulatorHandle) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seed: kmsroute::emulator::Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    let em = rt
+        .block_on(kmsroute::emulator::start(
+            kmsroute::emulator::Config::default(),
+            seed,
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    (rt, em)
+}
+
+/// The example policy with the conflicting subnet excluded, written to a temp file.
+fn policy_without_conflict() -> std::path::PathBuf {
+    let text = std::fs::read_to_string("examples/kmsroutepolicy.yaml")
+        .unwrap()
+        .replace(
+            "      kms: enabled\n",
+            "      kms: enabled\n    excludeSubnetNames: [legacy]\n",
+        );
+    let path = std::env::temp_dir().join(format!("kmsroute-cli-{}.yaml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn plan_and_apply_exit_codes_follow_the_readme() {
+    let (_rt, em) = estate_emulator();
+    let url = em.url();
+    let file = policy_without_conflict();
+    let f = file.to_str().unwrap();
+    let plan = kmsroute(&["plan", "-f", f, "--arm-endpoint", &url], None);
+    assert_eq!(
+        plan.status.code(),
+        Some(1),
+        "changes pending: {}",
+        stdout(&plan)
+    );
+    assert!(stdout(&plan).contains("create route table vnet-spoke1-app-kms"));
+    assert_eq!(em.stats().writes, 0, "plan reads only");
+
+    let refused = kmsroute(&["apply", "-f", f, "--arm-endpoint", &url], Some(""));
+    assert_eq!(refused.status.code(), Some(2), "no --yes and no terminal");
+    assert_eq!(em.stats().writes, 0);
+
+    let apply = kmsroute(&["apply", "-f", f, "--arm-endpoint", &url, "--yes"], None);
+    assert_eq!(apply.status.code(), Some(0), "{}", stdout(&apply));
+    let out = stdout(&apply);
+    assert!(out.contains("9 write(s) done, 0 failed."), "{out}");
+    assert!(out.contains("spokes               True"), "{out}");
+
+    let again = kmsroute(
+        &["plan", "-f", f, "--arm-endpoint", &url, "-o", "json"],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(doc["plan"]["writes"], serde_json::json!([]));
+    assert_eq!(doc["policies"][0]["summary"]["inSync"], 5);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn plan_exits_3_on_conflicts_and_2_on_invalid_input_without_calling_azure() {
+    let (_rt, em) = estate_emulator();
+    let url = em.url();
+    let plan = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            &url,
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    assert_eq!(plan.status.code(), Some(3));
+    assert!(
+        stdout(&plan).contains("reason: Conflict"),
+        "{}",
+        stdout(&plan)
+    );
+    em.reset_stats();
+    let bad = "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: bad\nspec:\n  subnets: [\"nope\"]\n";
+    let o = kmsroute(&["plan", "-f", "-", "--arm-endpoint", &url], Some(bad));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("spec.subnets[0]"));
+    assert_eq!(
+        em.stats().reads + em.stats().writes,
+        0,
+        "invalid input never reaches Azure"
+    );
+}
+
+#[test]
+fn a_static_token_is_refused_for_a_real_arm_endpoint() {
+    let o = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            "https://management.azure.com",
+            "--auth",
+            "static-token",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only allowed for a loopback"));
+}
+
+#[test]
+fn demo_tours_the_estate_and_exits_zero() {
+    let o = kmsroute(&["demo"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = stdout(&o);
+    for needle in [
+        "11 write(s) planned.",
+        "11 write(s) done, 0 failed",
+        "Checked: vnet-spoke1/data gained its routeTable",
+        "[2/2] associate vnet-spoke1/app with vnet-spoke1-app-kms",
+        "0 write(s) planned; ARM saw 4 reads",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}

@@ -1,0 +1,374 @@
+//! End to end without a cluster: the executor drives the real ARM client against the in-process
+//! emulator, on the demo estate and on generated estates.
+
+use kmsroute::api::{DesiredState, Mode, parse_policies, validate_policy};
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::StaticToken;
+use kmsroute::azure::policy::RetrySettings;
+use kmsroute::catalog::Cloud;
+use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::reconcile::{Options, Report, RunMode, reconcile};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+const S1: &str = "11111111-1111-1111-1111-111111111111";
+
+fn estate() -> Seed {
+    serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap()
+}
+
+fn example_policy() -> DesiredState {
+    let docs =
+        parse_policies(&std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap()).unwrap();
+    validate_policy(docs[0].policy.as_ref().unwrap(), Cloud::AzurePublic)
+        .unwrap()
+        .desired
+}
+
+async fn setup(config: Config, seed: Seed) -> (EmulatorHandle, AzureNetworkApi) {
+    let em = emulator::start(config, seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let retry = RetrySettings {
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        ..RetrySettings::default()
+    };
+    let api = AzureNetworkApi::new(
+        url::Url::parse(&em.url()).unwrap(),
+        Arc::new(StaticToken::new("t")),
+        ClientSettings {
+            retry,
+            ..ClientSettings::default()
+        },
+    )
+    .unwrap();
+    (em, api)
+}
+
+async fn pass(api: &AzureNetworkApi, policies: &[DesiredState], mode: RunMode) -> Report {
+    reconcile(
+        api,
+        policies,
+        &Options {
+            mode,
+            concurrency: 4,
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap()
+}
+
+/// Every route and subnet in a dump, minus what changes on every write (etags, states).
+fn routes_by_table(seed: &Seed) -> BTreeMap<String, BTreeMap<String, Value>> {
+    seed.resources
+        .iter()
+        .filter(|r| r["type"] == "Microsoft.Network/routeTables")
+        .map(|t| {
+            let routes = t["properties"]["routes"].as_array().cloned().unwrap_or_default().into_iter().map(|r| {
+                (r["name"].as_str().unwrap().to_string(), json!({"addressPrefix": r["properties"]["addressPrefix"], "nextHopType": r["properties"]["nextHopType"], "nextHopIpAddress": r["properties"]["nextHopIpAddress"]}))
+            });
+            (t["id"].as_str().unwrap().to_lowercase(), routes.collect())
+        })
+        .collect()
+}
+
+fn subnets(seed: &Seed) -> BTreeMap<String, Value> {
+    seed.resources
+        .iter()
+        .filter(|r| r["type"] == "Microsoft.Network/virtualNetworks")
+        .flat_map(|v| {
+            v["properties"]["subnets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_lowercase(),
+                s["properties"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_first_apply_converges_in_one_pass_with_exactly_the_planned_writes() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let policies = [example_policy()];
+    let first = pass(&api, &policies, RunMode::Apply).await;
+    assert_eq!(first.writes_failed(), 0);
+    assert_eq!(
+        em.stats().mutations as usize,
+        first.plan.writes.len(),
+        "one ARM write per planned write"
+    );
+    assert_eq!(first.plan.writes.len(), 11);
+
+    em.reset_stats();
+    let second = pass(&api, &policies, RunMode::Apply).await;
+    assert!(second.plan.writes.is_empty());
+    let plan_only = pass(&api, &policies, RunMode::PlanOnly).await;
+    assert!(plan_only.plan.writes.is_empty());
+    let stats = em.stats();
+    assert_eq!(stats.writes, 0, "a steady-state resync is reads only");
+    assert_eq!(
+        stats.reads, 8,
+        "2 list calls per subscription per pass: {:?}",
+        stats.by_operation
+    );
+    let s = &second.policies[0].summary;
+    assert_eq!(
+        (
+            s.subnets_matched,
+            s.in_sync,
+            s.conflicts,
+            s.skipped,
+            s.errors
+        ),
+        (7, 5, 1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn foreign_routes_and_every_non_route_table_subnet_property_are_identical_after() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let before = em.dump();
+    pass(&api, &[example_policy()], RunMode::Apply).await;
+    let after = em.dump();
+    let (rb, ra) = (routes_by_table(&before), routes_by_table(&after));
+    for (table, routes) in &rb {
+        for (name, r) in routes {
+            assert_eq!(
+                ra[table].get(name),
+                Some(r),
+                "foreign route {name} in {table} changed"
+            );
+        }
+    }
+    let (sb, sa) = (subnets(&before), subnets(&after));
+    for (id, props) in &sb {
+        let mut now = sa[id].as_object().unwrap().clone();
+        let mut was = props.as_object().unwrap().clone();
+        for p in [&mut now, &mut was] {
+            p.remove("provisioningState");
+        }
+        if was.contains_key("routeTable") {
+            assert_eq!(
+                now.get("routeTable"),
+                was.get("routeTable"),
+                "{id}: an existing association changed"
+            );
+        }
+        now.remove("routeTable");
+        was.remove("routeTable");
+        assert_eq!(now, was, "{id}: a property other than routeTable changed");
+    }
+    let nsg = |s: &Seed| {
+        s.resources
+            .iter()
+            .find(|r| r["type"] == "Microsoft.Network/networkSecurityGroups")
+            .unwrap()["properties"]
+            .clone()
+    };
+    assert_eq!(nsg(&before), nsg(&after));
+}
+
+#[tokio::test]
+async fn drift_by_the_other_writer_is_repaired_on_the_next_pass() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let policies = [example_policy()];
+    pass(&api, &policies, RunMode::Apply).await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    let app = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/virtualNetworks/vnet-spoke1/subnets/app"
+    );
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: shared.clone(),
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    em.other_writer(OtherWrite::PutRoute { route_table: shared.clone(), route: json!({"name": "kms-40-83-235-53", "properties": {"addressPrefix": "40.83.235.53/32", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.1.4"}}) }).unwrap();
+    em.other_writer(OtherWrite::SetSubnetRouteTable {
+        subnet: app.clone(),
+        route_table: None,
+    })
+    .unwrap();
+    em.reset_stats();
+    let repair = pass(&api, &policies, RunMode::Apply).await;
+    assert_eq!(repair.plan.writes.len(), 3, "{:#?}", repair.plan.writes);
+    assert_eq!(em.stats().mutations, 3);
+    assert_eq!(repair.policies[0].summary.repaired, 3, "web, api and app");
+    assert!(
+        pass(&api, &policies, RunMode::Apply)
+            .await
+            .plan
+            .writes
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn audit_mode_makes_zero_writes_and_reports_the_drift() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let mut policy = example_policy();
+    policy.mode = Mode::Audit;
+    let report = pass(&api, &[policy], RunMode::Apply).await;
+    assert_eq!(em.stats().writes, 0);
+    assert_eq!(report.writes_done(), 0);
+    let p = &report.policies[0];
+    assert_eq!(p.summary.in_sync, 0);
+    assert_eq!(
+        p.problems.iter().filter(|pr| pr.reason == "Drift").count(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn conflicts_skips_and_warnings_appear_in_the_summary_with_reasons() {
+    let (_em, api) = setup(Config::default(), estate()).await;
+    let report = pass(&api, &[example_policy()], RunMode::Apply).await;
+    let p = &report.policies[0];
+    assert!(report.has_problems());
+    let reasons: BTreeSet<(&str, &str)> = p
+        .problems
+        .iter()
+        .map(|pr| (pr.reason.as_str(), pr.subnet_id.rsplit('/').next().unwrap()))
+        .collect();
+    assert!(reasons.contains(&("Conflict", "legacy")), "{reasons:?}");
+    assert!(
+        reasons.contains(&("NoInternetEgress", "private")),
+        "{reasons:?}"
+    );
+    assert_eq!(p.summary.skipped, 1, "the spoke's GatewaySubnet");
+    assert!(
+        p.problems.iter().all(|pr| pr.reason != "SpecialSubnet"),
+        "special subnets are expected, not problems"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_apply_converges_on_rerun_without_duplicates() {
+    for after in [0, 2, 5, 8] {
+        let (em, api) = setup(Config::default(), estate()).await;
+        let policies = [example_policy()];
+        em.add_fault(FaultRule {
+            method: Some("PUT".into()),
+            status: Some(403),
+            code: Some("AuthorizationFailed".into()),
+            after: Some(after),
+            ..FaultRule::default()
+        });
+        let broken = pass(&api, &policies, RunMode::Apply).await;
+        assert!(broken.writes_failed() > 0, "after {after}");
+        assert!(
+            broken.policies[0]
+                .problems
+                .iter()
+                .any(|p| p.reason == "WriteFailed")
+        );
+        let first_mutations = em.stats().mutations;
+        em.clear_faults();
+        em.reset_stats();
+        let rerun = pass(&api, &policies, RunMode::Apply).await;
+        assert_eq!(rerun.writes_failed(), 0);
+        assert_eq!(
+            first_mutations + em.stats().mutations,
+            broken.plan.writes.len() as u64,
+            "after {after}: nothing written twice"
+        );
+        assert!(
+            pass(&api, &policies, RunMode::Apply)
+                .await
+                .plan
+                .writes
+                .is_empty()
+        );
+        for (table, routes) in routes_by_table(&em.dump()) {
+            let prefixes: Vec<&Value> = routes.values().map(|r| &r["addressPrefix"]).collect();
+            let unique: BTreeSet<String> = prefixes.iter().map(|p| p.to_string()).collect();
+            assert_eq!(
+                unique.len(),
+                prefixes.len(),
+                "duplicate prefixes in {table}"
+            );
+        }
+    }
+}
+
+/// A generated estate: `vnets` spokes per subscription, five subnets each (one special, two
+/// sharing a table with foreign routes, one conflicting, one bare).
+fn generated(subscriptions: usize, vnets: usize) -> Seed {
+    let mut resources = Vec::new();
+    for s in 0..subscriptions {
+        let sub = format!("00000000-0000-0000-0000-{:012}", s + 1);
+        for v in 0..vnets {
+            let rg =
+                format!("/subscriptions/{sub}/resourceGroups/rg{v}/providers/Microsoft.Network");
+            let shared = format!("{rg}/routeTables/shared{v}");
+            let conflict = format!("{rg}/routeTables/legacy{v}");
+            let sn = |name: &str, extra: Value| {
+                let mut props = json!({"addressPrefix": "10.0.0.0/24"});
+                props
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
+                json!({"id": format!("{rg}/virtualNetworks/v{v}/subnets/{name}"), "name": name, "properties": props})
+            };
+            resources.push(json!({"id": format!("{rg}/virtualNetworks/v{v}"), "location": "westeurope", "tags": {"kms": "enabled"}, "properties": {"subnets": [
+                sn("GatewaySubnet", json!({})),
+                sn("a", json!({"routeTable": {"id": shared}})),
+                sn("b", json!({"routeTable": {"id": shared}})),
+                sn("c", json!({"routeTable": {"id": conflict}})),
+                sn("d", json!({})),
+            ]}}));
+            resources.push(json!({"id": shared, "location": "westeurope", "properties": {"routes": [{"name": "default", "properties": {"addressPrefix": "0.0.0.0/0", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}]}}));
+            resources.push(json!({"id": conflict, "location": "westeurope", "properties": {"routes": [{"name": "old", "properties": {"addressPrefix": "20.118.99.224/32", "nextHopType": "VirtualNetworkGateway"}}]}}));
+        }
+    }
+    Seed {
+        resources,
+        learned_routes: vec![],
+    }
+}
+
+#[tokio::test]
+async fn generated_estates_converge_with_the_planned_writes_and_resync_with_none() {
+    let (em, api) = setup(
+        Config {
+            page_size: 7,
+            ..Config::default()
+        },
+        generated(3, 6),
+    )
+    .await;
+    let subs: Vec<String> = (0..3)
+        .map(|s| format!("00000000-0000-0000-0000-{:012}", s + 1))
+        .collect();
+    let spec: kmsroute::api::KmsRoutePolicySpec = serde_json::from_value(
+        json!({"selector": {"subscriptions": subs, "virtualNetworkTags": {"kms": "enabled"}}}),
+    )
+    .unwrap();
+    let policy = kmsroute::api::validate("gen", None, &spec, Cloud::AzurePublic)
+        .unwrap()
+        .desired;
+    let first = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    // Per VNet: 3 routes on the shared table, 2 on the conflicting one, create + associate for d.
+    assert_eq!(first.plan.writes.len(), 3 * 6 * 7);
+    assert_eq!(first.writes_failed(), 0);
+    assert_eq!(em.stats().mutations as usize, first.plan.writes.len());
+    let s = &first.policies[0].summary;
+    assert_eq!(
+        (s.subnets_matched, s.in_sync, s.conflicts, s.skipped),
+        (90, 54, 18, 18)
+    );
+    em.reset_stats();
+    let resync = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    assert!(resync.plan.writes.is_empty());
+    assert_eq!(em.stats().writes, 0);
+}
