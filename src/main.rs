@@ -156,6 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let options = Options {
                 mode: RunMode::PlanOnly,
                 concurrency: arm.concurrency,
+                only_policy: None,
             };
             let report = match reconcile(&api, &policies, &options, &|_| {}).await {
                 Ok(r) => r,
@@ -193,6 +194,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     &Options {
                         mode: RunMode::PlanOnly,
                         concurrency: arm.concurrency,
+                        only_policy: None,
                     },
                     &|_| {},
                 )
@@ -238,6 +240,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 &Options {
                     mode: RunMode::Apply,
                     concurrency: arm.concurrency,
+                    only_policy: None,
                 },
                 &progress,
             )

@@ -55,6 +55,7 @@ async fn pass(api: &AzureNetworkApi, policies: &[DesiredState], mode: RunMode) -
         &Options {
             mode,
             concurrency: 4,
+            only_policy: None,
         },
         &|_| {},
     )

@@ -30,6 +30,9 @@ pub struct Options {
     pub mode: RunMode,
     /// Route tables written in parallel (writes within one table are always sequential).
     pub concurrency: usize,
+    /// Write only this policy's share of the plan (the controller reconciles one object at a
+    /// time, but plans with every policy so overlaps are decided the same way).
+    pub only_policy: Option<String>,
 }
 
 impl Default for Options {
@@ -37,6 +40,7 @@ impl Default for Options {
         Options {
             mode: RunMode::Apply,
             concurrency: 8,
+            only_policy: None,
         }
     }
 }
@@ -137,7 +141,10 @@ pub async fn reconcile(
             .sum(),
         route_tables: inventory.route_tables.len(),
     });
-    let first = plan(policies, &inventory);
+    let mut first = plan(policies, &inventory);
+    if let Some(name) = &options.only_policy {
+        first.writes.retain(|w| &w.policy == name);
+    }
     progress(Progress::Planned {
         writes: first.writes.len(),
     });
