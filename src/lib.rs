@@ -7,6 +7,7 @@
 pub mod api;
 pub mod azure;
 pub mod catalog;
+pub mod controller;
 pub mod demo;
 pub mod emulator;
 pub mod ids;
@@ -14,3 +15,4 @@ pub mod model;
 pub mod output;
 pub mod plan;
 pub mod reconcile;
+pub mod server;

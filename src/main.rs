@@ -98,6 +98,24 @@ enum Command {
     },
     /// The zero-setup tour on the embedded ARM emulator.
     Demo,
+    /// The Kubernetes controller (kubeconfig or in-cluster): leader election, metrics, health.
+    Run {
+        #[command(flatten)]
+        arm: ArmArgs,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "KMSROUTE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease (and of the policies' Events).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kmsroute")]
+        leader_election_namespace: String,
+        #[arg(long, default_value = "kmsroute-leader")]
+        lease_name: String,
+        /// This replica's identity in the Lease (default: the pod/host name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        #[arg(long, value_enum, env = "KMSROUTE_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
         #[arg(short = 'f', long = "filename")]
@@ -113,6 +131,12 @@ enum ThrottleMode {
     Off,
     /// ARM's documented per-subscription buckets.
     Arm,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -142,6 +166,24 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Run {
+            arm,
+            metrics_addr,
+            leader_election_namespace,
+            lease_name,
+            identity,
+            log_format,
+        } => {
+            init_logging(log_format);
+            run_controller(
+                arm,
+                metrics_addr,
+                leader_election_namespace,
+                lease_name,
+                identity,
+            )
+            .await
+        }
         Command::Demo => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -363,6 +405,107 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::from(2)
             })
         }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn run_controller(
+    arm: ArmArgs,
+    metrics_addr: std::net::SocketAddr,
+    namespace: String,
+    lease_name: String,
+    identity: Option<String>,
+) -> Result<ExitCode, String> {
+    use kmsroute::controller::{self, Settings, leader::LeaseSettings, metrics::ControllerMetrics};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let api = Arc::new(connect(&arm)?);
+    let identity = identity.unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kmsroute-{}", std::process::id()))
+    });
+    let metrics = Arc::new(ControllerMetrics::default());
+    let health = kmsroute::server::Health {
+        controller: metrics.clone(),
+        arm: Some(api.metrics.clone()),
+        credentials_ok: Arc::new(AtomicBool::new(false)),
+        watch_synced: Arc::new(AtomicBool::new(false)),
+    };
+    let bound = kmsroute::server::serve(metrics_addr, health.clone()).await?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    // Credentials work when a token can be had; checked once here, re-checked by every call.
+    match api.check_credentials().await {
+        Ok(()) => health
+            .credentials_ok
+            .store(true, std::sync::atomic::Ordering::SeqCst),
+        Err(e) => {
+            tracing::error!(error = %e, "ARM credentials do not work yet; /readyz stays false")
+        }
+    }
+    let settings = Settings {
+        cloud: arm.cloud,
+        concurrency: arm.concurrency,
+        events_namespace: namespace.clone(),
+        slow_retry: std::time::Duration::from_secs(300),
+        base_backoff: std::time::Duration::from_secs(5),
+        lease: LeaseSettings {
+            namespace,
+            name: lease_name,
+            identity,
+            lease_duration: std::time::Duration::from_secs(15),
+            renew_every: std::time::Duration::from_secs(5),
+        },
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight work and releasing the lease");
+        let _ = stop_tx.send(true);
+    });
+    controller::run(
+        client,
+        api,
+        settings,
+        metrics,
+        health.watch_synced.clone(),
+        stop_rx,
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -133,6 +133,16 @@ impl AzureNetworkApi {
         })
     }
 
+    /// Checks that a token can be obtained (readiness).
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        self.credential
+            .get_token(&scopes)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     fn url(&self, path: &str) -> Result<Url, String> {
         let mut url = self.endpoint.clone();
         url.set_path(path);

@@ -1,0 +1,139 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so several replicas are safe: only the
+//! holder reconciles. The holder renews every `renew_every`; a replica takes over once the
+//! lease has gone unrenewed for `lease_duration`. A failed renewal reports the loss at once, so
+//! writes stop immediately rather than when the lease would have expired.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+}
+
+impl LeaderElector {
+    pub fn new(client: kube::Client, settings: LeaseSettings) -> Self {
+        LeaderElector {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+        }
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.settings.identity.clone()),
+            lease_duration_seconds: Some(self.settings.lease_duration.as_secs().max(1) as i32),
+            acquire_time: acquired.or(Some(MicroTime(Timestamp::now()))),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One attempt: true when this replica holds the lease afterwards.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let name = &self.settings.name;
+        let Some(mut lease) = self.api.get_opt(name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(0, None)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.settings.identity;
+        let duration =
+            SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+        let expired = spec
+            .renew_time
+            .as_ref()
+            .is_none_or(|t| t.0 + duration < Timestamp::now());
+        if !ours && !holder.is_empty() && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
+        lease.spec = Some(self.spec(transitions, acquired));
+        // The resourceVersion in `lease` makes this a compare-and-swap: two replicas racing for
+        // an expired lease cannot both win.
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up (on shutdown) so another replica takes over without waiting.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        if let Some(mut lease) = self.api.get_opt(&self.settings.name).await?
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(self.settings.identity.as_str())
+        {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            self.api
+                .replace(&self.settings.name, &PostParams::default(), &lease)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` turns true, publishing leadership on `tx`; releases the lease at the end.
+    pub async fn run(self, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let leading = match self.try_acquire_or_renew().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                    false
+                }
+            };
+            if *tx.borrow() != leading {
+                tracing::info!(leading, identity = %self.settings.identity, "leadership changed");
+                let _ = tx.send(leading);
+            }
+            let pause = if leading {
+                self.settings.renew_every
+            } else {
+                self.settings.renew_every.min(Duration::from_secs(2))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        let _ = tx.send(false);
+        if let Err(e) = self.release().await {
+            tracing::warn!(error = %e, "could not release the lease");
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! `kmsroute run`: the executor as a level-triggered Kubernetes controller over
+//! `KmsRoutePolicy`. Thin wiring: a finalizer that carries out `deletionPolicy`, status written
+//! through the status subresource by server-side apply (only when it changed), deduplicated
+//! Events, resync with jitter, per-object exponential backoff, and a Lease so only the leader
+//! reconciles.
+
+pub mod leader;
+pub mod metrics;
+
+use crate::api::{
+    DeletionPolicy, DesiredState, FINALIZER, KmsRoutePolicy, KmsRoutePolicyStatus, Mode,
+    validate_policy,
+};
+use crate::azure::{ArmError, ErrorClass, NetworkApi};
+use crate::catalog::Cloud;
+use crate::output::ready;
+use crate::plan::plan_cleanup;
+use crate::reconcile::{self, Options, PolicyReport, Report, RunMode};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use leader::{LeaderElector, LeaseSettings};
+use metrics::ControllerMetrics;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+
+/// The field manager that owns `status`.
+pub const FIELD_MANAGER: &str = "kmsroute";
+
+/// One error type for the controller, each knowing its metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ARM: {0}")]
+    Arm(#[from] ArmError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Arm(e) => e.class.label(),
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Cleanup(_) => "cleanup",
+        }
+    }
+    fn needs_user_action(&self) -> bool {
+        matches!(self, Error::Arm(e) if e.class == ErrorClass::NeedsUserAction)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cloud: Cloud,
+    pub concurrency: usize,
+    /// Where Events for the cluster-scoped policies go.
+    pub events_namespace: String,
+    /// Re-check interval for errors only a human can fix.
+    pub slow_retry: Duration,
+    /// First backoff step after an error; doubles up to `slow_retry`.
+    pub base_backoff: Duration,
+    pub lease: LeaseSettings,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub arm: Arc<dyn NetworkApi>,
+    pub settings: Settings,
+    pub metrics: Arc<ControllerMetrics>,
+    recorder: Recorder,
+    store: Store<KmsRoutePolicy>,
+    failures: Mutex<HashMap<String, u32>>,
+    /// Last Event message per (policy, reason), so a steady condition does not spam.
+    events_sent: Mutex<HashMap<(String, String), String>>,
+}
+
+fn jitter(d: Duration, spread: f64) -> Duration {
+    d.mul_f64(1.0 + (rand::random::<f64>() * 2.0 - 1.0) * spread)
+}
+
+impl Context {
+    async fn event(&self, policy: &KmsRoutePolicy, type_: EventType, reason: &str, note: String) {
+        let key = (policy.name_any(), reason.to_string());
+        {
+            let mut sent = self.events_sent.lock().await;
+            if sent.get(&key) == Some(&note) {
+                return;
+            }
+            sent.insert(key, note.clone());
+        }
+        let mut reference = policy.object_ref(&());
+        reference.namespace = Some(self.settings.events_namespace.clone());
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, "could not publish an Event");
+        }
+    }
+
+    async fn forget_event(&self, policy: &str, reason: &str) {
+        self.events_sent
+            .lock()
+            .await
+            .remove(&(policy.to_string(), reason.to_string()));
+    }
+
+    /// Every other valid policy in the cache (for overlaps), excluding ones being deleted.
+    fn others(&self, name: &str) -> Vec<DesiredState> {
+        self.store
+            .state()
+            .iter()
+            .filter(|p| p.name_any() != name && p.meta().deletion_timestamp.is_none())
+            .filter_map(|p| {
+                validate_policy(p, self.settings.cloud)
+                    .ok()
+                    .map(|v| v.desired)
+            })
+            .collect()
+    }
+}
+
+/// Reconciles one policy.
+pub async fn reconcile(policy: Arc<KmsRoutePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());
+    let name = policy.name_any();
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            Finalizer::Apply(p) => apply(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics.reconcile_done(
+        if result.is_ok() { "success" } else { "error" },
+        started.elapsed(),
+    );
+    if result.is_ok() {
+        ctx.failures.lock().await.remove(&name);
+    }
+    result
+}
+
+/// Backoff per object: exponential with jitter, reset on success; user-action errors wait on
+/// the slow timer (and are never abandoned).
+pub fn error_policy(policy: Arc<KmsRoutePolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.error(error.metric_label());
+    if error.needs_user_action() {
+        return Action::requeue(jitter(ctx.settings.slow_retry, 0.1));
+    }
+    let n = ctx
+        .failures
+        .try_lock()
+        .map(|mut f| {
+            let n = f.entry(policy.name_any()).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    let step = ctx
+        .settings
+        .base_backoff
+        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)));
+    Action::requeue(jitter(step.min(ctx.settings.slow_retry), 0.2))
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    old: &[Condition],
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    // The transition time moves only when the status flips.
+    let last_transition_time = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Ready / Progressing / Degraded from a pass.
+fn conditions_for(
+    report: &PolicyReport,
+    writes_done: usize,
+    generation: Option<i64>,
+    old: &[Condition],
+) -> Vec<Condition> {
+    let s = &report.summary;
+    let failed = report.writes_failed > 0;
+    let drift = report.mode == Mode::Audit && s.in_sync + s.skipped < s.subnets_matched;
+    let (degraded, reason, message) = if failed {
+        (
+            true,
+            "PartiallyFailed",
+            format!(
+                "{} write(s) failed; see status.problems",
+                report.writes_failed
+            ),
+        )
+    } else if s.conflicts > 0 {
+        (
+            true,
+            "Conflict",
+            format!(
+                "{} subnet(s) have a foreign route sending a KMS address elsewhere",
+                s.conflicts
+            ),
+        )
+    } else if s.errors > 0 {
+        (
+            true,
+            "SubnetErrors",
+            format!(
+                "{} subnet(s) could not be handled; see status.problems",
+                s.errors
+            ),
+        )
+    } else {
+        (false, "AsExpected", String::new())
+    };
+    let is_ready = ready(report);
+    let ready_reason = if is_ready {
+        if writes_done > 0 {
+            "Repaired"
+        } else {
+            "InSync"
+        }
+    } else if drift {
+        "Drift"
+    } else {
+        reason
+    };
+    let ready_message = format!(
+        "{} of {} subnet(s) in sync, {} skipped, {} conflict(s), {} error(s)",
+        s.in_sync, s.subnets_matched, s.skipped, s.conflicts, s.errors
+    );
+    vec![
+        condition(
+            "Ready",
+            is_ready,
+            ready_reason,
+            ready_message,
+            generation,
+            old,
+        ),
+        condition(
+            "Progressing",
+            writes_done > 0,
+            if writes_done > 0 { "Repaired" } else { "Idle" },
+            if writes_done > 0 {
+                format!("{writes_done} write(s) made in the last pass")
+            } else {
+                String::new()
+            },
+            generation,
+            old,
+        ),
+        condition("Degraded", degraded, reason, message, generation, old),
+    ]
+}
+
+fn error_conditions(
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    old: &[Condition],
+) -> Vec<Condition> {
+    vec![
+        condition("Ready", false, reason, message.clone(), generation, old),
+        condition("Progressing", false, "Idle", String::new(), generation, old),
+        condition("Degraded", true, reason, message, generation, old),
+    ]
+}
+
+/// Writes status through the status subresource, only when something changed (the sync
+/// time alone refreshes at most hourly, so a steady resync writes nothing to etcd).
+async fn write_status(
+    ctx: &Context,
+    policy: &KmsRoutePolicy,
+    mut status: KmsRoutePolicyStatus,
+) -> Result<(), Error> {
+    let old = policy.status.clone().unwrap_or_default();
+    let stale_sync = old
+        .last_sync_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_none_or(|t| Timestamp::now().duration_since(t).as_secs() > 3600);
+    let mut comparable = status.clone();
+    comparable.last_sync_time = old.last_sync_time.clone();
+    if comparable == old && !stale_sync {
+        return Ok(());
+    }
+    if status.last_sync_time.is_none() {
+        status.last_sync_time = old.last_sync_time;
+    }
+    let api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({"apiVersion": "kmsroute.io/v1alpha1", "kind": "KmsRoutePolicy", "status": status});
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let generation = policy.meta().generation;
+    let old = policy.status.clone().unwrap_or_default();
+    let desired = match validate_policy(policy, ctx.settings.cloud) {
+        Ok(v) => {
+            ctx.forget_event(&name, "InvalidSpec").await;
+            v.desired
+        }
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let status = KmsRoutePolicyStatus {
+                observed_generation: generation,
+                conditions: error_conditions(
+                    "InvalidSpec",
+                    message.clone(),
+                    generation,
+                    &old.conditions,
+                ),
+                ..KmsRoutePolicyStatus::default()
+            };
+            write_status(ctx, policy, status).await?;
+            ctx.event(policy, EventType::Warning, "InvalidSpec", message)
+                .await;
+            // Only an edit can fix it, and an edit triggers a reconcile.
+            return Ok(Action::await_change());
+        }
+    };
+    let mut policies = ctx.others(&name);
+    policies.push(desired.clone());
+    let options = Options {
+        mode: RunMode::Apply,
+        concurrency: ctx.settings.concurrency,
+        only_policy: Some(name.clone()),
+    };
+    let report: Report = match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {})
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = match e.class {
+                ErrorClass::NeedsUserAction => "AzureAuthFailed",
+                ErrorClass::Throttled => "Throttled",
+                _ => "AzureUnavailable",
+            };
+            let status = KmsRoutePolicyStatus {
+                observed_generation: generation,
+                conditions: error_conditions(reason, e.to_string(), generation, &old.conditions),
+                summary: old.summary.clone(),
+                destinations: old.destinations.clone(),
+                last_sync_time: old.last_sync_time.clone(),
+                problems: old.problems.clone(),
+            };
+            write_status(ctx, policy, status).await?;
+            ctx.event(policy, EventType::Warning, reason, e.to_string())
+                .await;
+            return Err(e.into());
+        }
+    };
+    let Some(mine) = report.policies.iter().find(|p| p.name == name) else {
+        return Err(Error::Cleanup(format!(
+            "the pass reported nothing for {name}"
+        )));
+    };
+    let done = report.writes_done();
+    ctx.metrics.repairs(done as u64);
+    let status = KmsRoutePolicyStatus {
+        observed_generation: generation,
+        conditions: conditions_for(mine, done, generation, &old.conditions),
+        summary: Some(mine.summary.clone()),
+        destinations: mine.destinations.clone(),
+        last_sync_time: Some(Timestamp::now().to_string()),
+        problems: mine.problems.clone(),
+    };
+    write_status(ctx, policy, status).await?;
+    if done > 0 {
+        // A repair is news every time: never deduplicated.
+        ctx.forget_event(&name, "Repaired").await;
+        ctx.event(
+            policy,
+            EventType::Normal,
+            "Repaired",
+            format!(
+                "{done} write(s) to Azure restored the KMS routes ({} subnet(s) repaired)",
+                mine.summary.repaired
+            ),
+        )
+        .await;
+    }
+    for reason in ["Conflict", "WriteFailed"] {
+        let notes: Vec<String> = mine
+            .problems
+            .iter()
+            .filter(|p| p.reason == reason)
+            .map(|p| format!("{}: {}", p.subnet_id, p.message))
+            .collect();
+        if notes.is_empty() {
+            ctx.forget_event(&name, reason).await;
+        } else {
+            ctx.event(policy, EventType::Warning, reason, notes.join("; "))
+                .await;
+        }
+    }
+    if mine.writes_failed > 0 {
+        return Err(Error::Cleanup(format!(
+            "{} write(s) failed",
+            mine.writes_failed
+        )));
+    }
+    Ok(Action::requeue(jitter(desired.resync, 0.1)))
+}
+
+async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let Ok(v) = validate_policy(policy, ctx.settings.cloud) else {
+        // Never valid, so never written: nothing in Azure is ours.
+        return Ok(Action::await_change());
+    };
+    let desired = v.desired;
+    if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
+        ctx.event(
+            policy,
+            EventType::Normal,
+            "Orphaned",
+            "deletionPolicy Orphan (or Audit mode): Azure left as it is".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let others = ctx.others(&name);
+    let mut all = others.clone();
+    all.push(desired.clone());
+    let inventory = reconcile::observe(ctx.arm.as_ref(), &all).await?;
+    let plan = plan_cleanup(&desired, &others, &inventory);
+    let results = reconcile::apply(
+        ctx.arm.as_ref(),
+        &plan.writes,
+        ctx.settings.concurrency,
+        &|_| {},
+    )
+    .await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| e.to_string()))
+        .collect();
+    if !failed.is_empty() {
+        ctx.event(
+            policy,
+            EventType::Warning,
+            "CleanupFailed",
+            failed.join("; "),
+        )
+        .await;
+        return Err(Error::Cleanup(failed.join("; ")));
+    }
+    ctx.event(
+        policy,
+        EventType::Normal,
+        "CleanedUp",
+        format!(
+            "{} write(s) removed owned routes and created tables",
+            results.len()
+        ),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Runs the controller while this replica leads; stops at once when leadership is lost, and
+/// returns when `stop` turns true (after releasing the lease).
+pub async fn run(
+    client: kube::Client,
+    arm: Arc<dyn NetworkApi>,
+    settings: Settings,
+    metrics: Arc<ControllerMetrics>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) {
+    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let elector = LeaderElector::new(client.clone(), settings.lease.clone());
+    let elector_task = tokio::spawn(elector.run(lead_tx, stop.clone()));
+    let mut stop_rx = stop.clone();
+    loop {
+        // Wait to lead (or to stop).
+        while !*lead_rx.borrow() {
+            metrics.set_leader(false);
+            tokio::select! {
+                r = lead_rx.changed() => if r.is_err() { return; },
+                _ = stop_rx.changed() => {}
+            }
+            if *stop_rx.borrow() {
+                let _ = elector_task.await;
+                return;
+            }
+        }
+        metrics.set_leader(true);
+        let task = tokio::spawn(run_controller(
+            client.clone(),
+            arm.clone(),
+            settings.clone(),
+            metrics.clone(),
+            ready.clone(),
+        ));
+        // Lead until the lease is lost or we are told to stop; then abort in-flight work.
+        loop {
+            tokio::select! {
+                r = lead_rx.changed() => if r.is_err() || !*lead_rx.borrow() { break; },
+                _ = stop_rx.changed() => if *stop_rx.borrow() { break; },
+            }
+        }
+        task.abort();
+        let _ = task.await;
+        metrics.set_leader(false);
+        if *stop_rx.borrow() {
+            let _ = elector_task.await;
+            return;
+        }
+        tracing::warn!("leadership lost: reconciling stopped");
+    }
+}
+
+async fn run_controller(
+    client: kube::Client,
+    arm: Arc<dyn NetworkApi>,
+    settings: Settings,
+    metrics: Arc<ControllerMetrics>,
+    ready: Arc<AtomicBool>,
+) {
+    let api: Api<KmsRoutePolicy> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kmsroute".into(),
+            instance: Some(settings.lease.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        arm,
+        settings: settings.clone(),
+        metrics,
+        recorder,
+        store: store.clone(),
+        failures: Mutex::new(HashMap::new()),
+        events_sent: Mutex::new(HashMap::new()),
+    });
+    let watch_ready = ready.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            watch_ready.store(true, Ordering::SeqCst);
+        }
+    });
+    controller
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(settings.concurrency.min(u16::MAX as usize) as u16),
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
