@@ -115,6 +115,9 @@ enum Command {
         identity: Option<String>,
         #[arg(long, value_enum, env = "KMSROUTE_LOG_FORMAT", default_value = "text")]
         log_format: LogFormat,
+        /// Cap on every policy's resyncInterval (e.g. `2m`).
+        #[arg(long, value_parser = parse_duration_arg)]
+        max_resync: Option<std::time::Duration>,
     },
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
@@ -173,6 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             lease_name,
             identity,
             log_format,
+            max_resync,
         } => {
             init_logging(log_format);
             run_controller(
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 leader_election_namespace,
                 lease_name,
                 identity,
+                max_resync,
             )
             .await
         }
@@ -420,12 +425,17 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    kmsroute::api::parse_duration(s)
+}
+
 async fn run_controller(
     arm: ArmArgs,
     metrics_addr: std::net::SocketAddr,
     namespace: String,
     lease_name: String,
     identity: Option<String>,
+    max_resync: Option<std::time::Duration>,
 ) -> Result<ExitCode, String> {
     use kmsroute::controller::{self, Settings, leader::LeaseSettings, metrics::ControllerMetrics};
     use std::sync::Arc;
@@ -461,6 +471,7 @@ async fn run_controller(
         events_namespace: namespace.clone(),
         slow_retry: std::time::Duration::from_secs(300),
         base_backoff: std::time::Duration::from_secs(5),
+        resync_cap: max_resync,
         lease: LeaseSettings {
             namespace,
             name: lease_name,

@@ -74,6 +74,9 @@ pub struct Settings {
     pub slow_retry: Duration,
     /// First backoff step after an error; doubles up to `slow_retry`.
     pub base_backoff: Duration,
+    /// Upper bound on every policy's resync interval (`--max-resync`), e.g. to tighten drift
+    /// detection cluster-wide without editing policies.
+    pub resync_cap: Option<Duration>,
     pub lease: LeaseSettings,
 }
 
@@ -88,6 +91,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Last Event message per (policy, reason), so a steady condition does not spam.
     events_sent: Mutex<HashMap<(String, String), String>>,
+    /// Generation and time of each policy's last fully successful pass. Our own status writes
+    /// come back as watch events; they must not cost another pass of ARM reads.
+    last_pass: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 fn jitter(d: Duration, spread: f64) -> Duration {
@@ -374,6 +380,18 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             return Ok(Action::await_change());
         }
     };
+    let resync = ctx
+        .settings
+        .resync_cap
+        .map_or(desired.resync, |cap| desired.resync.min(cap));
+    if let Some((g, at)) = ctx.last_pass.lock().await.get(&name)
+        && *g == generation
+        && at.elapsed() < resync.mul_f64(0.9)
+    {
+        // Nothing the user controls changed since the last good pass (a status-only update):
+        // keep the resync schedule instead of listing Azure again.
+        return Ok(Action::requeue(resync - at.elapsed()));
+    }
     let mut policies = ctx.others(&name);
     policies.push(desired.clone());
     let options = Options {
@@ -411,6 +429,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         )));
     };
     let done = report.writes_done();
+    tracing::info!(policy = %name, planned = report.plan.writes.len(), done, failed = report.writes_failed(), in_sync = mine.summary.in_sync, repaired = mine.summary.repaired, "pass complete");
     ctx.metrics.repairs(done as u64);
     let status = KmsRoutePolicyStatus {
         observed_generation: generation,
@@ -450,12 +469,17 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         }
     }
     if mine.writes_failed > 0 {
+        ctx.last_pass.lock().await.remove(&name);
         return Err(Error::Cleanup(format!(
             "{} write(s) failed",
             mine.writes_failed
         )));
     }
-    Ok(Action::requeue(jitter(desired.resync, 0.1)))
+    ctx.last_pass
+        .lock()
+        .await
+        .insert(name, (generation, std::time::Instant::now()));
+    Ok(Action::requeue(jitter(resync, 0.1)))
 }
 
 async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> {
@@ -514,6 +538,15 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     Ok(Action::await_change())
 }
 
+/// Aborts a spawned task when dropped, so dropping `run` (a killed process) stops everything.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the controller while this replica leads; stops at once when leadership is lost, and
 /// returns when `stop` turns true (after releasing the lease).
 pub async fn run(
@@ -526,7 +559,7 @@ pub async fn run(
 ) {
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let elector = LeaderElector::new(client.clone(), settings.lease.clone());
-    let elector_task = tokio::spawn(elector.run(lead_tx, stop.clone()));
+    let mut elector_task = AbortOnDrop(tokio::spawn(elector.run(lead_tx, stop.clone())));
     let mut stop_rx = stop.clone();
     loop {
         // Wait to lead (or to stop).
@@ -537,30 +570,31 @@ pub async fn run(
                 _ = stop_rx.changed() => {}
             }
             if *stop_rx.borrow() {
-                let _ = elector_task.await;
+                let _ = (&mut elector_task.0).await;
                 return;
             }
         }
         metrics.set_leader(true);
-        let task = tokio::spawn(run_controller(
+        let mut task = AbortOnDrop(tokio::spawn(run_controller(
             client.clone(),
             arm.clone(),
             settings.clone(),
             metrics.clone(),
             ready.clone(),
-        ));
+        )));
         // Lead until the lease is lost or we are told to stop; then abort in-flight work.
         loop {
             tokio::select! {
-                r = lead_rx.changed() => if r.is_err() || !*lead_rx.borrow() { break; },
+                r = lead_rx.changed() => if r.is_err() || !*lead_rx.borrow() { tracing::debug!(closed = r.is_err(), "lease watch ended leadership"); break; },
                 _ = stop_rx.changed() => if *stop_rx.borrow() { break; },
+                _ = &mut task.0 => { tracing::error!("the controller stopped on its own; restarting it"); break; },
             }
         }
-        task.abort();
-        let _ = task.await;
+        task.0.abort();
+        let _ = (&mut task.0).await;
         metrics.set_leader(false);
         if *stop_rx.borrow() {
-            let _ = elector_task.await;
+            let _ = (&mut elector_task.0).await;
             return;
         }
         tracing::warn!("leadership lost: reconciling stopped");
@@ -593,6 +627,7 @@ async fn run_controller(
         store: store.clone(),
         failures: Mutex::new(HashMap::new()),
         events_sent: Mutex::new(HashMap::new()),
+        last_pass: Mutex::new(HashMap::new()),
     });
     let watch_ready = ready.clone();
     tokio::spawn(async move {

@@ -1,0 +1,495 @@
+//! The controller end to end: the fake Kubernetes API server and the ARM emulator, both
+//! in-process, kube's real `Client` over HTTP, the real ARM client.
+
+mod support;
+
+use kmsroute::api::KmsRoutePolicy;
+use kmsroute::azure::NetworkApi;
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::StaticToken;
+use kmsroute::azure::policy::RetrySettings;
+use kmsroute::catalog::Cloud;
+use kmsroute::controller::leader::LeaseSettings;
+use kmsroute::controller::metrics::ControllerMetrics;
+use kmsroute::controller::{self, Settings};
+use kmsroute::emulator::{self, Config, EmulatorHandle, OtherWrite, Seed};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use support::fake_kube::FakeKube;
+use tokio::sync::watch;
+
+const S1: &str = "11111111-1111-1111-1111-111111111111";
+const NS: &str = "kmsroute";
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<ControllerMetrics>,
+    arm: Arc<AzureNetworkApi>,
+}
+
+fn arm_client(em: &EmulatorHandle, token: &str) -> Arc<AzureNetworkApi> {
+    let retry = RetrySettings {
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        max_attempts: 3,
+        ..RetrySettings::default()
+    };
+    Arc::new(
+        AzureNetworkApi::new(
+            url::Url::parse(&em.url()).unwrap(),
+            Arc::new(StaticToken::new(token)),
+            ClientSettings {
+                retry,
+                ..ClientSettings::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn start_controller(kube: &FakeKube, em: &EmulatorHandle, identity: &str) -> Running {
+    start_controller_with_token(kube, em, identity, "t")
+}
+
+fn start_controller_with_token(
+    kube: &FakeKube,
+    em: &EmulatorHandle,
+    identity: &str,
+    token: &str,
+) -> Running {
+    // `RUST_LOG=kmsroute=debug cargo test --test controller -- --nocapture` shows the controller's logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let arm = arm_client(em, token);
+    let settings = Settings {
+        cloud: Cloud::AzurePublic,
+        concurrency: 4,
+        events_namespace: NS.into(),
+        slow_retry: Duration::from_secs(2),
+        base_backoff: Duration::from_millis(200),
+        resync_cap: Some(Duration::from_secs(1)),
+        lease: LeaseSettings {
+            namespace: NS.into(),
+            name: "kmsroute-leader".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(2),
+            renew_every: Duration::from_millis(300),
+        },
+    };
+    let metrics = Arc::new(ControllerMetrics::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let api: Arc<dyn NetworkApi> = arm.clone();
+    let task = tokio::spawn(controller::run(
+        kube.client(),
+        api,
+        settings,
+        metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+        stop_rx,
+    ));
+    Running {
+        stop,
+        task,
+        metrics,
+        arm,
+    }
+}
+
+async fn estate_emulator() -> EmulatorHandle {
+    let seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn policy(name: &str, extra: Value) -> KmsRoutePolicy {
+    let mut spec =
+        json!({"selector": {"subscriptions": [S1], "virtualNetworkTags": {"kms": "enabled"}}});
+    json_patch::merge(&mut spec, &extra);
+    serde_json::from_value(json!({"apiVersion": "kmsroute.io/v1alpha1", "kind": "KmsRoutePolicy", "metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+/// Polls until `f` holds (never a fixed sleep): panics with `what` after `limit`.
+async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").into(),
+                c["reason"].as_str().unwrap_or("").into(),
+                c["message"].as_str().unwrap_or("").into(),
+            )
+        })
+}
+
+fn table_routes(em: &EmulatorHandle, table: &str) -> Vec<String> {
+    em.dump()
+        .resources
+        .iter()
+        .find(|r| r["name"] == table)
+        .map(|t| {
+            t["properties"]["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How often an Event reason was reported: kube's recorder folds repeats of a reason into an
+/// events.k8s.io series (`series.count`) instead of new objects.
+fn occurrences(kube: &FakeKube, reason: &str) -> u64 {
+    kube.events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| {
+            e.pointer("/series/count")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+        })
+        .sum()
+}
+
+async fn create(kube: &FakeKube, p: &KmsRoutePolicy) {
+    Api::<KmsRoutePolicy>::all(kube.client())
+        .create(&PostParams::default(), p)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_policy_becomes_ready_with_the_right_counts() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let obj = wait_for("Ready=True", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    assert_eq!(
+        obj["status"]["observedGeneration"],
+        obj["metadata"]["generation"]
+    );
+    assert_eq!(
+        obj["status"]["summary"],
+        json!({"subnetsMatched": 5, "inSync": 4, "repaired": 4, "conflicts": 0, "skipped": 1, "errors": 0})
+    );
+    assert_eq!(
+        obj["metadata"]["finalizers"],
+        json!(["kmsroute.io/cleanup"])
+    );
+    assert_eq!(condition(&obj, "Degraded").unwrap().0, "False");
+    assert_eq!(obj["status"]["destinations"].as_array().unwrap().len(), 3);
+    assert!(table_routes(&em, "rt-spoke1-shared").contains(&"kms-20-118-99-224".to_string()));
+    assert!(c.metrics.reconciles("success") >= 1);
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_within_one_resync_and_an_event_says_so() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: shared,
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    wait_for(
+        "the deleted route to come back",
+        Duration::from_secs(10),
+        || {
+            table_routes(&em, "rt-spoke1-shared")
+                .contains(&"kms-20-118-99-224".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    let repaired = wait_for("two Repaired occurrences", Duration::from_secs(10), || {
+        let n = occurrences(&kube, "Repaired");
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert_eq!(
+        repaired, 2,
+        "one for the first convergence, one for the repair"
+    );
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_policy_gets_invalid_spec_with_field_paths_and_no_azure_writes() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(
+        &kube,
+        &policy(
+            "bad",
+            json!({"kms": {"additionalAddresses": ["10.1.2.3"]}, "resyncInterval": "10s"}),
+        ),
+    )
+    .await;
+    let obj = wait_for("InvalidSpec", Duration::from_secs(20), || {
+        kube.policy("bad")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "InvalidSpec"))
+    })
+    .await;
+    let (status, _, message) = condition(&obj, "Ready").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("spec.kms.additionalAddresses[0]")
+            && message.contains("spec.resyncInterval"),
+        "{message}"
+    );
+    assert!(kube.events().iter().any(|e| e["reason"] == "InvalidSpec"));
+    assert_eq!(em.stats().writes, 0);
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_degrades_and_is_not_fought_nor_repeated_in_events() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    let mut p = policy("legacy", json!({}));
+    p.spec.selector.as_mut().unwrap().subscriptions =
+        vec!["22222222-2222-2222-2222-222222222222".into()];
+    p.spec.selector.as_mut().unwrap().subnet_names = vec!["legacy".into()];
+    create(&kube, &p).await;
+    let obj = wait_for("Degraded=Conflict", Duration::from_secs(20), || {
+        kube.policy("legacy")
+            .filter(|o| condition(o, "Degraded").is_some_and(|c| c.1 == "Conflict"))
+    })
+    .await;
+    assert_eq!(condition(&obj, "Degraded").unwrap().0, "True");
+    let reconciles = c.metrics.reconciles("success");
+    wait_for("three more resyncs", Duration::from_secs(15), || {
+        (c.metrics.reconciles("success") >= reconciles + 3).then_some(())
+    })
+    .await;
+    assert!(table_routes(&em, "rt-spoke2-legacy").contains(&"legacy-kms".to_string()));
+    let dump = em.dump();
+    let legacy = dump
+        .resources
+        .iter()
+        .find(|r| r["name"] == "rt-spoke2-legacy")
+        .unwrap();
+    let route = legacy["properties"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "legacy-kms")
+        .unwrap();
+    assert_eq!(
+        route["properties"]["nextHopType"], "VirtualAppliance",
+        "the foreign route is not fought"
+    );
+    assert_eq!(
+        occurrences(&kube, "Conflict"),
+        1,
+        "a steady conflict does not spam"
+    );
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_delete_policy_cleans_azure_and_an_orphan_policy_leaves_it() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    let api = Api::<KmsRoutePolicy>::all(kube.client());
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    assert!(table_routes(&em, "vnet-spoke1-app-kms").len() == 3);
+    api.delete("spokes", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the policy to go", Duration::from_secs(20), || {
+        kube.policy("spokes").is_none().then_some(())
+    })
+    .await;
+    assert!(
+        em.dump()
+            .resources
+            .iter()
+            .all(|r| r["name"] != "vnet-spoke1-app-kms"),
+        "the created table is deleted"
+    );
+    assert_eq!(
+        table_routes(&em, "rt-spoke1-shared"),
+        ["onprem", "to-nva-default"],
+        "owned routes removed, foreign kept"
+    );
+
+    create(&kube, &policy("keep", json!({"deletionPolicy": "Orphan"}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("keep")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    em.reset_stats();
+    api.delete("keep", &DeleteParams::default()).await.unwrap();
+    wait_for("the orphan policy to go", Duration::from_secs(20), || {
+        kube.policy("keep").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(em.stats().writes, 0, "Orphan changes nothing in Azure");
+    assert_eq!(table_routes(&em, "rt-spoke1-shared").len(), 5);
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_and_a_restarted_controller_make_no_duplicate_writes() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    em.reset_stats();
+    kube.drop_watches();
+    let before = c.metrics.reconciles("success");
+    wait_for("reconciles after the drop", Duration::from_secs(10), || {
+        (c.metrics.reconciles("success") >= before + 2).then_some(())
+    })
+    .await;
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+    let c2 = start_controller(&kube, &em, "b");
+    wait_for(
+        "the new controller to reconcile",
+        Duration::from_secs(15),
+        || (c2.metrics.reconciles("success") >= 2).then_some(()),
+    )
+    .await;
+    assert_eq!(em.stats().writes, 0, "{:?}", em.stats().by_operation);
+    let _ = c2.stop.send(true);
+    let _ = c2.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let a = start_controller(&kube, &em, "a");
+    wait_for("a to lead", Duration::from_secs(10), || {
+        (kube.lease_holder(NS, "kmsroute-leader").as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let b = start_controller(&kube, &em, "b");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    assert!(a.metrics.is_leader() && !b.metrics.is_leader());
+    assert_eq!(
+        b.arm.metrics.count_status("201") + b.arm.metrics.count_status("200"),
+        0,
+        "the standby made no ARM calls"
+    );
+    // Kill the leader without a clean release: the standby takes over once the lease expires.
+    a.task.abort();
+    wait_for("b to lead", Duration::from_secs(15), || {
+        (kube.lease_holder(NS, "kmsroute-leader").as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: shared,
+        route: "kms-40-83-235-53".into(),
+    })
+    .unwrap();
+    wait_for("b to repair", Duration::from_secs(15), || {
+        table_routes(&em, "rt-spoke1-shared")
+            .contains(&"kms-40-83-235-53".to_string())
+            .then_some(())
+    })
+    .await;
+    assert!(b.metrics.is_leader());
+    let _ = b.stop.send(true);
+    let _ = b.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_auth_failures_show_as_conditions_and_metrics() {
+    let kube = FakeKube::start().await;
+    let seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    let em = emulator::start(
+        Config {
+            token: Some("only-this".into()),
+            ..Config::default()
+        },
+        seed,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let c = start_controller_with_token(&kube, &em, "a", "wrong");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let obj = wait_for("AzureAuthFailed", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "AzureAuthFailed"))
+    })
+    .await;
+    assert_eq!(condition(&obj, "Degraded").unwrap().1, "AzureAuthFailed");
+    assert!(c.metrics.errors("needs_user_action") >= 1);
+    assert!(c.arm.metrics.count_status("401") >= 1);
+    assert!(
+        kube.events()
+            .iter()
+            .any(|e| e["reason"] == "AzureAuthFailed")
+    );
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+}

@@ -1,0 +1,2 @@
+//! Shared test harness: the fake Kubernetes API server.
+pub mod fake_kube;
