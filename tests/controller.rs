@@ -493,3 +493,162 @@ async fn azure_auth_failures_show_as_conditions_and_metrics() {
     let _ = c.stop.send(true);
     let _ = c.task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_throttling_shows_as_a_condition_and_in_metrics_and_a_clean_stop_releases_the_lease() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    em.add_fault(kmsroute::emulator::FaultRule {
+        method: Some("GET".into()),
+        status: Some(429),
+        code: Some("SubscriptionRequestsThrottled".into()),
+        retry_after: Some(0),
+        ..Default::default()
+    });
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let obj = wait_for("Throttled", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "Throttled"))
+    })
+    .await;
+    assert_eq!(condition(&obj, "Degraded").unwrap().1, "Throttled");
+    assert!(c.metrics.errors("throttled") >= 1);
+    assert!(
+        c.arm.metrics.count_status("429") >= 3,
+        "the client retried before giving up"
+    );
+    // Throttling ends: the next backoff retry converges.
+    em.clear_faults();
+    wait_for("Ready after throttling", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    assert_eq!(
+        kube.lease_holder(NS, "kmsroute-leader").as_deref(),
+        Some("a")
+    );
+    let _ = c.stop.send(true);
+    let _ = c.task.await;
+    assert_eq!(
+        kube.lease_holder(NS, "kmsroute-leader"),
+        None,
+        "a clean stop releases the lease"
+    );
+}
+
+/// `kmsroute run` as a process: kubeconfig, health endpoints, a reconcile, SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let dir = std::env::temp_dir().join(format!("kmsroute-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
+        kube.addr
+    )).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.join("run.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args([
+            "run",
+            "--arm-endpoint",
+            &em.url(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--leader-election-namespace",
+            NS,
+            "--identity",
+            "proc",
+            "--max-resync",
+            "1s",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed if the test fails, so no process outlives it.
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut child = KillOnDrop(Some(child));
+    let pid = child.0.as_ref().unwrap().id();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ready,
+        "/readyz never became ready; the process said:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("Ready", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "kmsroute_reconciles_total{result=\"success\"}",
+        "kmsroute_leader 1",
+        "kmsroute_arm_requests_total{operation=\"PUT routes\",status=\"201\"}",
+        "kmsroute_drift_repairs_total 7",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut proc = child.0.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || proc.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        kube.lease_holder(NS, "kmsroute-leader"),
+        None,
+        "SIGTERM releases the lease"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

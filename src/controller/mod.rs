@@ -629,10 +629,25 @@ async fn run_controller(
         events_sent: Mutex::new(HashMap::new()),
         last_pass: Mutex::new(HashMap::new()),
     });
+    // Ready once the policies this replica watches can be listed (the watch's own first step);
+    // retried until it works, so a briefly unreachable API server only delays readiness.
+    let list_api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());
     let watch_ready = ready.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            watch_ready.store(true, Ordering::SeqCst);
+        loop {
+            match list_api
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+            {
+                Ok(_) => {
+                    watch_ready.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list KmsRoutePolicies yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     });
     controller
