@@ -66,6 +66,17 @@ impl ArmMetrics {
             .unwrap_or(0)
     }
 
+    /// Every operation label seen so far (e.g. `PUT routes`).
+    pub fn operations(&self) -> Vec<String> {
+        let mut ops: Vec<String> = self
+            .calls
+            .lock()
+            .map(|c| c.keys().map(|(op, _)| op.clone()).collect())
+            .unwrap_or_default();
+        ops.dedup();
+        ops
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::from(
             "# HELP kmsroute_arm_requests_total ARM HTTP requests by operation and status.\n# TYPE kmsroute_arm_requests_total counter\n",

@@ -1,0 +1,432 @@
+//! Shipping: the Helm chart (rendered by the real `helm`), the plain-manifest install, and the
+//! Azure custom role. `.ci/run` installs helm with `scripts/install-test-tools.sh`; outside CI
+//! the helm tests are skipped with a message when no helm binary is found.
+
+use kmsroute::azure::NetworkApi;
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::StaticToken;
+use kmsroute::emulator::{self, Config, Seed};
+use kmsroute::ids::{RouteTableId, SubnetId};
+use kmsroute::model::{NextHopType, Route};
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+fn helm() -> Option<PathBuf> {
+    let path = std::env::var_os("HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".tools/bin/helm"));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install helm (scripts/install-test-tools.sh)"
+    );
+    eprintln!("SKIPPED: no helm at {path:?}; run scripts/install-test-tools.sh");
+    None
+}
+
+/// `helm template` with `--set` values; Ok(documents) or Err(stderr).
+fn render(helm: &PathBuf, sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = Command::new(helm);
+    cmd.args([
+        "template",
+        "kmsroute",
+        "charts/kmsroute",
+        "--namespace",
+        "kmsroute",
+    ]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(docs(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd() {
+    let file: Value = serde_yaml::from_str(
+        &std::fs::read_to_string("charts/kmsroute/crds/kmsroutepolicies.kmsroute.io.yaml").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        file,
+        serde_json::to_value(kmsroute::api::KmsRoutePolicy::crd()).unwrap(),
+        "run: cargo run -- crd > charts/kmsroute/crds/kmsroutepolicies.kmsroute.io.yaml"
+    );
+}
+
+#[test]
+fn helm_lint_passes_for_every_value_set() {
+    let Some(helm) = helm() else { return };
+    for sets in [
+        vec![],
+        vec!["azure.identity.clientId=11111111-2222-3333-4444-555555555555"],
+        vec!["azure.identity.mode=managedIdentity"],
+        vec![
+            "azure.identity.mode=servicePrincipal",
+            "azure.identity.secretName=kmsroute-sp",
+        ],
+        vec![
+            "replicaCount=2",
+            "metrics.serviceMonitor.enabled=true",
+            "networkPolicy.enabled=true",
+        ],
+    ] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["lint", "--strict", "charts/kmsroute"]);
+        for s in &sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{sets:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn the_default_render_is_restricted_least_privilege_and_single_replica() {
+    let Some(helm) = helm() else { return };
+    let d = render(&helm, &[]).unwrap();
+    assert_eq!(
+        kinds(&d),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into()
+    );
+    let dep = find(&d, "Deployment").unwrap();
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}})
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(
+        args.contains(&"--auth=workload-identity") && args.contains(&"--cloud=AzurePublic"),
+        "{args:?}"
+    );
+    assert_eq!(pod["serviceAccountName"], "kmsroute");
+    assert_eq!(
+        dep["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+
+    let cluster_rules = &find(&d, "ClusterRole").unwrap()["rules"];
+    assert_eq!(
+        cluster_rules,
+        &json!([
+            {"apiGroups": ["kmsroute.io"], "resources": ["kmsroutepolicies"], "verbs": ["get", "list", "watch", "patch", "update"]},
+            {"apiGroups": ["kmsroute.io"], "resources": ["kmsroutepolicies/status"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["kmsroute.io"], "resources": ["kmsroutepolicies/finalizers"], "verbs": ["update", "patch"]}
+        ])
+    );
+    assert_eq!(
+        find(&d, "Role").unwrap()["rules"],
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+        ])
+    );
+    let all = serde_json::to_string(&d).unwrap();
+    assert!(!all.contains("\"secrets\""), "no access to Secrets");
+}
+
+#[test]
+fn each_identity_mode_wires_the_right_labels_annotations_and_env() {
+    let Some(helm) = helm() else { return };
+    let wi = render(
+        &helm,
+        &["azure.identity.clientId=11111111-2222-3333-4444-555555555555"],
+    )
+    .unwrap();
+    assert_eq!(
+        find(&wi, "ServiceAccount").unwrap()["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "11111111-2222-3333-4444-555555555555"
+    );
+
+    let mi = render(
+        &helm,
+        &[
+            "azure.identity.mode=managedIdentity",
+            "azure.identity.clientId=11111111-2222-3333-4444-555555555555",
+        ],
+    )
+    .unwrap();
+    let dep = find(&mi, "Deployment").unwrap();
+    assert!(
+        dep["spec"]["template"]["metadata"]["labels"]
+            .get("azure.workload.identity/use")
+            .is_none()
+    );
+    let env = &dep["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "AZURE_CLIENT_ID"
+                && e["value"] == "11111111-2222-3333-4444-555555555555")
+    );
+    assert!(
+        serde_json::to_string(&dep)
+            .unwrap()
+            .contains("--auth=managed-identity")
+    );
+
+    let sp = render(
+        &helm,
+        &[
+            "azure.identity.mode=servicePrincipal",
+            "azure.identity.secretName=kmsroute-sp",
+        ],
+    )
+    .unwrap();
+    let env = find(&sp, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+        .clone();
+    for (name, key) in [
+        ("AZURE_TENANT_ID", "tenantId"),
+        ("AZURE_CLIENT_ID", "clientId"),
+        ("AZURE_CLIENT_SECRET", "clientSecret"),
+    ] {
+        let e = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(
+            e["valueFrom"]["secretKeyRef"],
+            json!({"name": "kmsroute-sp", "key": key}),
+            "from the Secret, never a value"
+        );
+    }
+    assert!(
+        find(&sp, "Secret").is_none(),
+        "the chart never holds a secret value"
+    );
+    let missing = render(&helm, &["azure.identity.mode=servicePrincipal"]).unwrap_err();
+    assert!(missing.contains("secretName is required"), "{missing}");
+}
+
+#[test]
+fn optional_objects_appear_only_when_asked_for() {
+    let Some(helm) = helm() else { return };
+    let two = render(&helm, &["replicaCount=2"]).unwrap();
+    assert_eq!(
+        find(&two, "PodDisruptionBudget").unwrap()["spec"]["minAvailable"],
+        1
+    );
+    assert_eq!(find(&two, "Deployment").unwrap()["spec"]["replicas"], 2);
+    let one = render(&helm, &[]).unwrap();
+    assert!(
+        find(&one, "PodDisruptionBudget").is_none()
+            && find(&one, "ServiceMonitor").is_none()
+            && find(&one, "NetworkPolicy").is_none()
+    );
+    let extras = render(
+        &helm,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "networkPolicy.enabled=true",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        find(&extras, "ServiceMonitor").unwrap()["spec"]["endpoints"][0]["path"],
+        "/metrics"
+    );
+    assert!(find(&extras, "NetworkPolicy").is_some());
+}
+
+#[test]
+fn bad_values_are_rejected_by_the_schema() {
+    let Some(helm) = helm() else { return };
+    for bad in [
+        "foo=bar",
+        "azure.identity.mode=bogus",
+        "azure.cloud=Mars",
+        "logging.format=xml",
+        "azure.armEndpoint=http://insecure",
+        "replicaCount=0",
+    ] {
+        let err = render(&helm, &[bad]).unwrap_err();
+        assert!(
+            err.contains("schema") || err.contains("values don't meet"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_plain_manifest_install_is_the_default_rendering() {
+    let Some(helm) = helm() else { return };
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            "kmsroute",
+            "charts/kmsroute",
+            "--namespace",
+            "kmsroute",
+            "--include-crds",
+        ])
+        .output()
+        .unwrap();
+    let rendered = docs(&String::from_utf8_lossy(&out.stdout));
+    let file = docs(&std::fs::read_to_string("deploy/kmsroute.yaml").unwrap());
+    assert_eq!(
+        file, rendered,
+        "deploy/kmsroute.yaml is stale: run scripts/render-deploy.sh"
+    );
+}
+
+#[test]
+fn the_example_policies_in_deploy_are_valid() {
+    for entry in std::fs::read_dir("deploy/examples").unwrap() {
+        let path = entry.unwrap().path();
+        let docs = kmsroute::api::parse_policies(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(!docs.is_empty());
+        for d in docs {
+            d.policy
+                .and_then(|p| {
+                    kmsroute::api::validate_policy(&p, kmsroute::catalog::Cloud::AzurePublic)
+                })
+                .unwrap_or_else(|e| panic!("{path:?}: {e:?}"));
+        }
+    }
+}
+
+/// The Azure actions behind each ARM call the client makes (its metrics labels).
+fn actions_for(operation: &str) -> Vec<&'static str> {
+    match operation {
+        "GET virtualNetworks" => vec!["Microsoft.Network/virtualNetworks/read"],
+        "GET subnets" => vec!["Microsoft.Network/virtualNetworks/subnets/read"],
+        // Setting a subnet's routeTable also needs join on the table.
+        "PUT subnets" => vec![
+            "Microsoft.Network/virtualNetworks/subnets/write",
+            "Microsoft.Network/routeTables/join/action",
+        ],
+        "GET routeTables" => vec!["Microsoft.Network/routeTables/read"],
+        "PUT routeTables" => vec!["Microsoft.Network/routeTables/write"],
+        "DELETE routeTables" => vec!["Microsoft.Network/routeTables/delete"],
+        "PUT routes" => vec!["Microsoft.Network/routeTables/routes/write"],
+        "DELETE routes" => vec!["Microsoft.Network/routeTables/routes/delete"],
+        // Monitor URLs: Azure-AsyncOperation (operations) or Location (operationResults).
+        "GET operation" => vec![
+            "Microsoft.Network/locations/operations/read",
+            "Microsoft.Network/locations/operationResults/read",
+        ],
+        other => panic!("no Azure action known for {other:?}: add it to the role and here"),
+    }
+}
+
+#[tokio::test]
+async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
+    const S: &str = "00000000-0000-0000-0000-000000000001";
+    let rg = format!("/subscriptions/{S}/resourceGroups/rg/providers/Microsoft.Network");
+    let seed = Seed {
+        resources: vec![
+            json!({"id": format!("{rg}/virtualNetworks/v"), "location": "westeurope", "properties": {"subnets": [
+                {"id": format!("{rg}/virtualNetworks/v/subnets/s"), "name": "s", "properties": {"addressPrefix": "10.0.0.0/24"}}
+            ]}}),
+        ],
+        learned_routes: vec![],
+    };
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = AzureNetworkApi::new(
+        url::Url::parse(&em.url()).unwrap(),
+        Arc::new(StaticToken::new("t")),
+        ClientSettings::default(),
+    )
+    .unwrap();
+    // Every operation of the port, as reconcile and cleanup use them.
+    let t = RouteTableId::new(S, "rg", "rt");
+    let s = SubnetId::new(S, "rg", "v", "s");
+    let route = Route {
+        name: "kms-20-118-99-224".into(),
+        address_prefix: "20.118.99.224/32".into(),
+        next_hop_type: NextHopType::Internet,
+        next_hop_ip_address: None,
+    };
+    api.inventory(&[S.to_string()].into()).await.unwrap();
+    api.create_route_table(&t, "westeurope", &BTreeMap::new(), false, &[])
+        .await
+        .unwrap();
+    api.put_route(&t, &route).await.unwrap();
+    api.set_subnet_route_table(&s, None, Some(&t))
+        .await
+        .unwrap();
+    api.set_subnet_route_table(&s, Some(&t), None)
+        .await
+        .unwrap();
+    api.delete_route(&t, &route.name).await.unwrap();
+    api.delete_route_table(&t).await.unwrap();
+    let used: BTreeSet<&str> = api
+        .metrics
+        .operations()
+        .iter()
+        .flat_map(|op| actions_for(op))
+        .collect();
+    let role: Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/azure/kmsroute-role.json").unwrap())
+            .unwrap();
+    let granted: BTreeSet<&str> = role["Actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        granted, used,
+        "deploy/azure/kmsroute-role.json must list exactly what the client calls"
+    );
+    assert!(role["DataActions"].as_array().unwrap().is_empty());
+}
