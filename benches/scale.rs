@@ -325,17 +325,30 @@ fn write_bound(writes_per_sub: &[u64]) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("KMSROUTE_BENCH_SIZES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![100, 1_000, 10_000]);
+    // "N" (N subnets over up to 50 subscriptions) or "NxS" (N subnets in S subscriptions: a
+    // dense estate whose writes exceed ARM's per-subscription write bucket).
+    let sizes: Vec<(usize, usize)> = std::env::var("KMSROUTE_BENCH_SIZES")
+        .unwrap_or_else(|_| "100,1000,10000,10000x5".into())
+        .split(',')
+        .filter_map(|e| {
+            let (n, s) = e
+                .trim()
+                .split_once('x')
+                .map_or((e.trim(), None), |(n, s)| (n, Some(s)));
+            let n: usize = n.parse().ok()?;
+            Some((
+                n,
+                s.and_then(|s| s.parse().ok())
+                    .unwrap_or((n / 200).clamp(1, 50)),
+            ))
+        })
+        .collect();
     let dir = std::env::temp_dir().join(format!("kmsroute-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rows = Vec::new();
-    for &n in &sizes {
-        let subs = (n / 200).clamp(1, 50);
+    for &(n, subs) in &sizes {
         let (seed, drifted) = estate(n, subs);
-        let seed_file = dir.join(format!("estate-{n}.json"));
+        let seed_file = dir.join(format!("estate-{n}x{subs}.json"));
         std::fs::write(&seed_file, seed.to_string()).unwrap();
 
         let em = start_emulator(&seed_file, 200);

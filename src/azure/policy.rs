@@ -42,7 +42,10 @@ pub struct BucketShape {
     pub refill_per_sec: f64,
 }
 
-/// Client-side limits: 80% of ARM's documented buckets, so the service's own rarely empties.
+/// Client-side limits: ARM's documented buckets (reads 250 + 25/s, writes 200 + 10/s). They are
+/// only an upper bound: every response's `x-ms-ratelimit-remaining-*` lowers our count to what
+/// ARM says is left (other clients share the budget), so 429s stay rare without paying a fixed
+/// safety margin in wall time.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
     pub reads: BucketShape,
@@ -53,12 +56,12 @@ impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
             reads: BucketShape {
-                capacity: 200.0,
-                refill_per_sec: 20.0,
+                capacity: 250.0,
+                refill_per_sec: 25.0,
             },
             writes: BucketShape {
-                capacity: 160.0,
-                refill_per_sec: 8.0,
+                capacity: 200.0,
+                refill_per_sec: 10.0,
             },
         }
     }

@@ -294,8 +294,7 @@ pub(crate) fn dispatch(
         && *method == Method::GET
     {
         let prefix = format!("/subscriptions/{}/", lower(&sub));
-        let items = list_top(store, &prefix, &segs[4]);
-        return page(ctx, &path, items);
+        return list_top(store, ctx, &path, &prefix, &segs[4]);
     }
     if !(kw(segs, 2, "resourceGroups")
         && kw(segs, 4, "providers")
@@ -322,8 +321,7 @@ pub(crate) fn dispatch(
             lower(&sub),
             lower(&rg)
         );
-        let items = list_top(store, &prefix, &segs[6]);
-        return page(ctx, &path, items);
+        return list_top(store, ctx, &path, &prefix, &segs[6]);
     }
     let top_id = format!(
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/{}/{}",
@@ -461,8 +459,9 @@ fn upsert_child(store: &mut Store, key: &str, child: &str, value: Value) -> Resu
     Ok(store.bump(key).unwrap_or_default())
 }
 
-fn list_top(store: &Store, prefix: &str, kind: &str) -> Vec<Value> {
-    store
+/// One page of a subscription or resource group listing: only the page is rendered.
+fn list_top(store: &Store, ctx: &Ctx, path: &str, prefix: &str, kind: &str) -> Reply {
+    let matching: Vec<&Value> = store
         .resources
         .iter()
         .filter(|(k, r)| {
@@ -471,8 +470,24 @@ fn list_top(store: &Store, prefix: &str, kind: &str) -> Vec<Value> {
                     .and_then(Value::as_str)
                     .is_some_and(|id| is_type(id, kind))
         })
-        .map(|(_, r)| store.render(r))
-        .collect()
+        .map(|(_, r)| r)
+        .collect();
+    let end = (ctx.skip + ctx.page_size).min(matching.len());
+    let users = store.table_users();
+    let value: Vec<Value> = matching
+        .get(ctx.skip..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| store.render_with(r, &users))
+        .collect();
+    let mut body = json!({"value": value});
+    if end < matching.len() {
+        body["nextLink"] = json!(format!(
+            "{}{path}?api-version={API_VERSION}&$skiptoken={end}",
+            ctx.base
+        ));
+    }
+    Reply::json(StatusCode::OK, body)
 }
 
 fn find_child(parent: &Value, child: &str, name: &str) -> Option<usize> {

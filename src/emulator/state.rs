@@ -172,52 +172,67 @@ impl Store {
 
     /// The state in the seed format, derived fields computed.
     pub fn dump(&self) -> Seed {
+        let users = self.table_users();
         Seed {
-            resources: self.resources.values().map(|r| self.render(r)).collect(),
+            resources: self
+                .resources
+                .values()
+                .map(|r| self.render_with(r, &users))
+                .collect(),
             learned_routes: self.learned_routes.clone(),
         }
     }
 
     /// A resource as a GET returns it (route tables gain their `subnets`).
     pub fn render(&self, r: &Value) -> Value {
+        self.render_with(r, &self.table_users())
+    }
+
+    /// `render` with a precomputed [`Store::table_users`] (one index per request, not per item).
+    pub fn render_with(&self, r: &Value, users: &HashMap<String, Vec<String>>) -> Value {
         let mut out = r.clone();
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
-        if is_type(id, "routeTables") {
-            let users: Vec<Value> = self
-                .subnets_using(id)
-                .into_iter()
-                .map(|s| json!({"id": s}))
-                .collect();
-            if !users.is_empty() {
-                out["properties"]["subnets"] = json!(users);
-            }
+        if is_type(id, "routeTables")
+            && let Some(list) = users.get(&lower(id))
+        {
+            out["properties"]["subnets"] =
+                json!(list.iter().map(|s| json!({"id": s})).collect::<Vec<_>>());
         }
         out
     }
 
+    /// Subnet IDs by the lower-cased ID of the route table they use: derived, never stored.
+    pub fn table_users(&self) -> HashMap<String, Vec<String>> {
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        for v in self.resources.values() {
+            let Some(subnets) = v.pointer("/properties/subnets").and_then(Value::as_array) else {
+                continue;
+            };
+            if !v
+                .get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| is_type(id, "virtualNetworks"))
+            {
+                continue;
+            }
+            for s in subnets {
+                if let (Some(t), Some(id)) = (
+                    s.pointer("/properties/routeTable/id")
+                        .and_then(Value::as_str),
+                    s.get("id").and_then(Value::as_str),
+                ) {
+                    users.entry(lower(t)).or_default().push(id.to_string());
+                }
+            }
+        }
+        users
+    }
+
     /// IDs of subnets whose `routeTable` points at `table_id`.
     pub fn subnets_using(&self, table_id: &str) -> Vec<String> {
-        let key = lower(table_id);
-        self.resources
-            .values()
-            .filter(|r| {
-                r.get("id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| is_type(id, "virtualNetworks"))
-            })
-            .flat_map(|v| {
-                v["properties"]["subnets"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter(|s| {
-                s.pointer("/properties/routeTable/id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| lower(t) == key)
-            })
-            .filter_map(|s| s.get("id").and_then(Value::as_str).map(str::to_string))
-            .collect()
+        self.table_users()
+            .remove(&lower(table_id))
+            .unwrap_or_default()
     }
 
     /// Gives a top-level resource and all its children a new etag.
