@@ -116,6 +116,27 @@ fn policy(name: &str, extra: Value) -> KmsRoutePolicy {
     serde_json::from_value(json!({"apiVersion": "kmsroute.io/v1alpha1", "kind": "KmsRoutePolicy", "metadata": {"name": name}, "spec": spec})).unwrap()
 }
 
+impl Running {
+    /// Stops cleanly (releasing the lease) and waits for the controller to end.
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Waits for a policy's Ready condition to be True, returning the object.
+async fn wait_ready(kube: &FakeKube, name: &str) -> Value {
+    wait_for(
+        &format!("{name} Ready=True"),
+        Duration::from_secs(20),
+        || {
+            kube.policy(name)
+                .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+        },
+    )
+    .await
+}
+
 /// Polls until `f` holds (never a fixed sleep): panics with `what` after `limit`.
 async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -185,11 +206,7 @@ async fn a_new_policy_becomes_ready_with_the_right_counts() {
     let em = estate_emulator().await;
     let c = start_controller(&kube, &em, "a");
     create(&kube, &policy("spokes", json!({}))).await;
-    let obj = wait_for("Ready=True", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    let obj = wait_ready(&kube, "spokes").await;
     assert_eq!(
         obj["status"]["observedGeneration"],
         obj["metadata"]["generation"]
@@ -206,8 +223,7 @@ async fn a_new_policy_becomes_ready_with_the_right_counts() {
     assert_eq!(obj["status"]["destinations"].as_array().unwrap().len(), 3);
     assert!(table_routes(&em, "rt-spoke1-shared").contains(&"kms-20-118-99-224".to_string()));
     assert!(c.metrics.reconciles("success") >= 1);
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,11 +232,7 @@ async fn drift_is_repaired_within_one_resync_and_an_event_says_so() {
     let em = estate_emulator().await;
     let c = start_controller(&kube, &em, "a");
     create(&kube, &policy("spokes", json!({}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     let shared = format!(
         "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
     );
@@ -248,8 +260,7 @@ async fn drift_is_repaired_within_one_resync_and_an_event_says_so() {
         repaired, 2,
         "one for the first convergence, one for the repair"
     );
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,8 +290,7 @@ async fn an_invalid_policy_gets_invalid_spec_with_field_paths_and_no_azure_write
     );
     assert!(kube.events().iter().any(|e| e["reason"] == "InvalidSpec"));
     assert_eq!(em.stats().writes, 0);
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,8 +336,7 @@ async fn a_conflict_degrades_and_is_not_fought_nor_repeated_in_events() {
         1,
         "a steady conflict does not spam"
     );
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,11 +346,7 @@ async fn deleting_a_delete_policy_cleans_azure_and_an_orphan_policy_leaves_it() 
     let c = start_controller(&kube, &em, "a");
     let api = Api::<KmsRoutePolicy>::all(kube.client());
     create(&kube, &policy("spokes", json!({}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     assert!(table_routes(&em, "vnet-spoke1-app-kms").len() == 3);
     api.delete("spokes", &DeleteParams::default())
         .await
@@ -364,11 +369,7 @@ async fn deleting_a_delete_policy_cleans_azure_and_an_orphan_policy_leaves_it() 
     );
 
     create(&kube, &policy("keep", json!({"deletionPolicy": "Orphan"}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("keep")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "keep").await;
     em.reset_stats();
     api.delete("keep", &DeleteParams::default()).await.unwrap();
     wait_for("the orphan policy to go", Duration::from_secs(20), || {
@@ -377,8 +378,7 @@ async fn deleting_a_delete_policy_cleans_azure_and_an_orphan_policy_leaves_it() 
     .await;
     assert_eq!(em.stats().writes, 0, "Orphan changes nothing in Azure");
     assert_eq!(table_routes(&em, "rt-spoke1-shared").len(), 5);
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,11 +387,7 @@ async fn a_dropped_watch_and_a_restarted_controller_make_no_duplicate_writes() {
     let em = estate_emulator().await;
     let c = start_controller(&kube, &em, "a");
     create(&kube, &policy("spokes", json!({}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     em.reset_stats();
     kube.drop_watches();
     let before = c.metrics.reconciles("success");
@@ -399,8 +395,7 @@ async fn a_dropped_watch_and_a_restarted_controller_make_no_duplicate_writes() {
         (c.metrics.reconciles("success") >= before + 2).then_some(())
     })
     .await;
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
     let c2 = start_controller(&kube, &em, "b");
     wait_for(
         "the new controller to reconcile",
@@ -409,8 +404,7 @@ async fn a_dropped_watch_and_a_restarted_controller_make_no_duplicate_writes() {
     )
     .await;
     assert_eq!(em.stats().writes, 0, "{:?}", em.stats().by_operation);
-    let _ = c2.stop.send(true);
-    let _ = c2.task.await;
+    c2.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,11 +418,7 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
     .await;
     let b = start_controller(&kube, &em, "b");
     create(&kube, &policy("spokes", json!({}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     assert!(a.metrics.is_leader() && !b.metrics.is_leader());
     assert_eq!(
         b.arm.metrics.count_status("201") + b.arm.metrics.count_status("200"),
@@ -456,8 +446,7 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
     })
     .await;
     assert!(b.metrics.is_leader());
-    let _ = b.stop.send(true);
-    let _ = b.task.await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,8 +479,7 @@ async fn azure_auth_failures_show_as_conditions_and_metrics() {
             .iter()
             .any(|e| e["reason"] == "AzureAuthFailed")
     );
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,17 +508,12 @@ async fn arm_throttling_shows_as_a_condition_and_in_metrics_and_a_clean_stop_rel
     );
     // Throttling ends: the next backoff retry converges.
     em.clear_faults();
-    wait_for("Ready after throttling", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     assert_eq!(
         kube.lease_holder(NS, "kmsroute-leader").as_deref(),
         Some("a")
     );
-    let _ = c.stop.send(true);
-    let _ = c.task.await;
+    c.shutdown().await;
     assert_eq!(
         kube.lease_holder(NS, "kmsroute-leader"),
         None,
@@ -613,11 +596,7 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
         200
     );
     create(&kube, &policy("spokes", json!({}))).await;
-    wait_for("Ready", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
-    .await;
+    wait_ready(&kube, "spokes").await;
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
