@@ -28,8 +28,9 @@ struct ArmArgs {
     /// The cloud a policy without spec.kms.cloud routes, and the default ARM endpoint.
     #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
     cloud: Cloud,
-    /// Route tables written in parallel.
-    #[arg(long, default_value_t = 8)]
+    /// Route tables written in parallel per subscription (ARM's per-subscription budget, not
+    /// this number, paces the writes; in the controller also the policies reconciled at once).
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
 }
 

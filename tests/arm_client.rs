@@ -471,19 +471,26 @@ async fn long_running_operations_are_polled_to_completion() {
     )
     .await;
     let api = client(&em, quick_retry());
+    let t0 = std::time::Instant::now();
     api.put_route(
         &RouteTableId::new(SUB, "rg", "rt"),
         &kms_route("20.118.99.224"),
     )
     .await
     .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1200),
+        "returned before the operation finished"
+    );
     let polls = em
         .stats()
         .by_operation
         .get("Operations_Get 200")
         .copied()
         .unwrap_or(0);
-    assert!(polls >= 2, "InProgress then Succeeded: {polls} polls");
+    // Retry-After (1 s) is honoured before the first poll, so: InProgress at 1 s, then
+    // Succeeded — two polls, not a busy loop.
+    assert_eq!(polls, 2, "InProgress then Succeeded");
 }
 
 #[tokio::test]

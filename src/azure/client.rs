@@ -33,6 +33,11 @@ pub struct ClientSettings {
     pub rate_limits: RateLimits,
     /// Longest wait for one long-running operation (default 10 minutes).
     pub lro_timeout: Option<Duration>,
+    /// Most ARM requests in flight at once, all subscriptions together (default 128). Writes
+    /// of many subscriptions run side by side; without a cap a large estate opened one socket
+    /// per lane (1,600 at 50 subscriptions), enough to overflow a listen queue or a pod's
+    /// file-descriptor limit.
+    pub max_in_flight: Option<usize>,
 }
 
 pub struct AzureNetworkApi {
@@ -101,6 +106,9 @@ impl AzureNetworkApi {
             limiter: Arc::new(RateLimiter::new(settings.rate_limits)),
             metrics: metrics.clone(),
             retry: settings.retry,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_in_flight.unwrap_or(128).max(1),
+            )),
         });
         let options = ClientOptions::default()
             .retry(RetryOptions::none())
@@ -223,6 +231,18 @@ impl AzureNetworkApi {
         let url = Url::parse(&url)
             .map_err(|e| fail(ErrorClass::Retryable, None, format!("bad monitor URL: {e}")))?;
         let deadline = Instant::now() + self.lro_timeout;
+        // ARM asks clients to wait the initial response's Retry-After before the first poll.
+        // Polling at once costs a read from the subscription's budget for an answer that is
+        // almost always InProgress (measured: 2,500 extra reads in the dense bench estate).
+        let first_pause = headers
+            .get_optional_str(&azure_core::headers::RETRY_AFTER)
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_secs(s).min(Duration::from_secs(60))
+            });
+        if !first_pause.is_zero() && Instant::now() + first_pause < deadline {
+            tokio::time::sleep(first_pause).await;
+        }
         loop {
             let (status, h, body) = self
                 .raw(Method::Get, url.clone(), None, &[])
@@ -326,11 +346,13 @@ impl AzureNetworkApi {
                                 .delegations
                                 .into_iter()
                                 .filter_map(|d| d.properties.and_then(|p| p.service_name))
-                                .collect(),
+                                .collect::<Compact<_>>()
+                                .0,
                             etag: s.etag,
                         })
                     })
-                    .collect();
+                    .collect::<Compact<_>>()
+                    .0;
                 inv.virtual_networks.push(model::VirtualNetwork {
                     id,
                     location: v.resource.location.unwrap_or_default(),
@@ -376,12 +398,14 @@ impl AzureNetworkApi {
                                 next_hop_ip_address: rp.next_hop_ip_address,
                             })
                         })
-                        .collect(),
+                        .collect::<Compact<_>>()
+                        .0,
                     subnets: p
                         .subnets
                         .into_iter()
                         .filter_map(|s| SubnetId::parse(s.sub_resource.id.as_deref()?).ok())
-                        .collect(),
+                        .collect::<Compact<_>>()
+                        .0,
                     etag: t.etag,
                 });
             }
@@ -622,5 +646,20 @@ impl NetworkApi for AzureNetworkApi {
             .map_err(|e| arm_err(OP, table.as_str(), e))?;
         self.wait(OP, table.as_str(), resp.as_raw_response().headers())
             .await
+    }
+}
+
+/// Collects into a fresh, exactly sized `Vec`. A plain `into_iter().map().collect()` reuses the
+/// source allocation in place, so each of our small subnets and routes kept the room of a
+/// generated model (~1.7 KB per subnet): measured with massif at 10,000 subnets, 30 MB of the
+/// 78 MB heap peak.
+struct Compact<T>(Vec<T>);
+
+impl<T> FromIterator<T> for Compact<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut v = Vec::new();
+        v.extend(iter);
+        v.shrink_to_fit();
+        Compact(v)
     }
 }

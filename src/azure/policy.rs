@@ -158,6 +158,9 @@ pub struct ArmPolicy {
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<ArmMetrics>,
     pub retry: RetrySettings,
+    /// Caps requests in flight across all subscriptions (a permit per attempt, not held while
+    /// waiting for a token, a retry or a long-running operation).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// `subscriptions/{id}` from a request path (lower-cased), or "" for other URLs.
@@ -235,10 +238,13 @@ impl Policy for ArmPolicy {
         loop {
             attempt += 1;
             self.limiter.acquire(&subscription, read).await;
+            // The semaphore is never closed; a closed one would only mean "no cap".
+            let permit = self.in_flight.acquire().await.ok();
             let t0 = Instant::now();
             let outcome =
                 tokio::time::timeout(self.retry.timeout, next[0].send(ctx, request, &next[1..]))
                     .await;
+            drop(permit);
             let can_retry = |delay: Duration| {
                 attempt < self.retry.max_attempts
                     && start.elapsed() + delay <= self.retry.max_elapsed

@@ -153,7 +153,9 @@ fn lro(
         "{}/subscriptions/{sub}/providers/Microsoft.Network/locations/{loc}",
         ctx.base
     );
-    let retry = ctx.lro.as_secs_f64().ceil() as u64;
+    // The first Retry-After is a hint, not a promise (as on ARM): half the duration, so a
+    // client that honours it may still see InProgress once.
+    let retry = (ctx.lro.as_secs_f64() / 2.0).ceil() as u64;
     let reply = reply
         .header(
             "azure-asyncoperation",
@@ -334,7 +336,7 @@ pub(crate) fn dispatch(
         | ("virtualnetworks", 8, "GET")
         | ("networksecuritygroups", 8, "GET")
         | ("natgateways", 8, "GET")
-        | ("networkinterfaces", 8, "GET") => match store.resources.get(&key) {
+        | ("networkinterfaces", 8, "GET") => match store.resources().get(&key) {
             Some(r) => {
                 let r = store.render(r);
                 let etag = r["etag"].as_str().unwrap_or_default().to_string();
@@ -344,7 +346,7 @@ pub(crate) fn dispatch(
         },
         ("routetables", 8, "PUT") => put_route_table(store, ctx, &sub, &top_id, &segs[7], body),
         ("routetables", 8, "PATCH") => {
-            let Some(r) = store.resources.get_mut(&key) else {
+            let Some(r) = store.resource_mut(&key) else {
                 return not_found("routeTables", &segs[7], &rg);
             };
             let b = match body_json(body) {
@@ -353,10 +355,10 @@ pub(crate) fn dispatch(
             };
             r["tags"] = b.get("tags").cloned().unwrap_or(json!({}));
             store.bump(&key);
-            Reply::json(StatusCode::OK, store.render(&store.resources[&key]))
+            Reply::json(StatusCode::OK, store.render(&store.resources()[&key]))
         }
         ("routetables", 8, "DELETE") => {
-            let Some(r) = store.resources.get(&key) else {
+            let Some(r) = store.resources().get(&key) else {
                 return Reply::empty(StatusCode::NO_CONTENT);
             };
             let location = r["location"].as_str().unwrap_or_default().to_string();
@@ -368,7 +370,7 @@ pub(crate) fn dispatch(
                 );
             }
             if ctx.lro_failure.is_none() {
-                store.resources.remove(&key);
+                store.remove_resource(&key);
             }
             lro(
                 store,
@@ -381,7 +383,7 @@ pub(crate) fn dispatch(
             )
         }
         ("routetables", 9, "GET") if kw(segs, 8, "routes") => {
-            let Some(r) = store.resources.get(&key) else {
+            let Some(r) = store.resources().get(&key) else {
                 return not_found("routeTables", &segs[7], &rg);
             };
             page(
@@ -397,7 +399,7 @@ pub(crate) fn dispatch(
             route_op(store, ctx, method, &sub, &rg, &key, &top_id, &segs[9], body)
         }
         ("virtualnetworks", 9, "GET") if kw(segs, 8, "subnets") => {
-            let Some(v) = store.resources.get(&key) else {
+            let Some(v) = store.resources().get(&key) else {
                 return not_found("virtualNetworks", &segs[7], &rg);
             };
             page(
@@ -410,7 +412,7 @@ pub(crate) fn dispatch(
             )
         }
         ("virtualnetworks", 10, "GET") if kw(segs, 8, "subnets") => {
-            let Some(v) = store.resources.get(&key) else {
+            let Some(v) = store.resources().get(&key) else {
                 return not_found("virtualNetworks", &segs[7], &rg);
             };
             match find_child(v, "subnets", &segs[9]) {
@@ -438,8 +440,7 @@ pub(crate) fn dispatch(
 fn upsert_child(store: &mut Store, key: &str, child: &str, value: Value) -> Result<String, Reply> {
     let name = value["name"].as_str().unwrap_or_default().to_string();
     let Some(items) = store
-        .resources
-        .get_mut(key)
+        .resource_mut(key)
         .and_then(|r| r["properties"][child].as_array_mut())
     else {
         return Err(Reply::error(
@@ -462,7 +463,7 @@ fn upsert_child(store: &mut Store, key: &str, child: &str, value: Value) -> Resu
 /// One page of a subscription or resource group listing: only the page is rendered.
 fn list_top(store: &Store, ctx: &Ctx, path: &str, prefix: &str, kind: &str) -> Reply {
     let matching: Vec<&Value> = store
-        .resources
+        .resources()
         .iter()
         .filter(|(k, r)| {
             k.starts_with(prefix)
@@ -478,7 +479,7 @@ fn list_top(store: &Store, ctx: &Ctx, path: &str, prefix: &str, kind: &str) -> R
         .get(ctx.skip..end)
         .unwrap_or_default()
         .iter()
-        .map(|r| store.render_with(r, &users))
+        .map(|r| store.render_with(r, users))
         .collect();
     let mut body = json!({"value": value});
     if end < matching.len() {
@@ -563,7 +564,7 @@ fn put_route_table(
             format!("Resource name {name} is invalid: {e}"),
         );
     }
-    let existing = store.resources.get(&key);
+    let existing = store.resources().get(&key);
     let current = existing
         .and_then(|r| r["etag"].as_str())
         .map(str::to_string);
@@ -644,9 +645,9 @@ fn put_route_table(
     });
     let mut shown = resource.clone();
     if ctx.lro_failure.is_none() {
-        store.resources.insert(key.clone(), resource);
+        store.insert_resource(key.clone(), resource);
         store.bump(&key);
-        shown = store.render(&store.resources[&key]);
+        shown = store.render(&store.resources()[&key]);
     }
     shown["properties"]["provisioningState"] = json!("Updating");
     let status = if created {
@@ -678,7 +679,7 @@ fn route_op(
     body: &[u8],
 ) -> Reply {
     let table_name = table_id.rsplit('/').next().unwrap_or_default().to_string();
-    let Some(table) = store.resources.get(key) else {
+    let Some(table) = store.resources().get(key) else {
         return not_found("routeTables", &table_name, rg);
     };
     let location = table["location"].as_str().unwrap_or_default().to_string();
@@ -750,8 +751,7 @@ fn route_op(
             }
             if ctx.lro_failure.is_none() {
                 if let Some(routes) = store
-                    .resources
-                    .get_mut(key)
+                    .resource_mut(key)
                     .and_then(|t| t["properties"]["routes"].as_array_mut())
                 {
                     routes.remove(i);
@@ -798,7 +798,7 @@ fn put_subnet(
     body: &[u8],
 ) -> Reply {
     let vnet_name = vnet_id.rsplit('/').next().unwrap_or_default().to_string();
-    let Some(vnet) = store.resources.get(vnet_key) else {
+    let Some(vnet) = store.resources().get(vnet_key) else {
         return not_found("virtualNetworks", &vnet_name, rg);
     };
     let location = vnet["location"].as_str().unwrap_or_default().to_string();
@@ -849,7 +849,7 @@ fn put_subnet(
         };
         let rid = r.get("id").and_then(Value::as_str).unwrap_or_default();
         let Some(target) = store
-            .resources
+            .resources()
             .get(&lower(rid))
             .filter(|_| is_type(rid, kind))
         else {
@@ -970,8 +970,7 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
         OtherWrite::DeleteRoute { route_table, route } => {
             let key = lower(&route_table);
             let t = store
-                .resources
-                .get_mut(&key)
+                .resource_mut(&key)
                 .ok_or(format!("no route table {route_table}"))?;
             let routes = t["properties"]["routes"]
                 .as_array_mut()
@@ -996,7 +995,7 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
             let props = check_route(&name, route.get("properties").unwrap_or(&json!({})))
                 .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
             let table_id = store
-                .resources
+                .resources()
                 .get(&key)
                 .ok_or(format!("no route table {route_table}"))?["id"]
                 .as_str()
@@ -1024,8 +1023,7 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
                 return Err(format!("InUseRouteTableCannotBeDeleted: {route_table}"));
             }
             store
-                .resources
-                .remove(&lower(&route_table))
+                .remove_resource(&lower(&route_table))
                 .ok_or(format!("no route table {route_table}"))?;
         }
     }
@@ -1038,8 +1036,7 @@ fn patch_subnet(store: &mut Store, subnet_id: &str, patch: &Value) -> Result<(),
         .ok_or(format!("{subnet_id} is not a subnet ID"))?;
     let key = lower(vnet_id);
     let v = store
-        .resources
-        .get_mut(&key)
+        .resource_mut(&key)
         .ok_or(format!("no virtual network {vnet_id}"))?;
     let i = find_child(v, "subnets", name).ok_or(format!("no subnet {subnet_id}"))?;
     let props = v["properties"]["subnets"][i]["properties"]
@@ -1061,7 +1058,7 @@ fn patch_subnet(store: &mut Store, subnet_id: &str, patch: &Value) -> Result<(),
         touched_tables.push(lower(t));
     }
     let etag = new_etag();
-    if let Some(v) = store.resources.get_mut(&key) {
+    if let Some(v) = store.resource_mut(&key) {
         stamp(v, &etag);
     }
     for t in touched_tables {

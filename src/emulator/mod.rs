@@ -95,9 +95,24 @@ pub async fn start(config: Config, seed: Seed, addr: SocketAddr) -> Result<Emula
         store: Mutex::new(store),
         config,
     });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    // A deep accept queue (tokio's bind uses 1,024): a burst of new connections beyond it is
+    // dropped by the kernel and the clients' SYNs are retried after 1 s, which made the
+    // emulator, not the client, set the pace of large benchmarks.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(addr)
         .map_err(|e| format!("binding {addr}: {e}"))?;
+    let listener = socket
+        .listen(4096)
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let router = Router::new().fallback(handle).with_state(app.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

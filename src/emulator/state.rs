@@ -110,7 +110,12 @@ pub(crate) struct Operation {
 pub struct Store {
     /// Top-level resources by lower-cased ID: virtualNetworks (subnets inline), routeTables
     /// (routes inline), networkSecurityGroups, natGateways, networkInterfaces.
-    pub resources: BTreeMap<String, Value>,
+    /// Private so every change goes through [`Store::resource_mut`] and friends, which drop the
+    /// derived table→subnets index when a VNet changes.
+    resources: BTreeMap<String, Value>,
+    /// [`Store::table_users`], built on first use after a change (a page of a listing or one
+    /// route table GET must not scan every subnet of a 10,000-subnet estate).
+    users_cache: std::sync::OnceLock<HashMap<String, Vec<String>>>,
     pub learned_routes: Vec<Value>,
     pub(crate) operations: HashMap<String, Operation>,
     pub stats: Stats,
@@ -177,18 +182,46 @@ impl Store {
             resources: self
                 .resources
                 .values()
-                .map(|r| self.render_with(r, &users))
+                .map(|r| self.render_with(r, users))
                 .collect(),
             learned_routes: self.learned_routes.clone(),
         }
     }
 
-    /// A resource as a GET returns it (route tables gain their `subnets`).
-    pub fn render(&self, r: &Value) -> Value {
-        self.render_with(r, &self.table_users())
+    /// The resources, read-only.
+    pub fn resources(&self) -> &BTreeMap<String, Value> {
+        &self.resources
     }
 
-    /// `render` with a precomputed [`Store::table_users`] (one index per request, not per item).
+    /// One resource, for a change. A change to a VNet (its subnets' `routeTable`) forgets the
+    /// derived index; tables, routes and the rest do not touch it.
+    pub fn resource_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.touch(key);
+        self.resources.get_mut(key)
+    }
+
+    pub fn insert_resource(&mut self, key: String, value: Value) -> Option<Value> {
+        self.touch(&key);
+        self.resources.insert(key, value)
+    }
+
+    pub fn remove_resource(&mut self, key: &str) -> Option<Value> {
+        self.touch(key);
+        self.resources.remove(key)
+    }
+
+    fn touch(&mut self, key: &str) {
+        if is_type(key, "virtualNetworks") {
+            self.users_cache = std::sync::OnceLock::new();
+        }
+    }
+
+    /// A resource as a GET returns it (route tables gain their `subnets`).
+    pub fn render(&self, r: &Value) -> Value {
+        self.render_with(r, self.table_users())
+    }
+
+    /// `render` with the [`Store::table_users`] index in hand.
     pub fn render_with(&self, r: &Value, users: &HashMap<String, Vec<String>>) -> Value {
         let mut out = r.clone();
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -201,38 +234,56 @@ impl Store {
         out
     }
 
-    /// Subnet IDs by the lower-cased ID of the route table they use: derived, never stored.
-    pub fn table_users(&self) -> HashMap<String, Vec<String>> {
-        let mut users: HashMap<String, Vec<String>> = HashMap::new();
-        for v in self.resources.values() {
-            let Some(subnets) = v.pointer("/properties/subnets").and_then(Value::as_array) else {
-                continue;
-            };
-            if !v
-                .get("id")
-                .and_then(Value::as_str)
-                .is_some_and(|id| is_type(id, "virtualNetworks"))
-            {
-                continue;
-            }
-            for s in subnets {
-                if let (Some(t), Some(id)) = (
-                    s.pointer("/properties/routeTable/id")
-                        .and_then(Value::as_str),
-                    s.get("id").and_then(Value::as_str),
-                ) {
-                    users.entry(lower(t)).or_default().push(id.to_string());
-                }
-            }
-        }
-        users
+    /// Subnet IDs by the lower-cased ID of the route table they use: derived from the subnets,
+    /// never stored, and built once per change of the store.
+    pub fn table_users(&self) -> &HashMap<String, Vec<String>> {
+        self.users_cache.get_or_init(|| {
+            let mut users: HashMap<String, Vec<String>> = HashMap::new();
+            self.each_subnet_table(|table, subnet| {
+                users
+                    .entry(lower(table))
+                    .or_default()
+                    .push(subnet.to_string());
+            });
+            users
+        })
     }
 
     /// IDs of subnets whose `routeTable` points at `table_id`.
     pub fn subnets_using(&self, table_id: &str) -> Vec<String> {
         self.table_users()
-            .remove(&lower(table_id))
+            .get(&lower(table_id))
+            .cloned()
             .unwrap_or_default()
+    }
+
+    /// Calls `f(route table ID, subnet ID)` for every subnet that has a route table.
+    fn each_subnet_table(&self, mut f: impl FnMut(&str, &str)) {
+        for (key, v) in &self.resources {
+            if !is_type(key, "virtualNetworks") {
+                continue;
+            }
+            // Plain `get`s, not `pointer`: this loop runs over every subnet of the store and
+            // `pointer` allocates per path segment (it was half the emulator's time at 10k).
+            let Some(subnets) = v
+                .get("properties")
+                .and_then(|p| p.get("subnets"))
+                .and_then(Value::as_array)
+            else {
+                continue;
+            };
+            for s in subnets {
+                if let (Some(t), Some(id)) = (
+                    s.get("properties")
+                        .and_then(|p| p.get("routeTable"))
+                        .and_then(|t| t.get("id"))
+                        .and_then(Value::as_str),
+                    s.get("id").and_then(Value::as_str),
+                ) {
+                    f(t, id);
+                }
+            }
+        }
     }
 
     /// Gives a top-level resource and all its children a new etag.
@@ -268,17 +319,24 @@ pub(crate) fn stamp(r: &mut Value, etag: &str) {
 
 /// The ARM type of a top-level resource ID.
 pub(crate) fn type_of(id: &str) -> Option<&'static str> {
-    let segs: Vec<String> = id.split('/').map(lower).collect();
-    match segs.get(7).map(String::as_str) {
-        Some("virtualnetworks") => Some("Microsoft.Network/virtualNetworks"),
-        Some("routetables") => Some("Microsoft.Network/routeTables"),
-        Some("networksecuritygroups") => Some("Microsoft.Network/networkSecurityGroups"),
-        Some("natgateways") => Some("Microsoft.Network/natGateways"),
-        Some("networkinterfaces") => Some("Microsoft.Network/networkInterfaces"),
-        _ => None,
-    }
+    const TYPES: [&str; 5] = [
+        "Microsoft.Network/virtualNetworks",
+        "Microsoft.Network/routeTables",
+        "Microsoft.Network/networkSecurityGroups",
+        "Microsoft.Network/natGateways",
+        "Microsoft.Network/networkInterfaces",
+    ];
+    let seg = id.split('/').nth(7)?;
+    TYPES.into_iter().find(|t| {
+        t.strip_prefix("Microsoft.Network/")
+            .is_some_and(|k| k.eq_ignore_ascii_case(seg))
+    })
 }
 
+/// True when `id` is a top-level resource of this kind (e.g. `"routeTables"`); no allocation,
+/// it runs for every resource of a scan.
 pub(crate) fn is_type(id: &str, kind: &str) -> bool {
-    type_of(id).is_some_and(|t| t.eq_ignore_ascii_case(&format!("Microsoft.Network/{kind}")))
+    id.split('/')
+        .nth(7)
+        .is_some_and(|seg| seg.eq_ignore_ascii_case(kind))
 }
