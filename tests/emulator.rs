@@ -683,3 +683,39 @@ async fn faults_and_the_other_writer_act_as_configured() {
     let stats = em.stats();
     assert_eq!(stats.by_operation.get("RouteTables_Get 503"), Some(&1));
 }
+
+#[tokio::test]
+async fn a_table_lists_its_subnets_after_every_change() {
+    // The table→subnets index is cached between changes; each change to a VNet must show.
+    let s = subnet("v", "app", json!({"addressPrefix": "10.0.1.0/24"}));
+    let em = start(
+        Config::default(),
+        vec![vnet("v", json!([s])), table("rt", json!([]))],
+    )
+    .await;
+    let path = format!("{}/subnets/app", vnet_id("v"));
+    let users = |t: &Value| {
+        t["properties"]["subnets"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0)
+    };
+    let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(users(&t), 0);
+    let (status, _, _) = call(&em, "PUT", &path, Some(json!({"properties": {"addressPrefix": "10.0.1.0/24", "routeTable": {"id": rt_id("rt")}}}))).await;
+    assert_eq!(status, 200);
+    let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(users(&t), 1, "association shows after a cached read");
+    let (status, _, _) = call(
+        &em,
+        "PUT",
+        &path,
+        Some(json!({"properties": {"addressPrefix": "10.0.1.0/24"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(users(&t), 0, "dissociation shows too");
+    let (status, _, _) = call(&em, "DELETE", &rt_id("rt"), None).await;
+    assert!(status == 200 || status == 202 || status == 204, "{status}");
+}
