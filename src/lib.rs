@@ -9,6 +9,8 @@ pub mod azure;
 pub mod catalog;
 pub mod controller;
 pub mod demo;
+pub mod dns;
+pub mod effective;
 pub mod emulator;
 pub mod ids;
 pub mod model;

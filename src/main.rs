@@ -205,6 +205,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 mode: RunMode::PlanOnly,
                 concurrency: arm.concurrency,
                 only_policy: None,
+                resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+                ..Options::default()
             };
             let report = match reconcile(&api, &policies, &options, &|_| {}).await {
                 Ok(r) => r,
@@ -243,6 +245,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         mode: RunMode::PlanOnly,
                         concurrency: arm.concurrency,
                         only_policy: None,
+                        resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+                        ..Options::default()
                     },
                     &|_| {},
                 )
@@ -289,6 +293,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     mode: RunMode::Apply,
                     concurrency: arm.concurrency,
                     only_policy: None,
+                    resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+                    ..Options::default()
                 },
                 &progress,
             )
@@ -473,6 +479,7 @@ async fn run_controller(
         slow_retry: std::time::Duration::from_secs(300),
         base_backoff: std::time::Duration::from_secs(5),
         resync_cap: max_resync,
+        resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
         lease: LeaseSettings {
             namespace,
             name: lease_name,

@@ -45,6 +45,17 @@ pub struct Subnet {
     pub etag: Option<String>,
 }
 
+/// A network interface, as far as verification needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInterface {
+    /// The ARM ID as listed.
+    pub id: String,
+    /// The subnet of its first IP configuration.
+    pub subnet: Option<SubnetId>,
+    /// Attached to a virtual machine (effective routes exist only for a running VM's NIC).
+    pub attached: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteTable {
     pub id: RouteTableId,

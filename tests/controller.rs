@@ -74,6 +74,7 @@ fn start_controller_with_token(
         slow_retry: Duration::from_secs(2),
         base_backoff: Duration::from_millis(200),
         resync_cap: Some(Duration::from_secs(1)),
+        resolver: None,
         lease: LeaseSettings {
             namespace: NS.into(),
             name: "kmsroute-leader".into(),

@@ -357,6 +357,11 @@ fn actions_for(operation: &str) -> Vec<&'static str> {
         "DELETE routeTables" => vec!["Microsoft.Network/routeTables/delete"],
         "PUT routes" => vec!["Microsoft.Network/routeTables/routes/write"],
         "DELETE routes" => vec!["Microsoft.Network/routeTables/routes/delete"],
+        // Effective-route verification (spec.verification.effectiveRoutes).
+        "GET networkInterfaces" => vec!["Microsoft.Network/networkInterfaces/read"],
+        "POST effectiveRouteTable" => {
+            vec!["Microsoft.Network/networkInterfaces/effectiveRouteTable/action"]
+        }
         // Monitor URLs: Azure-AsyncOperation (operations) or Location (operationResults).
         "GET operation" => vec![
             "Microsoft.Network/locations/operations/read",
@@ -372,9 +377,12 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
     let rg = format!("/subscriptions/{S}/resourceGroups/rg/providers/Microsoft.Network");
     let seed = Seed {
         resources: vec![
-            json!({"id": format!("{rg}/virtualNetworks/v"), "location": "westeurope", "properties": {"subnets": [
+            json!({"id": format!("{rg}/virtualNetworks/v"), "location": "westeurope", "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}, "subnets": [
                 {"id": format!("{rg}/virtualNetworks/v/subnets/s"), "name": "s", "properties": {"addressPrefix": "10.0.0.0/24"}}
             ]}}),
+            json!({"id": format!("{rg}/networkInterfaces/nic"), "location": "westeurope", "properties": {
+                "virtualMachine": {"id": format!("/subscriptions/{S}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm")},
+                "ipConfigurations": [{"name": "ipconfig1", "properties": {"subnet": {"id": format!("{rg}/virtualNetworks/v/subnets/s")}}}]}}),
         ],
         learned_routes: vec![],
     };
@@ -409,6 +417,9 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
         .unwrap();
     api.delete_route(&t, &route.name).await.unwrap();
     api.delete_route_table(&t).await.unwrap();
+    let nics = api.network_interfaces(&[S.to_string()].into()).await.unwrap();
+    assert_eq!(nics.len(), 1);
+    api.effective_routes(&nics[0].id).await.unwrap();
     let used: BTreeSet<&str> = api
         .metrics
         .operations()

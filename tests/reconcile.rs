@@ -55,7 +55,7 @@ async fn pass(api: &AzureNetworkApi, policies: &[DesiredState], mode: RunMode) -
         &Options {
             mode,
             concurrency: 4,
-            only_policy: None,
+            ..Options::default()
         },
         &|_| {},
     )

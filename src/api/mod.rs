@@ -10,8 +10,8 @@ mod validate;
 
 pub use file::{Document, parse_policies};
 pub use validate::{
-    DesiredState, Destination, FieldError, Selector, Validated, parse_duration, route_name_for,
-    validate, validate_policy,
+    DesiredState, Destination, FieldError, Selector, Validated, check_host_address,
+    parse_duration, route_name_for, validate, validate_policy,
 };
 
 use crate::catalog::Cloud;
@@ -97,6 +97,9 @@ pub struct KmsRoutePolicySpec {
     #[serde(default = "default_resync")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub resync_interval: String,
+    /// Effective-route verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -112,6 +115,41 @@ pub struct KmsSpec {
         inner(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$"))
     )]
     pub additional_addresses: Vec<String>,
+    /// Resolve the cloud's KMS host names each pass and report addresses they resolve to that
+    /// are not routed (`KmsAddressDrift`). DNS failures are reported, never fatal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolve_dns: bool,
+    /// With `resolveDns`, also route the public IPv4 addresses the names resolve to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub route_resolved_addresses: bool,
+}
+
+/// Checking that traffic really leaves through the routes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationSpec {
+    /// Read one running NIC's effective routes per managed route table each pass (a
+    /// long-running ARM POST per table; off by default because it costs ARM calls).
+    #[serde(default)]
+    pub effective_routes: bool,
+    /// Most effective-route reads per pass for this policy; tables beyond it are checked in
+    /// later passes (the sample rotates).
+    #[serde(default = "default_max_nics_per_pass")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_nics_per_pass: u32,
+}
+
+fn default_max_nics_per_pass() -> u32 {
+    10
+}
+
+impl Default for VerificationSpec {
+    fn default() -> Self {
+        VerificationSpec {
+            effective_routes: false,
+            max_nics_per_pass: default_max_nics_per_pass(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -232,6 +270,17 @@ pub struct Summary {
     pub conflicts: i64,
     pub skipped: i64,
     pub errors: i64,
+    /// Subnets whose sampled NIC's effective routes send every KMS address to `Internet`
+    /// through a user route (with `spec.verification.effectiveRoutes`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub verified: i64,
+    /// Sampled subnets where some KMS address takes another route (see `problems`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_verified: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

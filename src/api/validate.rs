@@ -95,6 +95,12 @@ pub struct DesiredState {
     pub mode: Mode,
     pub deletion_policy: DeletionPolicy,
     pub resync: Duration,
+    /// `spec.verification.effectiveRoutes`, and its per-pass cap.
+    pub verify_effective_routes: bool,
+    pub verify_max_per_pass: usize,
+    /// `spec.kms.resolveDns` / `routeResolvedAddresses`.
+    pub resolve_dns: bool,
+    pub route_resolved_addresses: bool,
 }
 
 impl DesiredState {
@@ -216,7 +222,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Why an address may not be routed to the Internet, if it may not.
-fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
+pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
     let s = input.trim();
     if s.contains(':') {
         return Err(format!(
@@ -446,6 +452,23 @@ pub fn validate(
         }
     };
 
+    if spec.kms.route_resolved_addresses && !spec.kms.resolve_dns {
+        err(
+            &mut errors,
+            "spec.kms.routeResolvedAddresses".into(),
+            "needs spec.kms.resolveDns: true (there is nothing resolved to route)".into(),
+        );
+    }
+    if let Some(v) = &spec.verification
+        && !(1..=100).contains(&v.max_nics_per_pass)
+    {
+        err(
+            &mut errors,
+            "spec.verification.maxNicsPerPass".into(),
+            format!("must be between 1 and 100, not {}", v.max_nics_per_pass),
+        );
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -465,6 +488,16 @@ pub fn validate(
             mode: spec.mode,
             deletion_policy: spec.deletion_policy,
             resync,
+            verify_effective_routes: spec
+                .verification
+                .as_ref()
+                .is_some_and(|v| v.effective_routes),
+            verify_max_per_pass: spec
+                .verification
+                .as_ref()
+                .map_or(10, |v| v.max_nics_per_pass.clamp(1, 100) as usize),
+            resolve_dns: spec.kms.resolve_dns,
+            route_resolved_addresses: spec.kms.resolve_dns && spec.kms.route_resolved_addresses,
         },
         warnings,
     })

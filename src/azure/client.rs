@@ -11,7 +11,7 @@
 //!   `Retry-After` and discards the operation's error.
 
 use super::metrics::ArmMetrics;
-use super::policy::{ArmPolicy, RateLimiter, RateLimits, RetrySettings};
+use super::policy::{ArmPolicy, BucketShape, RateLimiter, RateLimits, RetrySettings};
 use super::{ArmError, ErrorClass, NetworkApi};
 use crate::ids::{RouteTableId, SubnetId, VnetId};
 use crate::model::{self, Inventory, NextHopType};
@@ -38,6 +38,9 @@ pub struct ClientSettings {
     /// per lane (1,600 at 50 subscriptions), enough to overflow a listen queue or a pod's
     /// file-descriptor limit.
     pub max_in_flight: Option<usize>,
+    /// Budget of effective-route reads (long-running POSTs), separate from ARM's buckets:
+    /// default 20 at once, refilled one per 15 s. A read beyond it is not sent.
+    pub verification_limit: Option<BucketShape>,
 }
 
 pub struct AzureNetworkApi {
@@ -48,6 +51,7 @@ pub struct AzureNetworkApi {
     scopes: Vec<String>,
     lro_timeout: Duration,
     pub metrics: Arc<ArmMetrics>,
+    verification: RateLimiter,
 }
 
 fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::Error) -> ArmError {
@@ -138,6 +142,17 @@ impl AzureNetworkApi {
             scopes: vec![scope],
             lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
             metrics,
+            verification: RateLimiter::new(RateLimits {
+                // Only the write-side bucket is used (effective-route reads are POSTs).
+                reads: BucketShape {
+                    capacity: 0.0,
+                    refill_per_sec: 0.0,
+                },
+                writes: settings.verification_limit.unwrap_or(BucketShape {
+                    capacity: 20.0,
+                    refill_per_sec: 1.0 / 15.0,
+                }),
+            }),
         })
     }
 
@@ -210,6 +225,18 @@ impl AzureNetworkApi {
         resource: &str,
         headers: &azure_core::headers::Headers,
     ) -> Result<(), ArmError> {
+        self.wait_result(operation, resource, headers)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::wait`], returning the final body (a POST action's result from `Location`).
+    async fn wait_result(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        headers: &azure_core::headers::Headers,
+    ) -> Result<Value, ArmError> {
         let fail = |class, code: Option<String>, message: String| ArmError {
             class,
             operation,
@@ -226,7 +253,7 @@ impl AzureNetworkApi {
             .map(str::to_string);
         let Some((url, by_status)) = async_op.map(|u| (u, false)).or(location.map(|u| (u, true)))
         else {
-            return Ok(());
+            return Ok(Value::Null);
         };
         let url = Url::parse(&url)
             .map_err(|e| fail(ErrorClass::Retryable, None, format!("bad monitor URL: {e}")))?;
@@ -249,6 +276,9 @@ impl AzureNetworkApi {
                 .await
                 .map_err(|e| arm_err(operation, resource, e))?;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if by_status && status >= 400 {
+                return Err(http_error(operation, resource, status, &body));
+            }
             let done = if by_status {
                 status != 202
             } else {
@@ -273,7 +303,7 @@ impl AzureNetworkApi {
                 }
             };
             if done {
-                return Ok(());
+                return Ok(v);
             }
             let pause = h
                 .get_optional_str(&azure_core::headers::RETRY_AFTER)
@@ -437,6 +467,76 @@ fn http_error(operation: &'static str, resource: &str, status: u16, body: &[u8])
 
 #[async_trait::async_trait]
 impl NetworkApi for AzureNetworkApi {
+    async fn network_interfaces(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<Vec<model::NetworkInterface>, ArmError> {
+        let mut out = Vec::new();
+        for sub in subscriptions {
+            let mut pages = self
+                .client
+                .network_interfaces_client()
+                .list_all(sub.as_str())
+                .into_stream();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    arm_err(
+                        "NetworkInterfaces_ListAll",
+                        format!("/subscriptions/{sub}"),
+                        e,
+                    )
+                })?;
+                for nic in page.value {
+                    let Some(id) = nic.resource.id.clone().filter(|id| {
+                        id.split('/')
+                            .nth(2)
+                            .is_some_and(|s| s.eq_ignore_ascii_case(sub))
+                    }) else {
+                        continue;
+                    };
+                    let props = nic.properties.unwrap_or_default();
+                    let subnet = props
+                        .ip_configurations
+                        .first()
+                        .and_then(|c| c.properties.as_ref())
+                        .and_then(|p| p.subnet.as_ref())
+                        .and_then(|s| s.sub_resource.id.as_deref())
+                        .and_then(|s| SubnetId::parse(s).ok());
+                    out.push(model::NetworkInterface {
+                        id,
+                        subnet,
+                        attached: props.virtual_machine.is_some_and(|vm| vm.id.is_some()),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raw POST: the generated poller for this operation sleeps a fixed 30 s between polls
+    /// and ignores `Retry-After` (see the module note), so it is sent and waited for here.
+    async fn effective_routes(
+        &self,
+        nic: &str,
+    ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
+        const OP: &str = "NetworkInterfaces_GetEffectiveRouteTable";
+        if !self.verification.try_acquire("", false).await {
+            self.metrics.verification("limited");
+            return Err(ArmError {
+                class: ErrorClass::Throttled,
+                operation: OP,
+                resource: nic.to_string(),
+                status: None,
+                code: Some(crate::reconcile::verify::BUDGET_EXHAUSTED.into()),
+                message: "the effective-route read budget is spent for now".into(),
+            });
+        }
+        let outcome = self.effective_routes_unlimited(nic).await;
+        self.metrics
+            .verification(if outcome.is_ok() { "ok" } else { "error" });
+        outcome
+    }
+
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
         let mut inv = Inventory::default();
         for sub in subscriptions {
@@ -662,4 +762,45 @@ impl<T> FromIterator<T> for Compact<T> {
         v.shrink_to_fit();
         Compact(v)
     }
+}
+
+
+impl AzureNetworkApi {
+    async fn effective_routes_unlimited(
+        &self,
+        nic: &str,
+    ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
+        const OP: &str = "NetworkInterfaces_GetEffectiveRouteTable";
+        let url = self
+            .url(&format!("{nic}/effectiveRouteTable"))
+            .map_err(|m| ArmError {
+                class: ErrorClass::NeedsUserAction,
+                operation: OP,
+                resource: nic.to_string(),
+                status: None,
+                code: None,
+                message: m,
+            })?;
+        let (status, headers, body) = self
+            .raw(Method::Post, url, None, &[])
+            .await
+            .map_err(|e| arm_err(OP, nic, e))?;
+        let result: Value = match status {
+            200 => serde_json::from_slice(&body).unwrap_or(Value::Null),
+            202 => self.wait_result(OP, nic, &headers).await?,
+            _ => return Err(http_error(OP, nic, status, &body)),
+        };
+        serde_json::from_value::<Vec<crate::effective::EffectiveRoute>>(
+            result.get("value").cloned().unwrap_or(Value::Null),
+        )
+        .map_err(|e| ArmError {
+            class: ErrorClass::Retryable,
+            operation: OP,
+            resource: nic.to_string(),
+            status: Some(status),
+            code: None,
+            message: format!("unreadable effective route table: {e}"),
+        })
+    }
+
 }

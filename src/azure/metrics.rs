@@ -18,6 +18,8 @@ struct Histogram {
 pub struct ArmMetrics {
     calls: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Effective-route reads by outcome: `ok`, `error`, `limited` (budget spent, not sent).
+    verification: Mutex<BTreeMap<String, u64>>,
 }
 
 impl ArmMetrics {
@@ -39,6 +41,21 @@ impl ArmMetrics {
             h.sum += s;
             h.count += 1;
         }
+    }
+
+    /// Counts one effective-route read by outcome (`ok`, `error`, `limited`).
+    pub fn verification(&self, outcome: &str) {
+        if let Ok(mut v) = self.verification.lock() {
+            *v.entry(outcome.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Effective-route reads so far with this outcome.
+    pub fn verification_count(&self, outcome: &str) -> u64 {
+        self.verification
+            .lock()
+            .map(|v| v.get(outcome).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Calls so far for an operation and status.
@@ -85,6 +102,15 @@ impl ArmMetrics {
             for ((op, status), n) in calls.iter() {
                 out.push_str(&format!(
                     "kmsroute_arm_requests_total{{operation=\"{op}\",status=\"{status}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str("# HELP kmsroute_effective_route_reads_total Effective-route verification reads by outcome (ok, error, limited: the verification budget was spent and the read not sent).\n# TYPE kmsroute_effective_route_reads_total counter\n");
+        if let Ok(v) = self.verification.lock() {
+            for outcome in ["ok", "error", "limited"] {
+                out.push_str(&format!(
+                    "kmsroute_effective_route_reads_total{{outcome=\"{outcome}\"}} {}\n",
+                    v.get(outcome).copied().unwrap_or(0)
                 ));
             }
         }

@@ -113,6 +113,28 @@ pub trait NetworkApi: Send + Sync {
         new: Option<&RouteTableId>,
     ) -> Result<(), ArmError>;
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError>;
+    /// The network interfaces of these subscriptions (only for effective-route verification).
+    async fn network_interfaces(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<Vec<crate::model::NetworkInterface>, ArmError> {
+        let _ = subscriptions;
+        Ok(Vec::new())
+    }
+    /// `POST {nic}/effectiveRouteTable`, waited for: the routes the NIC's packets follow.
+    async fn effective_routes(
+        &self,
+        nic: &str,
+    ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
+        Err(ArmError {
+            class: ErrorClass::NeedsUserAction,
+            operation: "NetworkInterfaces_GetEffectiveRouteTable",
+            resource: nic.to_string(),
+            status: None,
+            code: None,
+            message: "this port cannot read effective routes".into(),
+        })
+    }
 }
 
 /// Carries out one planned write through the port.

@@ -128,6 +128,29 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a token if one is there now; never waits.
+    pub async fn try_acquire(&self, subscription: &str, read: bool) -> bool {
+        let shape = self.shape(read);
+        let mut buckets = self.buckets.lock().await;
+        let now = Instant::now();
+        let b = buckets
+            .entry((subscription.to_string(), read))
+            .or_insert(Bucket {
+                tokens: shape.capacity,
+                last: now,
+                paused_until: None,
+            });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
+            .min(shape.capacity);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Adopts ARM's own count when it is lower than ours (other clients share the budget).
     pub async fn observe_remaining(&self, subscription: &str, read: bool, remaining: f64) {
         let mut buckets = self.buckets.lock().await;

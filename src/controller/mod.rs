@@ -78,6 +78,8 @@ pub struct Settings {
     /// detection cluster-wide without editing policies.
     pub resync_cap: Option<Duration>,
     pub lease: LeaseSettings,
+    /// For policies with `spec.kms.resolveDns` (the system resolver in `kmsroute run`).
+    pub resolver: Option<Arc<dyn crate::dns::Resolver>>,
 }
 
 /// Shared by every reconcile.
@@ -94,6 +96,8 @@ pub struct Context {
     /// Generation and time of each policy's last fully successful pass. Our own status writes
     /// come back as watch events; they must not cost another pass of ARM reads.
     last_pass: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Passes so far: rotates the effective-route verification sample.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 fn jitter(d: Duration, spread: f64) -> Duration {
@@ -205,7 +209,20 @@ fn condition(
     generation: Option<i64>,
     old: &[Condition],
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = if status { "True" } else { "False" };
+    condition_with(type_, status, reason, message, generation, old)
+}
+
+/// A condition whose status may also be `Unknown`.
+fn condition_with(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    old: &[Condition],
+) -> Condition {
+    let status = status.to_string();
     // The transition time moves only when the status flips.
     let last_transition_time = old
         .iter()
@@ -278,7 +295,7 @@ fn conditions_for(
         "{} of {} subnet(s) in sync, {} skipped, {} conflict(s), {} error(s)",
         s.in_sync, s.subnets_matched, s.skipped, s.conflicts, s.errors
     );
-    vec![
+    let mut out = vec![
         condition(
             "Ready",
             is_ready,
@@ -300,7 +317,93 @@ fn conditions_for(
             old,
         ),
         condition("Degraded", degraded, reason, message, generation, old),
-    ]
+    ];
+    // Warnings: the route alone will not make activation work.
+    out.push(if report.egress_warnings > 0 {
+        condition(
+            "EgressReady",
+            false,
+            "NoInternetEgress",
+            format!(
+                "{} subnet(s) have defaultOutboundAccess=false and no NAT gateway: next hop Internet has no egress path",
+                report.egress_warnings
+            ),
+            generation,
+            old,
+        )
+    } else {
+        condition("EgressReady", true, "AsExpected", String::new(), generation, old)
+    });
+    if let Some(v) = &report.verification {
+        let (status, reason, message) = if v.not_verified > 0 {
+            (
+                "False",
+                "NotVerified",
+                format!(
+                    "{} of {} sampled subnet(s) send a KMS address elsewhere; see status.problems",
+                    v.not_verified, v.checked
+                ),
+            )
+        } else if v.verified > 0 {
+            (
+                "True",
+                "EffectiveRoutesVerified",
+                format!(
+                    "{} sampled subnet(s): every KMS address leaves through a user route to Internet",
+                    v.verified
+                ),
+            )
+        } else if v.failed > 0 {
+            (
+                "Unknown",
+                "VerificationFailed",
+                "effective routes could not be read; see status.problems".into(),
+            )
+        } else {
+            (
+                "Unknown",
+                "NotChecked",
+                format!(
+                    "no route table sampled this pass ({} without an attached NIC or over the budget)",
+                    v.not_checked
+                ),
+            )
+        };
+        out.push(condition_with(
+            "Verified", status, reason, message, generation, old,
+        ));
+    }
+    if let Some(d) = &report.dns {
+        let (status, reason, message) = if !d.drift.is_empty() {
+            let list: Vec<String> = d.drift.iter().map(|a| a.to_string()).collect();
+            (
+                if d.routed { "True" } else { "False" },
+                "KmsAddressDrift",
+                format!("the KMS names resolve to unlisted address(es) {}", list.join(", ")),
+            )
+        } else if d.resolved.is_empty() {
+            (
+                "Unknown",
+                "DnsFailed",
+                d.errors.join("; "),
+            )
+        } else {
+            (
+                "True",
+                "AsExpected",
+                String::new(),
+            )
+        };
+        out.push(condition_with(
+            "KmsAddressesRouted",
+            status,
+            reason,
+            message,
+            generation,
+            old,
+        ));
+    }
+    out
 }
 
 fn error_conditions(
@@ -398,6 +501,10 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         mode: RunMode::Apply,
         concurrency: ctx.settings.concurrency,
         only_policy: Some(name.clone()),
+        resolver: ctx.settings.resolver.clone(),
+        round: ctx
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
     let report: Report = match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {})
         .await
@@ -454,7 +561,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
     }
-    for reason in ["Conflict", "WriteFailed"] {
+    for reason in ["Conflict", "WriteFailed", "NotVerified", "KmsAddressDrift"] {
         let notes: Vec<String> = mine
             .problems
             .iter()
@@ -628,6 +735,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         events_sent: Mutex::new(HashMap::new()),
         last_pass: Mutex::new(HashMap::new()),
+        passes: std::sync::atomic::AtomicU64::new(0),
     });
     // Ready once the policies this replica watches can be listed (the watch's own first step);
     // retried until it works, so a briefly unreachable API server only delays readiness.

@@ -31,6 +31,9 @@ pub(crate) fn operation_name(method: &Method, segs: &[String]) -> String {
     if kw(segs, 6, "operationResults") {
         return "OperationResults_Get".into();
     }
+    if kw(segs, 6, "networkInterfaces") && kw(segs, 8, "effectiveRouteTable") {
+        return "NetworkInterfaces_GetEffectiveRouteTable".into();
+    }
     let sub_level = segs.len() == 5 && kw(segs, 2, "providers");
     let kind = if sub_level { segs.get(4) } else { segs.get(6) }
         .map(|s| lower(s))
@@ -142,6 +145,7 @@ fn lro(
             done_at: Instant::now() + ctx.lro,
             failure: ctx.lro_failure.clone(),
             vnet,
+            result: None,
         },
     );
     let loc = if location.is_empty() {
@@ -345,6 +349,9 @@ pub(crate) fn dispatch(
             None => not_found(&segs[6], &segs[7], &rg),
         },
         ("routetables", 8, "PUT") => put_route_table(store, ctx, &sub, &top_id, &segs[7], body),
+        ("networkinterfaces", 9, "POST") if kw(segs, 8, "effectiveRouteTable") => {
+            effective_route_table(store, ctx, &sub, &key, &segs[7], &rg)
+        }
         ("routetables", 8, "PATCH") => {
             let Some(r) = store.resource_mut(&key) else {
                 return not_found("routeTables", &segs[7], &rg);
@@ -514,9 +521,10 @@ fn operation_status(store: &Store, ctx: &Ctx, path: &str, kind: &str, id: &str) 
     let retry = remaining.as_secs_f64().ceil().max(1.0) as u64;
     if kind.eq_ignore_ascii_case("operationResults") {
         return if remaining.is_zero() {
-            match &op.failure {
-                None => Reply::empty(StatusCode::NO_CONTENT),
-                Some(s) => Reply::error(
+            match (&op.failure, &op.result) {
+                (None, Some(result)) => Reply::json(StatusCode::OK, result.clone()),
+                (None, None) => Reply::empty(StatusCode::NO_CONTENT),
+                (Some(s), _) => Reply::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "OperationFailed",
                     format!("The operation ended {s}."),
@@ -1065,4 +1073,138 @@ fn patch_subnet(store: &mut Store, subnet_id: &str, patch: &Value) -> Result<(),
         store.bump(&t);
     }
     Ok(())
+}
+
+/// `POST …/networkInterfaces/{nic}/effectiveRouteTable`: 202 with `Location`; the monitor URL
+/// returns 202 until done, then 200 with `{"value": [EffectiveRoute…]}` computed by
+/// [`crate::effective::compute`] from the NIC's subnet, its VNet's address space, the seed's
+/// BGP-learned routes for that VNet and the subnet's route table, as of the POST.
+fn effective_route_table(
+    store: &mut Store,
+    ctx: &Ctx,
+    sub: &str,
+    key: &str,
+    nic_name: &str,
+    rg: &str,
+) -> Reply {
+    let Some(nic) = store.resources().get(key) else {
+        return not_found("networkInterfaces", nic_name, rg);
+    };
+    let location = nic["location"].as_str().unwrap_or("westeurope").to_string();
+    if nic
+        .pointer("/properties/virtualMachine/id")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        // Azure computes effective routes only for a NIC of a running VM. The error code is
+        // not in the 2024-03-01 fixtures; the envelope is ARM's.
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "NetworkInterfaceNotAttachedToRunningVm",
+            format!("Network interface {nic_name} is not attached to a running virtual machine."),
+        );
+    }
+    let Some(subnet_id) = nic
+        .pointer("/properties/ipConfigurations/0/properties/subnet/id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestFormat",
+            format!("Network interface {nic_name} has no IP configuration in a subnet."),
+        );
+    };
+    let Some((vnet_id, subnet_name)) = split_subnet_id(&subnet_id) else {
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestFormat",
+            format!("Bad subnet reference {subnet_id}."),
+        );
+    };
+    let Some(vnet) = store.resources().get(&lower(&vnet_id)) else {
+        return not_found("virtualNetworks", &vnet_id, rg);
+    };
+    let prefixes: Vec<String> = vnet
+        .pointer("/properties/addressSpace/addressPrefixes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let subnet = find_child(vnet, "subnets", &subnet_name)
+        .and_then(|i| vnet.pointer(&format!("/properties/subnets/{i}")));
+    let table = subnet
+        .and_then(|s| s.pointer("/properties/routeTable/id"))
+        .and_then(Value::as_str)
+        .and_then(|t| store.resources().get(&lower(t)));
+    let input = |r: &Value, name: Option<String>| crate::effective::RouteInput {
+        name,
+        prefix: r["addressPrefix"].as_str().unwrap_or_default().to_string(),
+        next_hop_type: crate::model::NextHopType::from(
+            r["nextHopType"].as_str().unwrap_or_default().to_string(),
+        ),
+        next_hop_ip: r["nextHopIpAddress"].as_str().map(str::to_string),
+    };
+    let learned: Vec<crate::effective::RouteInput> = store
+        .learned_routes
+        .iter()
+        .filter(|l| {
+            l["virtualNetworkId"]
+                .as_str()
+                .is_some_and(|v| v.eq_ignore_ascii_case(&vnet_id))
+        })
+        .map(|l| input(l, None))
+        .collect();
+    let user: Vec<crate::effective::RouteInput> = table
+        .and_then(|t| t.pointer("/properties/routes"))
+        .and_then(Value::as_array)
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| input(&r["properties"], r["name"].as_str().map(str::to_string)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let disable = table
+        .and_then(|t| t.pointer("/properties/disableBgpRoutePropagation"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let routes = crate::effective::compute(
+        &prefixes,
+        &learned,
+        table.map(|_| (user.as_slice(), disable)),
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    store.operations.insert(
+        id.clone(),
+        Operation {
+            done_at: Instant::now() + ctx.lro,
+            failure: None,
+            vnet: None,
+            result: Some(json!({ "value": routes })),
+        },
+    );
+    Reply::empty(StatusCode::ACCEPTED)
+        .header(
+            "location",
+            format!(
+                "{}/subscriptions/{sub}/providers/Microsoft.Network/locations/{location}/operationResults/{id}?api-version={API_VERSION}",
+                ctx.base
+            ),
+        )
+        .header(
+            "retry-after",
+            ((ctx.lro.as_secs_f64() / 2.0).ceil() as u64).to_string(),
+        )
+}
+
+/// `…/virtualNetworks/{v}/subnets/{s}` → (VNet ID, subnet name).
+fn split_subnet_id(id: &str) -> Option<(String, String)> {
+    let lowered = id.to_ascii_lowercase();
+    let at = lowered.rfind("/subnets/")?;
+    let name = &id[at + "/subnets/".len()..];
+    (!name.is_empty() && !name.contains('/')).then(|| (id[..at].to_string(), name.to_string()))
 }

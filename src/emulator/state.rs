@@ -103,6 +103,8 @@ pub(crate) struct Operation {
     pub failure: Option<String>,
     /// Lower-cased VNet ID the operation holds (subnet writes).
     pub vnet: Option<String>,
+    /// The body a finished POST action returns from its `Location` (effective routes).
+    pub result: Option<Value>,
 }
 
 /// Everything the emulator holds.

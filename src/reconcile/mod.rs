@@ -6,7 +6,10 @@
 //! Crash-safe by construction: it keeps no state of its own. Every pass plans from what Azure
 //! holds now, so re-running after an interruption converges without duplicates.
 
+pub mod verify;
+
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
+use crate::dns::Resolver;
 use crate::azure::{ArmError, NetworkApi, execute};
 use crate::model::Inventory;
 use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
@@ -25,7 +28,7 @@ pub enum RunMode {
 }
 
 /// How a pass runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub mode: RunMode,
     /// Route tables written in parallel per subscription (writes within one table are always
@@ -34,14 +37,34 @@ pub struct Options {
     /// Write only this policy's share of the plan (the controller reconciles one object at a
     /// time, but plans with every policy so overlaps are decided the same way).
     pub only_policy: Option<String>,
+    /// Resolves the KMS names of policies with `spec.kms.resolveDns` (the system resolver in
+    /// the controller and CLI; a fixed one in tests). `None`: those policies report that DNS
+    /// was not consulted.
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Pass counter: rotates which subnet and NIC effective-route verification samples.
+    pub round: u64,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("mode", &self.mode)
+            .field("concurrency", &self.concurrency)
+            .field("only_policy", &self.only_policy)
+            .field("resolver", &self.resolver.is_some())
+            .field("round", &self.round)
+            .finish()
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             mode: RunMode::Apply,
-            concurrency: 8,
+            concurrency: 32,
             only_policy: None,
+            resolver: None,
+            round: 0,
         }
     }
 }
@@ -85,6 +108,12 @@ pub struct PolicyReport {
     pub writes_planned: usize,
     pub writes_done: usize,
     pub writes_failed: usize,
+    /// Subnets warned `NoInternetEgress` (next hop Internet without an egress path).
+    pub egress_warnings: usize,
+    /// Effective-route verification, when the policy asks for it and the pass wrote.
+    pub verification: Option<verify::VerificationReport>,
+    /// KMS name resolution, when the policy asks for it.
+    pub dns: Option<verify::DnsReport>,
 }
 
 /// Everything a pass did and found.
@@ -127,6 +156,81 @@ pub async fn observe(
 
 /// One reconcile pass over a set of policies.
 pub async fn reconcile(
+    api: &dyn NetworkApi,
+    policies: &[DesiredState],
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, ArmError> {
+    // KMS names first: with routeResolvedAddresses the answers become destinations.
+    let (resolved, dns) = if policies.iter().any(|p| p.resolve_dns) {
+        match &options.resolver {
+            Some(r) => verify::resolve(r.as_ref(), policies).await,
+            None => (
+                policies.to_vec(),
+                policies
+                    .iter()
+                    .filter(|p| p.resolve_dns)
+                    .map(|p| {
+                        let report = verify::DnsReport {
+                            errors: vec!["no resolver configured for this run".into()],
+                            ..Default::default()
+                        };
+                        (p.name.clone(), report)
+                    })
+                    .collect(),
+            ),
+        }
+    } else {
+        (policies.to_vec(), BTreeMap::new())
+    };
+    let mut report = reconcile_resolved(api, &resolved, options, progress).await?;
+    if options.mode == RunMode::Apply {
+        // Verification never fails the pass: the routes are written either way.
+        let checks = match verify::verify(api, &resolved, &report.final_verdicts, options.round)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => resolved
+                .iter()
+                .filter(|p| p.verify_effective_routes)
+                .map(|p| {
+                    let problem = Problem {
+                        subnet_id: String::new(),
+                        reason: "VerificationFailed".into(),
+                        message: e.to_string(),
+                    };
+                    let report = verify::VerificationReport {
+                        failed: 1,
+                        ..Default::default()
+                    };
+                    (p.name.clone(), (report, vec![problem]))
+                })
+                .collect(),
+        };
+        for p in &mut report.policies {
+            if let Some((v, problems)) = checks.get(&p.name) {
+                p.summary.verified = v.verified as i64;
+                p.summary.not_verified = v.not_verified as i64;
+                p.problems.extend(problems.iter().cloned());
+                p.verification = Some(v.clone());
+            }
+        }
+    }
+    for p in &mut report.policies {
+        if let Some(d) = dns.get(&p.name) {
+            p.problems.extend(verify::dns_problems(d));
+            p.dns = Some(d.clone());
+        }
+        p.problems.sort_by(|a, b| {
+            (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
+        });
+        p.problems.truncate(MAX_PROBLEMS);
+    }
+    Ok(report)
+}
+
+/// [`reconcile`] once the destinations are final.
+async fn reconcile_resolved(
     api: &dyn NetworkApi,
     policies: &[DesiredState],
     options: &Options,
@@ -295,8 +399,8 @@ pub async fn apply(
 fn problem_rank(reason: &str) -> u8 {
     match reason {
         "WriteFailed" => 0,
-        "Conflict" => 2,
-        "NoInternetEgress" => 3,
+        "Conflict" | "NotVerified" => 2,
+        "NoInternetEgress" | "KmsAddressDrift" | "VerificationFailed" | "DnsFailed" => 3,
         "Overlap" | "NoRouteTable" => 4,
         "Drift" => 5,
         _ => 1, // planner errors
@@ -350,6 +454,7 @@ fn summarize(
                 ..Summary::default()
             };
             let mut problems: Vec<Problem> = Vec::new();
+            let mut egress_warnings = 0usize;
             for v in &verdicts {
                 let failed = failed_by_subnet.get(v.subnet.key());
                 match (&v.verdict, failed) {
@@ -393,6 +498,9 @@ fn summarize(
                     });
                 }
                 for w in &v.warnings {
+                    if matches!(w, crate::plan::Warning::NoInternetEgress) {
+                        egress_warnings += 1;
+                    }
                     problems.push(Problem {
                         subnet_id: v.subnet.to_string(),
                         reason: w.code().into(),
@@ -421,6 +529,9 @@ fn summarize(
                     .iter()
                     .filter(|r| mine(&r.write) && r.error.is_some())
                     .count(),
+                egress_warnings,
+                verification: None,
+                dns: None,
             }
         })
         .collect()
