@@ -94,6 +94,26 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
             .unwrap_or_default();
         writeln!(out, "  BGP learned on {vnet}: {} -> {} (forced tunnel: KMS traffic would leave on-premises)", l["addressPrefix"].as_str().unwrap_or_default(), l["nextHopType"].as_str().unwrap_or_default()).map_err(io)?;
     }
+    let nic = dump
+        .resources
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .find(|id| id.contains("/networkInterfaces/"))
+        .ok_or("the demo estate has no NIC")?
+        .to_string();
+    let nic_name = nic.rsplit('/').next().unwrap_or_default().to_string();
+    let before = next_hops(&api, &nic, &policies[0]).await?;
+    writeln!(
+        out,
+        "  Effective routes of {nic_name} (vnet-spoke1/app), the route each KMS address takes:"
+    )
+    .map_err(io)?;
+    for (ip, route, _) in &before {
+        writeln!(out, "    {ip:<15} {route}").map_err(io)?;
+    }
+    if before.iter().any(|(_, _, ok)| *ok) {
+        return Err("before kmsroute, a KMS address already left through a user route".into());
+    }
 
     step(out, 2, "The policy (examples/kmsroutepolicy.yaml)").map_err(io)?;
     for line in POLICY.lines().filter(|l| !l.starts_with('#')) {
@@ -176,6 +196,18 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         "  delegation byte for byte. The conflict on vnet-spoke2/legacy is reported, not fought."
     )
     .map_err(io)?;
+    let after = next_hops(&api, &nic, &policies[0]).await?;
+    writeln!(
+        out,
+        "  Effective routes of {nic_name}, before -> after (what spec.verification.effectiveRoutes checks):"
+    )
+    .map_err(io)?;
+    for ((ip, b, _), (_, a, _)) in before.iter().zip(&after) {
+        writeln!(out, "    {ip:<15} {b}\n    {:<15} -> {a}", "").map_err(io)?;
+    }
+    if !after.iter().all(|(_, _, ok)| *ok) {
+        return Err("after kmsroute, a KMS address still does not leave through its route".into());
+    }
 
     step(
         out,
@@ -268,4 +300,25 @@ fn subnet_properties(dump: &Seed, vnet: &str, subnet: &str) -> serde_json::Value
         .find(|s| s["name"] == subnet)
         .map(|s| s["properties"].clone())
         .unwrap_or_default()
+}
+
+/// For each of the policy's KMS addresses: the route that wins on this NIC, described, and
+/// whether it is a user route to `Internet`.
+async fn next_hops(
+    api: &AzureNetworkApi,
+    nic: &str,
+    policy: &crate::api::DesiredState,
+) -> Result<Vec<(std::net::Ipv4Addr, String, bool)>, String> {
+    use crate::azure::NetworkApi;
+    let routes = api.effective_routes(nic).await.map_err(|e| e.to_string())?;
+    Ok(policy
+        .destinations
+        .iter()
+        .map(|d| {
+            let ok = crate::effective::check(&routes, &[d.address]).is_empty();
+            let route = crate::effective::winning_route(&routes, d.address)
+                .map_or_else(|| "no route".to_string(), |r| r.describe());
+            (d.address, route, ok)
+        })
+        .collect())
 }
