@@ -236,9 +236,16 @@ mod tests {
     fn without_anything_the_internet_default_route_wins() {
         let routes = compute(&["10.1.0.0/16".into()], &[], None);
         let w = winning_route(&routes, KMS).unwrap();
-        assert_eq!((w.source.as_str(), &w.next_hop_type), ("Default", &NextHopType::Internet));
+        assert_eq!(
+            (w.source.as_str(), &w.next_hop_type),
+            ("Default", &NextHopType::Internet)
+        );
         let local = winning_route(&routes, Ipv4Addr::new(10, 1, 2, 3)).unwrap();
-        assert_eq!(local.next_hop_type, NextHopType::VnetLocal, "longest prefix");
+        assert_eq!(
+            local.next_hop_type,
+            NextHopType::VnetLocal,
+            "longest prefix"
+        );
     }
 
     #[test]
@@ -298,7 +305,10 @@ mod tests {
         let failures = check(&routes, &[KMS]);
         assert_eq!(failures.len(), 1);
         let winning = failures[0].winning.as_deref().unwrap();
-        assert!(winning.contains("to-nva") && winning.contains("VirtualAppliance 10.0.0.4"), "{winning}");
+        assert!(
+            winning.contains("to-nva") && winning.contains("VirtualAppliance 10.0.0.4"),
+            "{winning}"
+        );
     }
 
     #[test]

@@ -417,7 +417,10 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
         .unwrap();
     api.delete_route(&t, &route.name).await.unwrap();
     api.delete_route_table(&t).await.unwrap();
-    let nics = api.network_interfaces(&[S.to_string()].into()).await.unwrap();
+    let nics = api
+        .network_interfaces(&[S.to_string()].into())
+        .await
+        .unwrap();
     assert_eq!(nics.len(), 1);
     api.effective_routes(&nics[0].id).await.unwrap();
     let used: BTreeSet<&str> = api

@@ -10,8 +10,8 @@ mod validate;
 
 pub use file::{Document, parse_policies};
 pub use validate::{
-    DesiredState, Destination, FieldError, Selector, Validated, check_host_address,
-    parse_duration, route_name_for, validate, validate_policy,
+    DesiredState, Destination, FieldError, Selector, Validated, check_host_address, parse_duration,
+    route_name_for, validate, validate_policy,
 };
 
 use crate::catalog::Cloud;

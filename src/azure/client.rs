@@ -764,7 +764,6 @@ impl<T> FromIterator<T> for Compact<T> {
     }
 }
 
-
 impl AzureNetworkApi {
     async fn effective_routes_unlimited(
         &self,
@@ -802,5 +801,4 @@ impl AzureNetworkApi {
             message: format!("unreadable effective route table: {e}"),
         })
     }
-
 }

@@ -379,20 +379,15 @@ fn conditions_for(
             (
                 if d.routed { "True" } else { "False" },
                 "KmsAddressDrift",
-                format!("the KMS names resolve to unlisted address(es) {}", list.join(", ")),
+                format!(
+                    "the KMS names resolve to unlisted address(es) {}",
+                    list.join(", ")
+                ),
             )
         } else if d.resolved.is_empty() {
-            (
-                "Unknown",
-                "DnsFailed",
-                d.errors.join("; "),
-            )
+            ("Unknown", "DnsFailed", d.errors.join("; "))
         } else {
-            (
-                "True",
-                "AsExpected",
-                String::new(),
-            )
+            ("True", "AsExpected", String::new())
         };
         out.push(condition_with(
             "KmsAddressesRouted",

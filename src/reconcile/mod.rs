@@ -9,8 +9,8 @@
 pub mod verify;
 
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
-use crate::dns::Resolver;
 use crate::azure::{ArmError, NetworkApi, execute};
+use crate::dns::Resolver;
 use crate::model::Inventory;
 use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
 use futures::StreamExt;
@@ -186,27 +186,26 @@ pub async fn reconcile(
     let mut report = reconcile_resolved(api, &resolved, options, progress).await?;
     if options.mode == RunMode::Apply {
         // Verification never fails the pass: the routes are written either way.
-        let checks = match verify::verify(api, &resolved, &report.final_verdicts, options.round)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => resolved
-                .iter()
-                .filter(|p| p.verify_effective_routes)
-                .map(|p| {
-                    let problem = Problem {
-                        subnet_id: String::new(),
-                        reason: "VerificationFailed".into(),
-                        message: e.to_string(),
-                    };
-                    let report = verify::VerificationReport {
-                        failed: 1,
-                        ..Default::default()
-                    };
-                    (p.name.clone(), (report, vec![problem]))
-                })
-                .collect(),
-        };
+        let checks =
+            match verify::verify(api, &resolved, &report.final_verdicts, options.round).await {
+                Ok(c) => c,
+                Err(e) => resolved
+                    .iter()
+                    .filter(|p| p.verify_effective_routes)
+                    .map(|p| {
+                        let problem = Problem {
+                            subnet_id: String::new(),
+                            reason: "VerificationFailed".into(),
+                            message: e.to_string(),
+                        };
+                        let report = verify::VerificationReport {
+                            failed: 1,
+                            ..Default::default()
+                        };
+                        (p.name.clone(), (report, vec![problem]))
+                    })
+                    .collect(),
+            };
         for p in &mut report.policies {
             if let Some((v, problems)) = checks.get(&p.name) {
                 p.summary.verified = v.verified as i64;

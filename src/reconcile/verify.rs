@@ -2,7 +2,7 @@
 //! verification (one sampled NIC per managed route table) and KMS address drift (the cloud's
 //! KMS names resolved and compared with the routed addresses).
 
-use crate::api::{Destination, DesiredState, Problem, check_host_address, route_name_for};
+use crate::api::{DesiredState, Destination, Problem, check_host_address, route_name_for};
 use crate::azure::{ArmError, ErrorClass, NetworkApi};
 use crate::dns::Resolver;
 use crate::plan::{SubnetVerdict, Verdict};
@@ -149,13 +149,17 @@ pub async fn verify(
     if verifying.is_empty() {
         return Ok(out);
     }
-    let subscriptions: BTreeSet<String> = verifying.iter().flat_map(|p| p.subscriptions()).collect();
+    let subscriptions: BTreeSet<String> =
+        verifying.iter().flat_map(|p| p.subscriptions()).collect();
     let nics = api.network_interfaces(&subscriptions).await?;
     // Attached NICs by lower-cased subnet ID, sorted for a stable rotation.
     let mut by_subnet: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for nic in nics.into_iter().filter(|n| n.attached) {
         if let Some(s) = nic.subnet {
-            by_subnet.entry(s.key().to_string()).or_default().push(nic.id);
+            by_subnet
+                .entry(s.key().to_string())
+                .or_default()
+                .push(nic.id);
         }
     }
     for list in by_subnet.values_mut() {
@@ -163,12 +167,12 @@ pub async fn verify(
     }
     for p in verifying {
         let addresses: Vec<Ipv4Addr> = p.destinations.iter().map(|d| d.address).collect();
-        // In-sync subnets by managed table.
+        // Subnets on a table the policy manages: in sync, or in conflict (where a foreign
+        // route is expected to win, and verification names it).
         let mut tables: BTreeMap<String, Vec<&SubnetVerdict>> = BTreeMap::new();
-        for v in verdicts
-            .iter()
-            .filter(|v| v.policy == p.name && matches!(v.verdict, Verdict::InSync))
-        {
+        for v in verdicts.iter().filter(|v| {
+            v.policy == p.name && matches!(v.verdict, Verdict::InSync | Verdict::Conflict { .. })
+        }) {
             if let Some(t) = &v.route_table {
                 tables.entry(t.key().to_string()).or_default().push(v);
             }
