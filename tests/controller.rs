@@ -632,3 +632,38 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_and_egress_show_as_conditions() {
+    let kube = FakeKube::start().await;
+    // The demo estate carries one VM NIC, in vnet-spoke1/app; spoke2/private has no egress.
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    let mut p = policy(
+        "verified",
+        json!({"verification": {"effectiveRoutes": true}}),
+    );
+    p.spec.selector.as_mut().unwrap().subscriptions = vec![
+        S1.into(),
+        "22222222-2222-2222-2222-222222222222".into(),
+    ];
+    create(&kube, &p).await;
+    let obj = wait_for("Verified condition", Duration::from_secs(20), || {
+        kube.policy("verified")
+            .filter(|o| condition(o, "Verified").is_some())
+    })
+    .await;
+    let verified = condition(&obj, "Verified").unwrap();
+    assert_eq!(
+        (verified.0.as_str(), verified.1.as_str()),
+        ("True", "EffectiveRoutesVerified"),
+        "{verified:?}"
+    );
+    assert_eq!(obj["status"]["summary"]["verified"], 1, "one table has a NIC");
+    let egress = condition(&obj, "EgressReady").unwrap();
+    assert_eq!((egress.0.as_str(), egress.1.as_str()), ("False", "NoInternetEgress"));
+    assert!(egress.2.contains("1 subnet(s)"), "{egress:?}");
+    // The read is counted on the metrics endpoint's counters.
+    assert!(c.arm.metrics.verification_count("ok") >= 1);
+    c.shutdown().await;
+}
