@@ -643,10 +643,8 @@ async fn verification_and_egress_show_as_conditions() {
         "verified",
         json!({"verification": {"effectiveRoutes": true}}),
     );
-    p.spec.selector.as_mut().unwrap().subscriptions = vec![
-        S1.into(),
-        "22222222-2222-2222-2222-222222222222".into(),
-    ];
+    p.spec.selector.as_mut().unwrap().subscriptions =
+        vec![S1.into(), "22222222-2222-2222-2222-222222222222".into()];
     create(&kube, &p).await;
     let obj = wait_for("Verified condition", Duration::from_secs(20), || {
         kube.policy("verified")
@@ -659,11 +657,131 @@ async fn verification_and_egress_show_as_conditions() {
         ("True", "EffectiveRoutesVerified"),
         "{verified:?}"
     );
-    assert_eq!(obj["status"]["summary"]["verified"], 1, "one table has a NIC");
+    assert_eq!(
+        obj["status"]["summary"]["verified"], 1,
+        "one table has a NIC"
+    );
     let egress = condition(&obj, "EgressReady").unwrap();
-    assert_eq!((egress.0.as_str(), egress.1.as_str()), ("False", "NoInternetEgress"));
+    assert_eq!(
+        (egress.0.as_str(), egress.1.as_str()),
+        ("False", "NoInternetEgress")
+    );
     assert!(egress.2.contains("1 subnet(s)"), "{egress:?}");
     // The read is counted on the metrics endpoint's counters.
     assert!(c.arm.metrics.verification_count("ok") >= 1);
+    c.shutdown().await;
+}
+
+/// The writes a fresh pass of `policy("spokes")` plans on the demo estate.
+const SPOKES_WRITES: u64 = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_conflicts_are_retried_without_repeating_azure_writes() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    kube.fail_status_writes_with_conflict(3);
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let obj = wait_ready(&kube, "spokes").await;
+    assert_eq!(obj["status"]["summary"]["inSync"], 4);
+    assert_eq!(
+        em.stats().mutations,
+        SPOKES_WRITES,
+        "a 409 on status costs a retry of the status write, not of the Azure writes"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_api_server_stalls_status_not_the_controller() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let first = wait_ready(&kube, "spokes").await;
+    let synced = first["status"]["lastSyncTime"].clone();
+    kube.set_unavailable(true);
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: format!("/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"),
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    // The API server is down: reconciles fail on Kubernetes (status, lease), and no
+    // replica may act as leader once its lease cannot be renewed.
+    wait_for(
+        "kube errors while the API server is down",
+        Duration::from_secs(15),
+        || (!c.metrics.is_leader() || c.metrics.errors("kube") > 0).then_some(()),
+    )
+    .await;
+    kube.set_unavailable(false);
+    wait_for(
+        "the repair after the API server is back",
+        Duration::from_secs(20),
+        || {
+            table_routes(&em, "rt-spoke1-shared")
+                .contains(&"kms-20-118-99-224".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for("a fresh status", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| o["status"]["lastSyncTime"] != synced)
+    })
+    .await;
+    assert!(!c.task.is_finished(), "the controller kept running");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_mid_reconcile_stops_the_writes() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    // Slow writes, so the lease is lost while a pass is still writing.
+    em.add_fault(emulator::FaultRule {
+        method: Some("PUT".into()),
+        latency_ms: Some(400),
+        ..emulator::FaultRule::default()
+    });
+    let c = start_controller(&kube, &em, "a");
+    wait_for("a to lead", Duration::from_secs(10), || {
+        c.metrics.is_leader().then_some(())
+    })
+    .await;
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("the first write", Duration::from_secs(10), || {
+        (em.stats().writes >= 1).then_some(())
+    })
+    .await;
+    kube.steal_lease(NS, "kmsroute-leader", "thief", 3);
+    wait_for("a to lose the lease", Duration::from_secs(10), || {
+        (!c.metrics.is_leader()).then_some(())
+    })
+    .await;
+    let at_loss = em.stats().writes;
+    assert!(
+        at_loss < SPOKES_WRITES,
+        "the pass was still writing: {at_loss}"
+    );
+    wait_for(
+        "a to lead again once the thief's lease expires",
+        Duration::from_secs(15),
+        || c.metrics.is_leader().then_some(()),
+    )
+    .await;
+    let while_lost = em.stats().writes - at_loss;
+    // Requests already on the wire may land; nothing new starts without the lease. Each
+    // write takes 400 ms here, so a write started after the regain cannot have landed yet.
+    assert!(
+        while_lost <= 8,
+        "{while_lost} writes landed while another replica held the lease"
+    );
+    wait_ready(&kube, "spokes").await;
+    assert_eq!(
+        em.stats().mutations,
+        SPOKES_WRITES,
+        "the aborted pass and the next one add up to the plan: no duplicates"
+    );
     c.shutdown().await;
 }

@@ -107,10 +107,24 @@ impl LeaderElector {
     /// Runs until `stop` turns true, publishing leadership on `tx`; releases the lease at the end.
     pub async fn run(self, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         loop {
-            let leading = match self.try_acquire_or_renew().await {
-                Ok(l) => l,
-                Err(e) => {
+            // Bounded: the kube client retries a 503 with backoff for longer than a lease lasts,
+            // and a replica still waiting on its renewal must not go on acting as leader while
+            // another one may take the lease (found by the API-server-unavailable fault test).
+            let attempt = tokio::time::timeout(
+                self.settings.lease_duration / 2,
+                self.try_acquire_or_renew(),
+            );
+            let leading = match attempt.await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "lease renewal failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?(self.settings.lease_duration / 2),
+                        "lease renewal timed out; stepping down"
+                    );
                     false
                 }
             };

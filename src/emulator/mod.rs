@@ -305,7 +305,16 @@ async fn arm_request(
     // Faults: decided under the lock, slept outside it.
     let fault = {
         let mut store = app.lock();
-        pick_fault(&mut store, method, path)
+        let fault = pick_fault(&mut store, method, path);
+        if let Some(f) = &fault {
+            store.stats.faults += 1;
+            if let Some(w) = f.other_write.clone()
+                && let Err(e) = arm::other_write(&mut store, w)
+            {
+                tracing::warn!(error = %e, "an injected other-writer edit failed");
+            }
+        }
+        fault
     };
     if let Some(f) = &fault {
         if let Some(ms) = f.latency_ms {

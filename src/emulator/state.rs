@@ -81,6 +81,9 @@ pub struct FaultRule {
     /// Let the request through but make its long-running operation end with this status
     /// (`Failed` or `Canceled`); the write is rolled back.
     pub lro_status: Option<String>,
+    /// The other writer strikes just before this request is handled (e.g. a new NSG between
+    /// the client's subnet GET and its PUT, so the PUT's `If-Match` fails).
+    pub other_write: Option<super::OtherWrite>,
 }
 
 /// Request counts for tests and benchmarks.
@@ -94,6 +97,9 @@ pub struct Stats {
     pub throttled: u64,
     /// Writes that changed state (successful PUT/PATCH/DELETE on ARM resources).
     pub mutations: u64,
+    /// Requests answered by an injected fault (error, hang, latency or a failed operation).
+    #[serde(default)]
+    pub faults: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -284,6 +284,27 @@ impl FakeKube {
     pub fn set_unavailable(&self, down: bool) {
         self.state.store.lock().unwrap().unavailable = down;
     }
+
+    /// Another replica takes the Lease behind the holder's back (a network partition healed
+    /// the wrong way): `holder`, renewed now, for `seconds`. The old holder's next renewal
+    /// meets a new resourceVersion and another holder.
+    pub fn steal_lease(&self, ns: &str, name: &str, holder: &str, seconds: i64) {
+        let key = (
+            format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"),
+            name.to_string(),
+        );
+        let mut store = self.state.store.lock().unwrap();
+        store.rv += 1;
+        let rv = store.rv.to_string();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        if let Some(lease) = store.objects.get_mut(&key) {
+            lease["metadata"]["resourceVersion"] = serde_json::json!(rv);
+            lease["spec"]["holderIdentity"] = serde_json::json!(holder);
+            lease["spec"]["renewTime"] = serde_json::json!(now);
+            lease["spec"]["acquireTime"] = serde_json::json!(now);
+            lease["spec"]["leaseDurationSeconds"] = serde_json::json!(seconds);
+        }
+    }
 }
 
 /// Splits a request path into (collection, name, subresource).

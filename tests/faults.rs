@@ -1,0 +1,832 @@
+//! Issue 8: the fault campaign. Every scenario injects ARM faults (the emulator's fault rules)
+//! or foreign edits at a chosen step of a plan, then checks two things: the estate converges
+//! once the faults stop, and nothing kmsroute does not own changed — foreign routes, every
+//! subnet property but `routeTable`, existing associations, NSGs, NICs and foreign tables are
+//! exactly as the other writer left them. The test prints the campaign table.
+//!
+//! Real ARM client and executor, in-process emulator over HTTP, one lane (concurrency 1) so a
+//! step of a plan is well defined.
+
+use async_trait::async_trait;
+use kmsroute::api::{DesiredState, parse_policies, validate_policy};
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::StaticToken;
+use kmsroute::azure::policy::RetrySettings;
+use kmsroute::azure::{ArmError, NetworkApi};
+use kmsroute::catalog::Cloud;
+use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::ids::{RouteTableId, SubnetId};
+use kmsroute::model::{Inventory, Route};
+use kmsroute::reconcile::{Options, RunMode, reconcile};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const S1: &str = "11111111-1111-1111-1111-111111111111";
+
+const SPOKE1: &str = "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-spoke1/providers/Microsoft.Network";
+
+/// The demo estate, plus an unused foreign table and a second NSG for the other writer to use.
+fn estate() -> Seed {
+    let mut seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    seed.resources.push(json!({"id": format!("{SPOKE1}/routeTables/rt-spare"), "location": "westeurope",
+        "properties": {"routes": [{"name": "spare", "properties": {"addressPrefix": "172.16.0.0/12", "nextHopType": "VirtualNetworkGateway"}}]}}));
+    seed.resources.push(json!({"id": format!("{SPOKE1}/networkSecurityGroups/nsg-data-strict"), "location": "westeurope",
+        "properties": {"securityRules": []}}));
+    seed
+}
+
+fn policy() -> DesiredState {
+    let docs =
+        parse_policies(&std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap()).unwrap();
+    validate_policy(docs[0].policy.as_ref().unwrap(), Cloud::AzurePublic)
+        .unwrap()
+        .desired
+}
+
+fn retry() -> RetrySettings {
+    RetrySettings {
+        max_attempts: 4,
+        max_elapsed: Duration::from_secs(2),
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+        timeout: Duration::from_millis(400),
+    }
+}
+
+async fn setup(config: Config) -> (EmulatorHandle, AzureNetworkApi) {
+    let em = emulator::start(config, estate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = AzureNetworkApi::new(
+        url::Url::parse(&em.url()).unwrap(),
+        Arc::new(StaticToken::new("t")),
+        ClientSettings {
+            retry: retry(),
+            lro_timeout: Some(Duration::from_secs(5)),
+            ..ClientSettings::default()
+        },
+    )
+    .unwrap();
+    (em, api)
+}
+
+/// Everything kmsroute does not own, keyed, as the emulator holds it now.
+fn foreign(dump: &Seed) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for r in &dump.resources {
+        let id = r["id"].as_str().unwrap_or_default().to_ascii_lowercase();
+        let ours = r["tags"]["managed-by"] == "kmsroute";
+        if id.contains("/virtualnetworks/") {
+            for s in r["properties"]["subnets"].as_array().into_iter().flatten() {
+                let sid = s["id"].as_str().unwrap_or_default().to_ascii_lowercase();
+                let mut props = s["properties"].clone();
+                let table = props
+                    .as_object_mut()
+                    .and_then(|p| {
+                        p.remove("provisioningState");
+                        p.remove("routeTable")
+                    })
+                    .and_then(|t| t["id"].as_str().map(str::to_ascii_lowercase));
+                out.insert(format!("subnet {sid}"), props);
+                // An association that exists is never replaced (kmsroute only fills empty ones).
+                if let Some(t) = table {
+                    out.insert(format!("association {sid}"), json!(t));
+                }
+            }
+        } else if id.contains("/routetables/") {
+            for route in r["properties"]["routes"].as_array().into_iter().flatten() {
+                let name = route["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if name.starts_with("kms-") {
+                    continue;
+                }
+                let mut p = route["properties"].clone();
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("provisioningState");
+                }
+                out.insert(format!("route {id}/{name}"), p);
+            }
+            if !ours {
+                out.insert(
+                    format!("table {id}"),
+                    json!({"tags": r["tags"], "bgp": r["properties"]["disableBgpRoutePropagation"]}),
+                );
+            }
+        } else {
+            let mut whole = r.clone();
+            strip_etags(&mut whole);
+            out.insert(format!("resource {id}"), whole);
+        }
+    }
+    out
+}
+
+fn strip_etags(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("etag");
+            o.remove("provisioningState");
+            o.values_mut().for_each(strip_etags);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_etags),
+        _ => {}
+    }
+}
+
+/// Keys of `expected` that are gone or differ in `now`, plus foreign items that appeared from
+/// nowhere (associations may appear: kmsroute fills empty ones).
+fn diff(expected: &BTreeMap<String, Value>, now: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = expected
+        .iter()
+        .filter(|(k, v)| now.get(*k) != Some(v))
+        .map(|(k, _)| format!("changed or lost: {k}"))
+        .collect();
+    out.extend(
+        now.keys()
+            .filter(|k| !expected.contains_key(*k) && !k.starts_with("association "))
+            .map(|k| format!("appeared: {k}")),
+    );
+    out
+}
+
+/// Route tables holding two routes for one prefix (a duplicate kmsroute would have made).
+fn duplicate_prefixes(dump: &Seed) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &dump.resources {
+        let mut seen = BTreeSet::new();
+        for route in r["properties"]["routes"].as_array().into_iter().flatten() {
+            let p = route["properties"]["addressPrefix"]
+                .as_str()
+                .unwrap_or_default();
+            if p.ends_with("/32") && !seen.insert(p.to_string()) {
+                out.push(format!("{} {p}", r["id"]));
+            }
+        }
+    }
+    out
+}
+
+/// A scenario's result: one row of the table.
+#[derive(Debug)]
+struct Row {
+    scenario: String,
+    faults: u64,
+    passes: usize,
+    converged: bool,
+    checked: usize,
+    lost_or_changed: Vec<String>,
+}
+
+/// Passes until one plans nothing and fails nothing (at most `max`).
+async fn converge(api: &dyn NetworkApi, p: &DesiredState, max: usize) -> (usize, bool) {
+    let options = Options {
+        mode: RunMode::Apply,
+        concurrency: 1,
+        ..Options::default()
+    };
+    for n in 1..=max {
+        if let Ok(r) = reconcile(api, std::slice::from_ref(p), &options, &|_| {}).await
+            && r.plan.writes.is_empty()
+            && r.writes_failed() == 0
+        {
+            return (n, true);
+        }
+    }
+    (max, false)
+}
+
+/// Runs `faulty` passes with the faults in place, clears them, converges, and checks.
+async fn fault_scenario(name: &str, rules: Vec<FaultRule>, faulty_passes: usize) -> Row {
+    fault_scenario_with(name, Config::default(), rules, faulty_passes).await
+}
+
+async fn fault_scenario_with(
+    name: &str,
+    config: Config,
+    rules: Vec<FaultRule>,
+    faulty_passes: usize,
+) -> Row {
+    let (em, api) = setup(config).await;
+    let p = policy();
+    let expected = foreign(&em.dump());
+    for r in rules {
+        em.add_fault(r);
+    }
+    for _ in 0..faulty_passes {
+        // Errors are expected here; a pass must come back, never hang or panic.
+        let _ = reconcile(
+            &api,
+            std::slice::from_ref(&p),
+            &Options {
+                concurrency: 1,
+                ..Options::default()
+            },
+            &|_| {},
+        )
+        .await;
+    }
+    let faults = em.stats().faults;
+    em.clear_faults();
+    let (passes, converged) = converge(&api, &p, 5).await;
+    finish(
+        name,
+        &em,
+        &expected,
+        faults,
+        passes + faulty_passes,
+        converged,
+    )
+}
+
+fn finish(
+    name: &str,
+    em: &EmulatorHandle,
+    expected: &BTreeMap<String, Value>,
+    faults: u64,
+    passes: usize,
+    converged: bool,
+) -> Row {
+    let dump = em.dump();
+    let now = foreign(&dump);
+    let mut lost = diff(expected, &now);
+    lost.extend(
+        duplicate_prefixes(&dump)
+            .into_iter()
+            .map(|d| format!("duplicate: {d}")),
+    );
+    Row {
+        scenario: name.into(),
+        faults,
+        passes,
+        converged,
+        checked: expected.len(),
+        lost_or_changed: lost,
+    }
+}
+
+fn rule(method: &str, path: &str, status: u16, code: &str) -> FaultRule {
+    FaultRule {
+        method: Some(method.into()),
+        path_contains: Some(path.into()),
+        status: Some(status),
+        code: Some(code.into()),
+        ..FaultRule::default()
+    }
+}
+
+/// Runs a foreign edit just before the plan's write number `at` (0-based), through the port.
+struct EditAt<'a> {
+    inner: &'a AzureNetworkApi,
+    at: usize,
+    writes: AtomicUsize,
+    edit: Box<dyn Fn() + Send + Sync + 'a>,
+}
+
+impl EditAt<'_> {
+    fn step(&self) {
+        if self.writes.fetch_add(1, Ordering::SeqCst) == self.at {
+            (self.edit)();
+        }
+    }
+}
+
+#[async_trait]
+impl NetworkApi for EditAt<'_> {
+    async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+        self.inner.inventory(subscriptions).await
+    }
+    async fn create_route_table(
+        &self,
+        table: &RouteTableId,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+        disable_bgp_route_propagation: bool,
+        routes: &[Route],
+    ) -> Result<(), ArmError> {
+        self.step();
+        self.inner
+            .create_route_table(table, location, tags, disable_bgp_route_propagation, routes)
+            .await
+    }
+    async fn put_route(&self, table: &RouteTableId, route: &Route) -> Result<(), ArmError> {
+        self.step();
+        self.inner.put_route(table, route).await
+    }
+    async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError> {
+        self.step();
+        self.inner.delete_route(table, name).await
+    }
+    async fn set_subnet_route_table(
+        &self,
+        subnet: &SubnetId,
+        expected: Option<&RouteTableId>,
+        new: Option<&RouteTableId>,
+    ) -> Result<(), ArmError> {
+        self.step();
+        self.inner
+            .set_subnet_route_table(subnet, expected, new)
+            .await
+    }
+    async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
+        self.step();
+        self.inner.delete_route_table(table).await
+    }
+}
+
+/// The kinds of foreign edit, applied at a step of the plan.
+#[derive(Clone, Copy, Debug)]
+enum Edit {
+    /// A route of the shared table is deleted (ours or theirs) between our read and write.
+    DeleteRoute,
+    /// The subnet we are about to associate is associated with another table by hand.
+    Reassociate,
+    /// A table is deleted (the one kmsroute just created, before the association).
+    DeleteTable,
+    /// The subnet with the NSG gets another NSG during our subnet writes (412 path).
+    ChangeNsg,
+}
+
+/// The foreign edit, done to the emulator. Every kind has a fallback target, so each step
+/// really edits something.
+fn apply_edit(em: &EmulatorHandle, edit: Edit, step: usize) -> Result<(), String> {
+    let shared = format!("{SPOKE1}/routeTables/rt-spoke1-shared");
+    match edit {
+        Edit::DeleteRoute => {
+            // Odd steps: one of ours if it is there yet; otherwise, and on even steps, theirs.
+            let ours = step % 2 == 1
+                && em
+                    .other_writer(OtherWrite::DeleteRoute {
+                        route_table: shared.clone(),
+                        route: "kms-20-118-99-224".into(),
+                    })
+                    .is_ok();
+            if ours {
+                return Ok(());
+            }
+            let theirs = if step % 4 < 2 {
+                "to-nva-default"
+            } else {
+                "onprem"
+            };
+            em.other_writer(OtherWrite::DeleteRoute {
+                route_table: shared,
+                route: theirs.into(),
+            })
+        }
+        Edit::Reassociate => em.other_writer(OtherWrite::SetSubnetRouteTable {
+            subnet: format!("{SPOKE1}/virtualNetworks/vnet-spoke1/subnets/app"),
+            route_table: Some(format!("{SPOKE1}/routeTables/rt-spoke1-shared")),
+        }),
+        Edit::DeleteTable => {
+            // A table kmsroute just created and not yet associated, else a foreign spare one.
+            let spoke2 = SPOKE1
+                .replace(
+                    "11111111-1111-1111-1111-111111111111",
+                    "22222222-2222-2222-2222-222222222222",
+                )
+                .replace("rg-spoke1", "rg-spoke2");
+            let candidates = [
+                format!("{SPOKE1}/routeTables/vnet-spoke1-app-kms"),
+                format!("{SPOKE1}/routeTables/vnet-spoke1-data-kms"),
+                format!("{spoke2}/routeTables/vnet-spoke2-private-kms"),
+                format!("{SPOKE1}/routeTables/rt-spare"),
+            ];
+            candidates
+                .into_iter()
+                .find_map(|t| {
+                    em.other_writer(OtherWrite::DeleteRouteTable { route_table: t })
+                        .ok()
+                })
+                .ok_or_else(|| "nothing deletable".to_string())
+        }
+        Edit::ChangeNsg => {
+            // Armed now, it strikes inside the next PUT of the data subnet: after the client's
+            // GET, before its PUT, so the PUT's If-Match fails and the client must re-read.
+            em.add_fault(FaultRule {
+                method: Some("PUT".into()),
+                path_contains: Some("/subnets/data".into()),
+                count: Some(1),
+                other_write: Some(OtherWrite::PatchSubnet {
+                    subnet: format!("{SPOKE1}/virtualNetworks/vnet-spoke1/subnets/data"),
+                    properties: json!({"networkSecurityGroup": {"id": format!("{SPOKE1}/networkSecurityGroups/nsg-data-strict")}}),
+                }),
+                ..FaultRule::default()
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn edit_scenario(edit: Edit, at: usize) -> Row {
+    let (em, api) = setup(Config::default()).await;
+    let p = policy();
+    let expected = Arc::new(Mutex::new(foreign(&em.dump())));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let applied = Arc::new(AtomicUsize::new(0));
+    {
+        let wrapped = EditAt {
+            inner: &api,
+            at,
+            writes: AtomicUsize::new(0),
+            edit: Box::new({
+                let em = &em;
+                let expected = expected.clone();
+                let violations = violations.clone();
+                let applied = applied.clone();
+                move || {
+                    // Up to here, kmsroute must not have touched anything foreign.
+                    let before = foreign(&em.dump());
+                    if let Ok(exp) = expected.lock()
+                        && let Ok(mut v) = violations.lock()
+                    {
+                        v.extend(diff(&exp, &before));
+                    }
+                    if apply_edit(em, edit, at).is_ok() {
+                        applied.fetch_add(1, Ordering::SeqCst);
+                        // From now on, "as the other writer left it" includes the edit.
+                        if let Ok(mut exp) = expected.lock() {
+                            *exp = foreign(&em.dump());
+                        }
+                    }
+                }
+            }),
+        };
+        let _ = reconcile(
+            &wrapped,
+            std::slice::from_ref(&p),
+            &Options {
+                concurrency: 1,
+                ..Options::default()
+            },
+            &|_| {},
+        )
+        .await;
+    }
+    let (passes, converged) = converge(&api, &p, 5).await;
+    let mut exp = expected.lock().unwrap().clone();
+    let mut injected = applied.load(Ordering::SeqCst) as u64;
+    if matches!(edit, Edit::ChangeNsg) {
+        // The edit happened inside a request, if that request came: expect its NSG.
+        injected = em.stats().faults;
+        if injected > 0 {
+            let key = format!(
+                "subnet {}/virtualnetworks/vnet-spoke1/subnets/data",
+                SPOKE1.to_ascii_lowercase()
+            );
+            if let Some(s) = exp.get_mut(&key) {
+                s["networkSecurityGroup"]["id"] =
+                    json!(format!("{SPOKE1}/networkSecurityGroups/nsg-data-strict"));
+            }
+        }
+    }
+    let mut row = finish(
+        &format!("{edit:?} before write {at}"),
+        &em,
+        &exp,
+        injected,
+        passes + 1,
+        converged,
+    );
+    row.lost_or_changed
+        .extend(violations.lock().unwrap().iter().cloned());
+    row
+}
+
+/// Ends a pass for good after `k` writes (as if the process were killed there), then a fresh
+/// "restarted" pass converges: no duplicates, and the two passes' writes add up to the plan.
+async fn killed_scenario(k: usize) -> (Row, u64, usize) {
+    let (em, api) = setup(Config::default()).await;
+    let p = policy();
+    let expected = foreign(&em.dump());
+    /// Lets `k` writes start; the next one never starts. `killed` fires once the `k` writes
+    /// have finished, so the pass is dropped between two writes, with none in flight.
+    struct Kill<'a> {
+        inner: &'a AzureNetworkApi,
+        k: usize,
+        started: AtomicUsize,
+        finished: AtomicUsize,
+        killed: tokio::sync::Notify,
+    }
+    impl Kill<'_> {
+        async fn run<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+            if self.started.fetch_add(1, Ordering::SeqCst) >= self.k {
+                if self.k == 0 {
+                    self.killed.notify_one();
+                }
+                std::future::pending::<()>().await;
+            }
+            let out = write.await;
+            if self.finished.fetch_add(1, Ordering::SeqCst) + 1 == self.k {
+                self.killed.notify_one();
+            }
+            out
+        }
+    }
+    #[async_trait]
+    impl NetworkApi for Kill<'_> {
+        async fn inventory(&self, s: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+            self.inner.inventory(s).await
+        }
+        async fn create_route_table(
+            &self,
+            t: &RouteTableId,
+            l: &str,
+            tags: &BTreeMap<String, String>,
+            d: bool,
+            r: &[Route],
+        ) -> Result<(), ArmError> {
+            self.run(self.inner.create_route_table(t, l, tags, d, r))
+                .await
+        }
+        async fn put_route(&self, t: &RouteTableId, r: &Route) -> Result<(), ArmError> {
+            self.run(self.inner.put_route(t, r)).await
+        }
+        async fn delete_route(&self, t: &RouteTableId, n: &str) -> Result<(), ArmError> {
+            self.run(self.inner.delete_route(t, n)).await
+        }
+        async fn set_subnet_route_table(
+            &self,
+            s: &SubnetId,
+            e: Option<&RouteTableId>,
+            n: Option<&RouteTableId>,
+        ) -> Result<(), ArmError> {
+            self.run(self.inner.set_subnet_route_table(s, e, n)).await
+        }
+        async fn delete_route_table(&self, t: &RouteTableId) -> Result<(), ArmError> {
+            self.run(self.inner.delete_route_table(t)).await
+        }
+    }
+    let kill = Kill {
+        inner: &api,
+        k,
+        started: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        killed: tokio::sync::Notify::new(),
+    };
+    let options = Options {
+        concurrency: 1,
+        ..Options::default()
+    };
+    let planned = {
+        let pass = reconcile(&kill, std::slice::from_ref(&p), &options, &|_| {});
+        tokio::select! {
+            r = pass => r.map(|r| r.plan.writes.len()).unwrap_or(0),
+            _ = kill.killed.notified() => usize::MAX,
+        }
+        // Leaving the select drops the pass: the "process" is gone mid-plan.
+    };
+    let first = em.stats().mutations;
+    let (passes, converged) = converge(&api, &p, 5).await;
+    let row = finish(
+        &format!("killed after write {k}"),
+        &em,
+        &expected,
+        u64::from(planned == usize::MAX),
+        passes + 1,
+        converged,
+    );
+    (row, em.stats().mutations - first, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_campaign() {
+    let mut rows: Vec<Row> = Vec::new();
+    let with_retry_after = |mut r: FaultRule, s: u64| {
+        r.retry_after = Some(s);
+        r
+    };
+    // Throttling: a storm the client rides out with Retry-After, and a Retry-After longer
+    // than the per-call retry budget (ARM says "minutes"): the pass reports Throttled at
+    // once instead of holding requests open, and the subscription waits it out.
+    rows.push(
+        fault_scenario(
+            "429 storm, Retry-After 1 s",
+            vec![FaultRule {
+                count: Some(6),
+                ..with_retry_after(
+                    rule("PUT", "/providers", 429, "SubscriptionRequestsThrottled"),
+                    1,
+                )
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "429 with Retry-After beyond the retry budget",
+            vec![FaultRule {
+                count: Some(2),
+                ..with_retry_after(
+                    rule("PUT", "/providers", 429, "SubscriptionRequestsThrottled"),
+                    3,
+                )
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "500 burst on every method (50%)",
+            vec![FaultRule {
+                method: None,
+                probability: Some(0.5),
+                count: Some(20),
+                ..rule("GET", "/providers", 500, "InternalServerError")
+            }],
+            2,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "503 on writes",
+            vec![FaultRule {
+                count: Some(8),
+                ..rule("PUT", "/providers", 503, "ServiceUnavailable")
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "hanging requests (client timeout)",
+            vec![FaultRule {
+                method: Some("PUT".into()),
+                path_contains: Some("/providers".into()),
+                hang: true,
+                count: Some(3),
+                ..FaultRule::default()
+            }],
+            1,
+        )
+        .await,
+    );
+    for status in ["Failed", "Canceled"] {
+        rows.push(
+            fault_scenario(
+                &format!("long-running operation ends {status}"),
+                vec![FaultRule {
+                    method: Some("PUT".into()),
+                    path_contains: Some("/providers".into()),
+                    lro_status: Some(status.into()),
+                    count: Some(4),
+                    ..FaultRule::default()
+                }],
+                1,
+            )
+            .await,
+        );
+    }
+    rows.push(
+        fault_scenario_with(
+            "long-running operations in progress 300 ms, polled",
+            Config {
+                lro_duration: Duration::from_millis(300),
+                ..Config::default()
+            },
+            vec![],
+            0,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "409 AnotherOperationInProgress on the VNet",
+            vec![FaultRule {
+                count: Some(4),
+                ..rule("PUT", "/subnets/", 409, "AnotherOperationInProgress")
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "412 on every subnet write (stale etag)",
+            vec![FaultRule {
+                count: Some(3),
+                ..rule("PUT", "/subnets/", 412, "PreconditionFailed")
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "ResourceNotFound for a vanished subnet",
+            vec![FaultRule {
+                count: Some(2),
+                ..rule("GET", "/subnets/data", 404, "ResourceNotFound")
+            }],
+            1,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "403 AuthorizationFailed on route writes",
+            vec![FaultRule {
+                count: Some(5),
+                ..rule("PUT", "/routes/", 403, "AuthorizationFailed")
+            }],
+            2,
+        )
+        .await,
+    );
+    rows.push(
+        fault_scenario(
+            "403 LinkedAuthorizationFailed (no routeTables/join/action)",
+            vec![FaultRule {
+                count: Some(5),
+                ..rule("PUT", "/subnets/", 403, "LinkedAuthorizationFailed")
+            }],
+            2,
+        )
+        .await,
+    );
+    // Foreign edits at every step of the first plan (11 writes on the demo estate).
+    let planned = {
+        let (_em, api) = setup(Config::default()).await;
+        reconcile(
+            &api,
+            &[policy()],
+            &Options {
+                mode: RunMode::PlanOnly,
+                ..Options::default()
+            },
+            &|_| {},
+        )
+        .await
+        .unwrap()
+        .plan
+        .writes
+        .len()
+    };
+    assert_eq!(planned, 11);
+    for edit in [
+        Edit::DeleteRoute,
+        Edit::Reassociate,
+        Edit::DeleteTable,
+        Edit::ChangeNsg,
+    ] {
+        for at in 0..planned {
+            rows.push(edit_scenario(edit, at).await);
+        }
+    }
+    // Killed after each write, then restarted.
+    for k in 0..=planned {
+        let (row, mutations, _) = killed_scenario(k).await;
+        assert_eq!(
+            mutations as usize + k,
+            planned,
+            "{}: the restart wrote exactly what was left",
+            row.scenario
+        );
+        rows.push(row);
+    }
+
+    // The table.
+    let mut out = String::from(
+        "\n| scenario | faults injected | passes | converged | foreign items checked | lost or changed |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.faults,
+            r.passes,
+            if r.converged { "yes" } else { "NO" },
+            r.checked,
+            r.lost_or_changed.len()
+        ));
+    }
+    let faults: u64 = rows.iter().map(|r| r.faults).sum();
+    let checked: usize = rows.iter().map(|r| r.checked).sum();
+    let lost: usize = rows.iter().map(|r| r.lost_or_changed.len()).sum();
+    out.push_str(&format!(
+        "| **{} scenarios** | {faults} | | {} converged | {checked} | {lost} |\n",
+        rows.len(),
+        rows.iter().filter(|r| r.converged).count()
+    ));
+    println!("{out}");
+    for r in &rows {
+        assert!(r.converged, "{} did not converge", r.scenario);
+        assert!(
+            r.lost_or_changed.is_empty(),
+            "{}: {:?}",
+            r.scenario,
+            r.lost_or_changed
+        );
+    }
+    assert!(faults > 0 && checked > 0);
+    let _ = S1;
+}
