@@ -719,3 +719,46 @@ async fn a_table_lists_its_subnets_after_every_change() {
     let (status, _, _) = call(&em, "DELETE", &rt_id("rt"), None).await;
     assert!(status == 200 || status == 202 || status == 204, "{status}");
 }
+
+#[tokio::test]
+async fn two_routes_with_one_prefix_are_a_route_conflict() {
+    let em = start(
+        Config::default(),
+        vec![table(
+            "rt",
+            json!([{"name": "legacy-kms", "properties": {"addressPrefix": "23.102.135.246/32", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}]),
+        )],
+    )
+    .await;
+    let (status, _, err) = call(
+        &em,
+        "PUT",
+        &format!("{}/routes/kms-23-102-135-246", rt_id("rt")),
+        Some(json!({"properties": {"addressPrefix": "23.102.135.246/32", "nextHopType": "Internet"}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["code"], "RouteConflict");
+    // Rewriting the same route under its own name is fine.
+    let (status, _, _) = call(
+        &em,
+        "PUT",
+        &format!("{}/routes/legacy-kms", rt_id("rt")),
+        Some(json!({"properties": {"addressPrefix": "23.102.135.246/32", "nextHopType": "Internet"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A table PUT with two routes for one prefix is refused as a whole.
+    let (status, _, err) = call(
+        &em,
+        "PUT",
+        &rt_id("rt2"),
+        Some(json!({"location": "westeurope", "properties": {"routes": [
+            {"name": "a", "properties": {"addressPrefix": "10.0.0.0/8", "nextHopType": "None"}},
+            {"name": "b", "properties": {"addressPrefix": "10.0.0.0/8", "nextHopType": "VirtualNetworkGateway"}}
+        ]}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["code"], "RouteConflict");
+}

@@ -7,6 +7,8 @@
 //! Real ARM client and executor, in-process emulator over HTTP, one lane (concurrency 1) so a
 //! step of a plan is well defined.
 
+mod support;
+
 use async_trait::async_trait;
 use kmsroute::api::{DesiredState, parse_policies, validate_policy};
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
@@ -23,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::invariants::{diff, duplicate_prefixes, foreign};
 
 const S1: &str = "11111111-1111-1111-1111-111111111111";
 
@@ -72,104 +75,6 @@ async fn setup(config: Config) -> (EmulatorHandle, AzureNetworkApi) {
     )
     .unwrap();
     (em, api)
-}
-
-/// Everything kmsroute does not own, keyed, as the emulator holds it now.
-fn foreign(dump: &Seed) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for r in &dump.resources {
-        let id = r["id"].as_str().unwrap_or_default().to_ascii_lowercase();
-        let ours = r["tags"]["managed-by"] == "kmsroute";
-        if id.contains("/virtualnetworks/") {
-            for s in r["properties"]["subnets"].as_array().into_iter().flatten() {
-                let sid = s["id"].as_str().unwrap_or_default().to_ascii_lowercase();
-                let mut props = s["properties"].clone();
-                let table = props
-                    .as_object_mut()
-                    .and_then(|p| {
-                        p.remove("provisioningState");
-                        p.remove("routeTable")
-                    })
-                    .and_then(|t| t["id"].as_str().map(str::to_ascii_lowercase));
-                out.insert(format!("subnet {sid}"), props);
-                // An association that exists is never replaced (kmsroute only fills empty ones).
-                if let Some(t) = table {
-                    out.insert(format!("association {sid}"), json!(t));
-                }
-            }
-        } else if id.contains("/routetables/") {
-            for route in r["properties"]["routes"].as_array().into_iter().flatten() {
-                let name = route["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                if name.starts_with("kms-") {
-                    continue;
-                }
-                let mut p = route["properties"].clone();
-                if let Some(o) = p.as_object_mut() {
-                    o.remove("provisioningState");
-                }
-                out.insert(format!("route {id}/{name}"), p);
-            }
-            if !ours {
-                out.insert(
-                    format!("table {id}"),
-                    json!({"tags": r["tags"], "bgp": r["properties"]["disableBgpRoutePropagation"]}),
-                );
-            }
-        } else {
-            let mut whole = r.clone();
-            strip_etags(&mut whole);
-            out.insert(format!("resource {id}"), whole);
-        }
-    }
-    out
-}
-
-fn strip_etags(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            o.remove("etag");
-            o.remove("provisioningState");
-            o.values_mut().for_each(strip_etags);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_etags),
-        _ => {}
-    }
-}
-
-/// Keys of `expected` that are gone or differ in `now`, plus foreign items that appeared from
-/// nowhere (associations may appear: kmsroute fills empty ones).
-fn diff(expected: &BTreeMap<String, Value>, now: &BTreeMap<String, Value>) -> Vec<String> {
-    let mut out: Vec<String> = expected
-        .iter()
-        .filter(|(k, v)| now.get(*k) != Some(v))
-        .map(|(k, _)| format!("changed or lost: {k}"))
-        .collect();
-    out.extend(
-        now.keys()
-            .filter(|k| !expected.contains_key(*k) && !k.starts_with("association "))
-            .map(|k| format!("appeared: {k}")),
-    );
-    out
-}
-
-/// Route tables holding two routes for one prefix (a duplicate kmsroute would have made).
-fn duplicate_prefixes(dump: &Seed) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in &dump.resources {
-        let mut seen = BTreeSet::new();
-        for route in r["properties"]["routes"].as_array().into_iter().flatten() {
-            let p = route["properties"]["addressPrefix"]
-                .as_str()
-                .unwrap_or_default();
-            if p.ends_with("/32") && !seen.insert(p.to_string()) {
-                out.push(format!("{} {p}", r["id"]));
-            }
-        }
-    }
-    out
 }
 
 /// A scenario's result: one row of the table.

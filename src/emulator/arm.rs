@@ -618,6 +618,9 @@ fn put_route_table(
             Ok(p) => p,
             Err(e) => return e,
         };
+        if let Some(conflict) = route_conflict(&routes, &rname, &rp) {
+            return conflict;
+        }
         if routes.iter().any(|x: &Value| {
             x["name"]
                 .as_str()
@@ -715,6 +718,15 @@ fn route_op(
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            if let Some(conflict) = route_conflict(
+                table["properties"]["routes"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice),
+                name,
+                &props,
+            ) {
+                return conflict;
+            }
             let count = table["properties"]["routes"].as_array().map_or(0, Vec::len);
             if idx.is_none() && count >= crate::plan::MAX_ROUTES_PER_TABLE {
                 // inferred code
@@ -1002,6 +1014,15 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
                 .to_string();
             let props = check_route(&name, route.get("properties").unwrap_or(&json!({})))
                 .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
+            // The portal is held to the same rule as the API.
+            if let Some(conflict) = store
+                .resources()
+                .get(&key)
+                .and_then(|t| t["properties"]["routes"].as_array())
+                .and_then(|routes| route_conflict(routes, &name, &props))
+            {
+                return Err(conflict.body.map(|b| b.to_string()).unwrap_or_default());
+            }
             let table_id = store
                 .resources()
                 .get(&key)
@@ -1207,4 +1228,32 @@ fn split_subnet_id(id: &str) -> Option<(String, String)> {
     let at = lowered.rfind("/subnets/")?;
     let name = &id[at + "/subnets/".len()..];
     (!name.is_empty() && !name.contains('/')).then(|| (id[..at].to_string(), name.to_string()))
+}
+
+/// ARM's `RouteConflict`: two routes of one table may not have the same address prefix
+/// ("Route: a conflicts with Route: b. Routes cannot have the same AddressPrefix.", as
+/// reported in kubernetes-sigs/cloud-provider-azure#657). A route replacing itself by name is
+/// no conflict.
+fn route_conflict(routes: &[Value], name: &str, props: &Value) -> Option<Reply> {
+    let prefix = props["addressPrefix"].as_str()?;
+    let key = crate::effective::parse_prefix(prefix);
+    let other = routes.iter().find(|r| {
+        let other_name = r["name"].as_str().unwrap_or_default();
+        let other_prefix = r["properties"]["addressPrefix"]
+            .as_str()
+            .unwrap_or_default();
+        !other_name.eq_ignore_ascii_case(name)
+            && match (key, crate::effective::parse_prefix(other_prefix)) {
+                (Some(a), Some(b)) => a == b,
+                _ => other_prefix.eq_ignore_ascii_case(prefix),
+            }
+    })?;
+    Some(Reply::error(
+        StatusCode::BAD_REQUEST,
+        "RouteConflict",
+        format!(
+            "Route: {name} conflicts with Route: {}. Routes cannot have the same AddressPrefix.",
+            other["name"].as_str().unwrap_or_default()
+        ),
+    ))
 }
