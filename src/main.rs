@@ -421,8 +421,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Whatever RUST_LOG says: azure_core logs every request with its headers at debug (the
+    // bearer token included), so the Azure SDK crates never log below info.
+    for target in ["azure_core", "azure_identity", "azure_mgmt_network"] {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -522,12 +522,27 @@ async fn arm_throttling_shows_as_a_condition_and_in_metrics_and_a_clean_stop_rel
     );
 }
 
-/// `kmsroute run` as a process: kubeconfig, health endpoints, a reconcile, SIGTERM.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
-    let kube = FakeKube::start().await;
-    let em = estate_emulator().await;
-    let dir = std::env::temp_dir().join(format!("kmsroute-run-{}", std::process::id()));
+/// A `kmsroute run` process against the fake API server and an emulator, killed on drop.
+struct RunProc {
+    child: Option<std::process::Child>,
+    base: String,
+    log: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for RunProc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `kmsroute run` with these extra environment variables and waits for /readyz.
+async fn spawn_run(kube: &FakeKube, arm_url: &str, name: &str, env: &[(&str, &str)]) -> RunProc {
+    let dir = std::env::temp_dir().join(format!("kmsroute-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, format!(
@@ -540,42 +555,37 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let log = dir.join("run.log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsroute"))
-        .args([
-            "run",
-            "--arm-endpoint",
-            &em.url(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--leader-election-namespace",
-            NS,
-            "--identity",
-            "proc",
-            "--max-resync",
-            "1s",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // Killed if the test fails, so no process outlives it.
-    struct KillOnDrop(Option<std::process::Child>);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Some(c) = self.0.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kmsroute"));
+    cmd.args([
+        "run",
+        "--arm-endpoint",
+        arm_url,
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--leader-election-namespace",
+        NS,
+        "--identity",
+        "proc",
+        "--max-resync",
+        "1s",
+    ])
+    .env("KUBECONFIG", &kubeconfig)
+    .env("RUST_LOG", "info")
+    .stdout(std::fs::File::create(dir.join("run.out")).unwrap())
+    .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    let mut child = KillOnDrop(Some(child));
-    let pid = child.0.as_ref().unwrap().id();
+    let run = RunProc {
+        child: Some(cmd.spawn().unwrap()),
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+        dir,
+    };
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
     let mut ready = false;
     for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+        if let Ok(r) = http.get(format!("{}/readyz", run.base)).send().await
             && r.status() == 200
         {
             ready = true;
@@ -586,8 +596,20 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
     assert!(
         ready,
         "/readyz never became ready; the process said:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(&run.log).unwrap_or_default()
     );
+    run
+}
+
+/// `kmsroute run` as a process: kubeconfig, health endpoints, a reconcile, SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let mut run = spawn_run(&kube, &em.url(), "run", &[]).await;
+    let pid = run.child.as_ref().unwrap().id();
+    let http = reqwest::Client::new();
+    let base = run.base.clone();
     assert_eq!(
         http.get(format!("{base}/healthz"))
             .send()
@@ -619,7 +641,7 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(term.success());
-    let mut proc = child.0.take().unwrap();
+    let mut proc = run.child.take().unwrap();
     let status = tokio::task::spawn_blocking(move || proc.wait())
         .await
         .unwrap()
@@ -630,7 +652,6 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
         None,
         "SIGTERM releases the lease"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -784,4 +805,90 @@ async fn a_lease_lost_mid_reconcile_stops_the_writes() {
         "the aborted pass and the next one add up to the plan: no duplicates"
     );
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_events_or_status() {
+    const STATIC: &str = "s3cret-static-token-7f3a";
+    const CLIENT_SECRET: &str = "s3cret-client-secret-91c2";
+    const FEDERATED: &str = "eyJhbGciOi.s3cret-federated-5d8e";
+    let kube = FakeKube::start().await;
+    // The emulator accepts only the static token, so every ARM call carries it.
+    let seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    let em = emulator::start(
+        Config {
+            token: Some(STATIC.into()),
+            ..Config::default()
+        },
+        seed,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // Rejected tokens too: ARM calls answer 401, so errors, Events and status conditions
+    // are written about authentication.
+    em.add_fault(emulator::FaultRule {
+        status: Some(401),
+        code: Some("InvalidAuthenticationToken".into()),
+        ..emulator::FaultRule::default()
+    });
+    let dir = std::env::temp_dir().join(format!("kmsroute-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("federated-token");
+    std::fs::write(&token_file, FEDERATED).unwrap();
+    let run = spawn_run(
+        &kube,
+        &em.url(),
+        "secrets",
+        &[
+            ("RUST_LOG", "trace,azure_core=trace,azure_identity=trace"),
+            ("KMSROUTE_AUTH", "static-token"),
+            ("KMSROUTE_STATIC_TOKEN", STATIC),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-0000000000c1"),
+            ("AZURE_TENANT_ID", "00000000-0000-0000-0000-0000000000e1"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("an AzureAuthFailed event", Duration::from_secs(20), || {
+        kube.events()
+            .iter()
+            .any(|e| e["reason"] == "AzureAuthFailed")
+            .then_some(())
+    })
+    .await;
+    let obj = wait_for("status AzureAuthFailed", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "AzureAuthFailed"))
+    })
+    .await;
+    let mut haystack = std::fs::read_to_string(&run.log).unwrap();
+    haystack.push_str(&std::fs::read_to_string(run.dir.join("run.out")).unwrap_or_default());
+    let log_lines = haystack.lines().count();
+    for e in kube.events() {
+        haystack.push_str(&e.to_string());
+    }
+    haystack.push_str(&obj.to_string());
+    assert!(
+        log_lines > 100,
+        "trace logging was on: {log_lines} lines is too few to prove anything"
+    );
+    for secret in [STATIC, CLIENT_SECRET, FEDERATED] {
+        let lines: Vec<&str> = haystack.lines().collect();
+        let leak: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(secret))
+            .take(1)
+            .map(|(i, _)| lines[i.saturating_sub(12)..=i].join("\n"))
+            .collect();
+        assert!(
+            leak.is_empty(),
+            "{secret} leaked into logs, Events or status: {leak:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

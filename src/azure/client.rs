@@ -325,11 +325,6 @@ impl AzureNetworkApi {
     }
 
     async fn list_subscription(&self, sub: &str, inv: &mut Inventory) -> Result<(), ArmError> {
-        let listed_sub = |id: &str| {
-            id.split('/')
-                .nth(2)
-                .is_some_and(|s| s.eq_ignore_ascii_case(sub))
-        };
         let mut vnets = self
             .client
             .virtual_networks_client()
@@ -343,53 +338,8 @@ impl AzureNetworkApi {
                     e,
                 )
             })?;
-            for v in page.value {
-                let Some(id) = v
-                    .resource
-                    .id
-                    .as_deref()
-                    .filter(|id| listed_sub(id))
-                    .and_then(|id| VnetId::parse(id).ok())
-                else {
-                    // Never trust a listing to scope writes: foreign-subscription entries are dropped.
-                    tracing::warn!(subscription = sub, id = ?v.resource.id, "ignoring a virtual network outside the listed subscription");
-                    continue;
-                };
-                let props = v.properties.unwrap_or_default();
-                let subnets = props
-                    .subnets
-                    .into_iter()
-                    .filter_map(|s| {
-                        let sid = SubnetId::parse(s.sub_resource.id.as_deref()?)
-                            .ok()
-                            .filter(|sid| sid.vnet() == id)?;
-                        let p = s.properties.unwrap_or_default();
-                        Some(model::Subnet {
-                            id: sid,
-                            route_table: p
-                                .route_table
-                                .and_then(|t| t.resource.id)
-                                .and_then(|t| RouteTableId::parse(&t).ok()),
-                            nat_gateway: p.nat_gateway.is_some_and(|n| n.id.is_some()),
-                            default_outbound_access: p.default_outbound_access,
-                            delegations: p
-                                .delegations
-                                .into_iter()
-                                .filter_map(|d| d.properties.and_then(|p| p.service_name))
-                                .collect::<Compact<_>>()
-                                .0,
-                            etag: s.etag,
-                        })
-                    })
-                    .collect::<Compact<_>>()
-                    .0;
-                inv.virtual_networks.push(model::VirtualNetwork {
-                    id,
-                    location: v.resource.location.unwrap_or_default(),
-                    tags: tags_of(&v.resource.tags),
-                    subnets,
-                });
-            }
+            inv.virtual_networks
+                .extend(page.value.into_iter().filter_map(|v| convert_vnet(v, sub)));
         }
         let mut tables = self
             .client
@@ -399,53 +349,114 @@ impl AzureNetworkApi {
         while let Some(page) = tables.next().await {
             let page = page
                 .map_err(|e| arm_err("RouteTables_ListAll", format!("/subscriptions/{sub}"), e))?;
-            for t in page.value {
-                let Some(id) = t
-                    .resource
-                    .id
-                    .as_deref()
-                    .filter(|id| listed_sub(id))
-                    .and_then(|id| RouteTableId::parse(id).ok())
-                else {
-                    tracing::warn!(subscription = sub, id = ?t.resource.id, "ignoring a route table outside the listed subscription");
-                    continue;
-                };
-                let p = t.properties.unwrap_or_default();
-                inv.route_tables.push(model::RouteTable {
-                    id,
-                    location: t.resource.location.unwrap_or_default(),
-                    tags: tags_of(&t.resource.tags),
-                    disable_bgp_route_propagation: p.disable_bgp_route_propagation.unwrap_or(false),
-                    routes: p
-                        .routes
-                        .into_iter()
-                        .filter_map(|r| {
-                            let rp = r.properties?;
-                            Some(model::Route {
-                                name: r.name?,
-                                address_prefix: rp.address_prefix.unwrap_or_default(),
-                                next_hop_type: next_hop(&rp.next_hop_type),
-                                next_hop_ip_address: rp.next_hop_ip_address,
-                            })
-                        })
-                        .collect::<Compact<_>>()
-                        .0,
-                    subnets: p
-                        .subnets
-                        .into_iter()
-                        .filter_map(|s| SubnetId::parse(s.sub_resource.id.as_deref()?).ok())
-                        .collect::<Compact<_>>()
-                        .0,
-                    etag: t.etag,
-                });
-            }
+            inv.route_tables
+                .extend(page.value.into_iter().filter_map(|t| convert_table(t, sub)));
         }
         inv.subscriptions.insert(sub.to_ascii_lowercase());
         Ok(())
     }
 }
 
-fn http_error(operation: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
+/// True when `id` lies in subscription `sub` (ARM compares case-insensitively).
+fn in_subscription(id: &str, sub: &str) -> bool {
+    id.split('/')
+        .nth(2)
+        .is_some_and(|s| s.eq_ignore_ascii_case(sub))
+}
+
+/// One listed VNet in our model; `None` (with a warning) for an entry outside the listed
+/// subscription or with an unreadable ID. Never trust a listing to scope writes. Subnets whose
+/// ID is not under this VNet are dropped the same way. Public for the fuzz targets.
+pub fn convert_vnet(v: models::VirtualNetwork, sub: &str) -> Option<model::VirtualNetwork> {
+    let Some(id) = v
+        .resource
+        .id
+        .as_deref()
+        .filter(|id| in_subscription(id, sub))
+        .and_then(|id| VnetId::parse(id).ok())
+    else {
+        tracing::warn!(subscription = sub, id = ?v.resource.id, "ignoring a virtual network outside the listed subscription");
+        return None;
+    };
+    let props = v.properties.unwrap_or_default();
+    let subnets = props
+        .subnets
+        .into_iter()
+        .filter_map(|s| {
+            let sid = SubnetId::parse(s.sub_resource.id.as_deref()?)
+                .ok()
+                .filter(|sid| sid.vnet() == id)?;
+            let p = s.properties.unwrap_or_default();
+            Some(model::Subnet {
+                id: sid,
+                route_table: p
+                    .route_table
+                    .and_then(|t| t.resource.id)
+                    .and_then(|t| RouteTableId::parse(&t).ok()),
+                nat_gateway: p.nat_gateway.is_some_and(|n| n.id.is_some()),
+                default_outbound_access: p.default_outbound_access,
+                delegations: p
+                    .delegations
+                    .into_iter()
+                    .filter_map(|d| d.properties.and_then(|p| p.service_name))
+                    .collect::<Compact<_>>()
+                    .0,
+                etag: s.etag,
+            })
+        })
+        .collect::<Compact<_>>()
+        .0;
+    Some(model::VirtualNetwork {
+        id,
+        location: v.resource.location.unwrap_or_default(),
+        tags: tags_of(&v.resource.tags),
+        subnets,
+    })
+}
+
+/// One listed route table in our model; `None` outside the listed subscription.
+pub fn convert_table(t: models::RouteTable, sub: &str) -> Option<model::RouteTable> {
+    let Some(id) = t
+        .resource
+        .id
+        .as_deref()
+        .filter(|id| in_subscription(id, sub))
+        .and_then(|id| RouteTableId::parse(id).ok())
+    else {
+        tracing::warn!(subscription = sub, id = ?t.resource.id, "ignoring a route table outside the listed subscription");
+        return None;
+    };
+    let p = t.properties.unwrap_or_default();
+    Some(model::RouteTable {
+        id,
+        location: t.resource.location.unwrap_or_default(),
+        tags: tags_of(&t.resource.tags),
+        disable_bgp_route_propagation: p.disable_bgp_route_propagation.unwrap_or(false),
+        routes: p
+            .routes
+            .into_iter()
+            .filter_map(|r| {
+                let rp = r.properties?;
+                Some(model::Route {
+                    name: r.name?,
+                    address_prefix: rp.address_prefix.unwrap_or_default(),
+                    next_hop_type: next_hop(&rp.next_hop_type),
+                    next_hop_ip_address: rp.next_hop_ip_address,
+                })
+            })
+            .collect::<Compact<_>>()
+            .0,
+        subnets: p
+            .subnets
+            .into_iter()
+            .filter_map(|s| SubnetId::parse(s.sub_resource.id.as_deref()?).ok())
+            .collect::<Compact<_>>()
+            .0,
+        etag: t.etag,
+    })
+}
+
+pub fn http_error(operation: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let code = v
         .pointer("/error/code")

@@ -286,6 +286,9 @@ pub enum ErrorReason {
     SubnetNotFound,
     SubscriptionNotObserved,
     RouteTableNotObserved,
+    /// The subnet's table is in a subscription the policy does not cover (ARM allows only
+    /// tables of the subnet's own subscription; a listing that says otherwise is not trusted).
+    RouteTableOutOfScope,
     InvalidRouteTableName,
     RouteTableNameTaken,
     LocationMismatch,
@@ -298,6 +301,7 @@ impl ErrorReason {
             ErrorReason::SubnetNotFound => "SubnetNotFound",
             ErrorReason::SubscriptionNotObserved => "SubscriptionNotObserved",
             ErrorReason::RouteTableNotObserved => "RouteTableNotObserved",
+            ErrorReason::RouteTableOutOfScope => "RouteTableOutOfScope",
             ErrorReason::InvalidRouteTableName => "InvalidRouteTableName",
             ErrorReason::RouteTableNameTaken => "RouteTableNameTaken",
             ErrorReason::LocationMismatch => "LocationMismatch",
@@ -571,6 +575,22 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
             associate,
         };
         match &subnet.route_table {
+            Some(table_id)
+                if !table_id
+                    .subscription()
+                    .eq_ignore_ascii_case(subnet.id.subscription())
+                    || !policy
+                        .subscriptions()
+                        .contains(&table_id.subscription().to_ascii_lowercase()) =>
+            {
+                verdicts.push(error(
+                    ErrorReason::RouteTableOutOfScope,
+                    format!(
+                        "route table {table_id} is in another subscription than the subnet or outside the policy's subscriptions; kmsroute does not write there"
+                    ),
+                    Some(table_id.clone()),
+                ))
+            }
             Some(table_id) => match idx.tables.get(table_id.key()) {
                 Some(&table) => groups
                     .entry(table.id.key().to_string())
