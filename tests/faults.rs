@@ -502,94 +502,126 @@ async fn killed_scenario(k: usize) -> (Row, u64, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_campaign() {
     let mut rows: Vec<Row> = Vec::new();
-    let with_retry_after = |mut r: FaultRule, s: u64| {
-        r.retry_after = Some(s);
-        r
+    let count = |n: u64, r: FaultRule| FaultRule {
+        count: Some(n),
+        ..r
     };
-    // Throttling: a storm the client rides out with Retry-After, and a Retry-After longer
-    // than the per-call retry budget (ARM says "minutes"): the pass reports Throttled at
-    // once instead of holding requests open, and the subscription waits it out.
-    rows.push(
-        fault_scenario(
+    let retry_after = |s: u64, r: FaultRule| FaultRule {
+        retry_after: Some(s),
+        ..r
+    };
+    let on_puts = |r: FaultRule| FaultRule {
+        method: Some("PUT".into()),
+        path_contains: Some("/providers".into()),
+        ..r
+    };
+    // (scenario, faults, passes with the faults in place)
+    let arm_faults: Vec<(&str, FaultRule, usize)> = vec![
+        (
             "429 storm, Retry-After 1 s",
-            vec![FaultRule {
-                count: Some(6),
-                ..with_retry_after(
-                    rule("PUT", "/providers", 429, "SubscriptionRequestsThrottled"),
+            count(
+                6,
+                retry_after(
                     1,
-                )
-            }],
-            1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "429 with Retry-After beyond the retry budget",
-            vec![FaultRule {
-                count: Some(2),
-                ..with_retry_after(
                     rule("PUT", "/providers", 429, "SubscriptionRequestsThrottled"),
-                    3,
-                )
-            }],
+                ),
+            ),
             1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
+        ),
+        // A Retry-After longer than the per-call retry budget (ARM says "minutes"): the pass
+        // reports Throttled at once instead of holding requests open; the subscription waits.
+        (
+            "429 with Retry-After beyond the retry budget",
+            count(
+                2,
+                retry_after(
+                    3,
+                    rule("PUT", "/providers", 429, "SubscriptionRequestsThrottled"),
+                ),
+            ),
+            1,
+        ),
+        (
             "500 burst on every method (50%)",
-            vec![FaultRule {
+            FaultRule {
                 method: None,
                 probability: Some(0.5),
-                count: Some(20),
-                ..rule("GET", "/providers", 500, "InternalServerError")
-            }],
+                ..count(20, rule("GET", "/providers", 500, "InternalServerError"))
+            },
             2,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
+        ),
+        (
             "503 on writes",
-            vec![FaultRule {
-                count: Some(8),
-                ..rule("PUT", "/providers", 503, "ServiceUnavailable")
-            }],
+            count(8, rule("PUT", "/providers", 503, "ServiceUnavailable")),
             1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
+        ),
+        (
             "hanging requests (client timeout)",
-            vec![FaultRule {
-                method: Some("PUT".into()),
-                path_contains: Some("/providers".into()),
-                hang: true,
-                count: Some(3),
-                ..FaultRule::default()
-            }],
-            1,
-        )
-        .await,
-    );
-    for status in ["Failed", "Canceled"] {
-        rows.push(
-            fault_scenario(
-                &format!("long-running operation ends {status}"),
-                vec![FaultRule {
-                    method: Some("PUT".into()),
-                    path_contains: Some("/providers".into()),
-                    lro_status: Some(status.into()),
-                    count: Some(4),
+            count(
+                3,
+                on_puts(FaultRule {
+                    hang: true,
                     ..FaultRule::default()
-                }],
-                1,
-            )
-            .await,
-        );
+                }),
+            ),
+            1,
+        ),
+        (
+            "long-running operation ends Failed",
+            count(
+                4,
+                on_puts(FaultRule {
+                    lro_status: Some("Failed".into()),
+                    ..FaultRule::default()
+                }),
+            ),
+            1,
+        ),
+        (
+            "long-running operation ends Canceled",
+            count(
+                4,
+                on_puts(FaultRule {
+                    lro_status: Some("Canceled".into()),
+                    ..FaultRule::default()
+                }),
+            ),
+            1,
+        ),
+        (
+            "409 AnotherOperationInProgress on the VNet",
+            count(
+                4,
+                rule("PUT", "/subnets/", 409, "AnotherOperationInProgress"),
+            ),
+            1,
+        ),
+        (
+            "412 on every subnet write (stale etag)",
+            count(3, rule("PUT", "/subnets/", 412, "PreconditionFailed")),
+            1,
+        ),
+        (
+            "ResourceNotFound for a vanished subnet",
+            count(2, rule("GET", "/subnets/data", 404, "ResourceNotFound")),
+            1,
+        ),
+        (
+            "403 AuthorizationFailed on route writes",
+            count(5, rule("PUT", "/routes/", 403, "AuthorizationFailed")),
+            2,
+        ),
+        (
+            "403 LinkedAuthorizationFailed (no routeTables/join/action)",
+            count(
+                5,
+                rule("PUT", "/subnets/", 403, "LinkedAuthorizationFailed"),
+            ),
+            2,
+        ),
+    ];
+    for (name, fault, passes) in arm_faults {
+        rows.push(fault_scenario(name, vec![fault], passes).await);
     }
     rows.push(
         fault_scenario_with(
@@ -600,61 +632,6 @@ async fn fault_campaign() {
             },
             vec![],
             0,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "409 AnotherOperationInProgress on the VNet",
-            vec![FaultRule {
-                count: Some(4),
-                ..rule("PUT", "/subnets/", 409, "AnotherOperationInProgress")
-            }],
-            1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "412 on every subnet write (stale etag)",
-            vec![FaultRule {
-                count: Some(3),
-                ..rule("PUT", "/subnets/", 412, "PreconditionFailed")
-            }],
-            1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "ResourceNotFound for a vanished subnet",
-            vec![FaultRule {
-                count: Some(2),
-                ..rule("GET", "/subnets/data", 404, "ResourceNotFound")
-            }],
-            1,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "403 AuthorizationFailed on route writes",
-            vec![FaultRule {
-                count: Some(5),
-                ..rule("PUT", "/routes/", 403, "AuthorizationFailed")
-            }],
-            2,
-        )
-        .await,
-    );
-    rows.push(
-        fault_scenario(
-            "403 LinkedAuthorizationFailed (no routeTables/join/action)",
-            vec![FaultRule {
-                count: Some(5),
-                ..rule("PUT", "/subnets/", 403, "LinkedAuthorizationFailed")
-            }],
-            2,
         )
         .await,
     );

@@ -97,39 +97,8 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for a token of the subscription's read or write bucket.
-    pub async fn acquire(&self, subscription: &str, read: bool) {
-        let shape = self.shape(read);
-        loop {
-            let wait = {
-                let mut buckets = self.buckets.lock().await;
-                let now = Instant::now();
-                let b = buckets
-                    .entry((subscription.to_string(), read))
-                    .or_insert(Bucket {
-                        tokens: shape.capacity,
-                        last: now,
-                        paused_until: None,
-                    });
-                b.tokens = (b.tokens
-                    + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
-                    .min(shape.capacity);
-                b.last = now;
-                match b.paused_until {
-                    Some(until) if until > now => until - now,
-                    _ if b.tokens >= 1.0 => {
-                        b.tokens -= 1.0;
-                        return;
-                    }
-                    _ => Duration::from_secs_f64((1.0 - b.tokens) / shape.refill_per_sec),
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Takes a token if one is there now; never waits.
-    pub async fn try_acquire(&self, subscription: &str, read: bool) -> bool {
+    /// One attempt at a token: `None` when taken, else how long until one may be there.
+    async fn take(&self, subscription: &str, read: bool) -> Option<Duration> {
         let shape = self.shape(read);
         let mut buckets = self.buckets.lock().await;
         let now = Instant::now();
@@ -143,12 +112,30 @@ impl RateLimiter {
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
             .min(shape.capacity);
         b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
+        match b.paused_until {
+            Some(until) if until > now => Some(until - now),
+            _ if b.tokens >= 1.0 => {
+                b.tokens -= 1.0;
+                None
+            }
+            // A bucket that never refills (a budget of N and no more) waits "forever".
+            _ if shape.refill_per_sec <= 0.0 => Some(Duration::from_secs(3600)),
+            _ => Some(Duration::from_secs_f64(
+                (1.0 - b.tokens) / shape.refill_per_sec,
+            )),
         }
+    }
+
+    /// Waits for a token of the subscription's read or write bucket.
+    pub async fn acquire(&self, subscription: &str, read: bool) {
+        while let Some(wait) = self.take(subscription, read).await {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes a token if one is there now; never waits.
+    pub async fn try_acquire(&self, subscription: &str, read: bool) -> bool {
+        self.take(subscription, read).await.is_none()
     }
 
     /// Adopts ARM's own count when it is lower than ours (other clients share the budget).
