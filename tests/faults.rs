@@ -185,24 +185,53 @@ fn rule(method: &str, path: &str, status: u16, code: &str) -> FaultRule {
     }
 }
 
-/// Runs a foreign edit just before the plan's write number `at` (0-based), through the port.
-struct EditAt<'a> {
+/// The port with a hand on each write: `before(n)` runs just before write number `n` (0-based)
+/// goes out, and only `allow` writes may start; the next one never does, and `stopped` fires
+/// once the allowed ones have finished (the process "killed" between two writes).
+struct Gate<'a> {
     inner: &'a AzureNetworkApi,
-    at: usize,
-    writes: AtomicUsize,
-    edit: Box<dyn Fn() + Send + Sync + 'a>,
+    before: Box<dyn Fn(usize) + Send + Sync + 'a>,
+    allow: usize,
+    started: AtomicUsize,
+    finished: AtomicUsize,
+    stopped: tokio::sync::Notify,
 }
 
-impl EditAt<'_> {
-    fn step(&self) {
-        if self.writes.fetch_add(1, Ordering::SeqCst) == self.at {
-            (self.edit)();
+impl<'a> Gate<'a> {
+    fn new(
+        inner: &'a AzureNetworkApi,
+        allow: usize,
+        before: impl Fn(usize) + Send + Sync + 'a,
+    ) -> Self {
+        Gate {
+            inner,
+            before: Box::new(before),
+            allow,
+            started: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            stopped: tokio::sync::Notify::new(),
         }
+    }
+
+    async fn run<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+        let n = self.started.fetch_add(1, Ordering::SeqCst);
+        if n >= self.allow {
+            if self.allow == 0 {
+                self.stopped.notify_one();
+            }
+            std::future::pending::<()>().await;
+        }
+        (self.before)(n);
+        let out = write.await;
+        if self.finished.fetch_add(1, Ordering::SeqCst) + 1 == self.allow {
+            self.stopped.notify_one();
+        }
+        out
     }
 }
 
 #[async_trait]
-impl NetworkApi for EditAt<'_> {
+impl NetworkApi for Gate<'_> {
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
         self.inner.inventory(subscriptions).await
     }
@@ -214,18 +243,20 @@ impl NetworkApi for EditAt<'_> {
         disable_bgp_route_propagation: bool,
         routes: &[Route],
     ) -> Result<(), ArmError> {
-        self.step();
-        self.inner
-            .create_route_table(table, location, tags, disable_bgp_route_propagation, routes)
-            .await
+        self.run(self.inner.create_route_table(
+            table,
+            location,
+            tags,
+            disable_bgp_route_propagation,
+            routes,
+        ))
+        .await
     }
     async fn put_route(&self, table: &RouteTableId, route: &Route) -> Result<(), ArmError> {
-        self.step();
-        self.inner.put_route(table, route).await
+        self.run(self.inner.put_route(table, route)).await
     }
     async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError> {
-        self.step();
-        self.inner.delete_route(table, name).await
+        self.run(self.inner.delete_route(table, name)).await
     }
     async fn set_subnet_route_table(
         &self,
@@ -233,14 +264,11 @@ impl NetworkApi for EditAt<'_> {
         expected: Option<&RouteTableId>,
         new: Option<&RouteTableId>,
     ) -> Result<(), ArmError> {
-        self.step();
-        self.inner
-            .set_subnet_route_table(subnet, expected, new)
+        self.run(self.inner.set_subnet_route_table(subnet, expected, new))
             .await
     }
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
-        self.step();
-        self.inner.delete_route_table(table).await
+        self.run(self.inner.delete_route_table(table)).await
     }
 }
 
@@ -335,33 +363,31 @@ async fn edit_scenario(edit: Edit, at: usize) -> Row {
     let violations = Arc::new(Mutex::new(Vec::new()));
     let applied = Arc::new(AtomicUsize::new(0));
     {
-        let wrapped = EditAt {
-            inner: &api,
-            at,
-            writes: AtomicUsize::new(0),
-            edit: Box::new({
-                let em = &em;
-                let expected = expected.clone();
-                let violations = violations.clone();
-                let applied = applied.clone();
-                move || {
-                    // Up to here, kmsroute must not have touched anything foreign.
-                    let before = foreign(&em.dump());
-                    if let Ok(exp) = expected.lock()
-                        && let Ok(mut v) = violations.lock()
-                    {
-                        v.extend(diff(&exp, &before));
-                    }
-                    if apply_edit(em, edit, at).is_ok() {
-                        applied.fetch_add(1, Ordering::SeqCst);
-                        // From now on, "as the other writer left it" includes the edit.
-                        if let Ok(mut exp) = expected.lock() {
-                            *exp = foreign(&em.dump());
-                        }
+        let wrapped = Gate::new(&api, usize::MAX, {
+            let em = &em;
+            let expected = expected.clone();
+            let violations = violations.clone();
+            let applied = applied.clone();
+            move |n| {
+                if n != at {
+                    return;
+                }
+                // Up to here, kmsroute must not have touched anything foreign.
+                let before = foreign(&em.dump());
+                if let Ok(exp) = expected.lock()
+                    && let Ok(mut v) = violations.lock()
+                {
+                    v.extend(diff(&exp, &before));
+                }
+                if apply_edit(em, edit, at).is_ok() {
+                    applied.fetch_add(1, Ordering::SeqCst);
+                    // From now on, "as the other writer left it" includes the edit.
+                    if let Ok(mut exp) = expected.lock() {
+                        *exp = foreign(&em.dump());
                     }
                 }
-            }),
-        };
+            }
+        });
         let _ = reconcile(
             &wrapped,
             std::slice::from_ref(&p),
@@ -409,71 +435,7 @@ async fn killed_scenario(k: usize) -> (Row, u64, usize) {
     let (em, api) = setup(Config::default()).await;
     let p = policy();
     let expected = foreign(&em.dump());
-    /// Lets `k` writes start; the next one never starts. `killed` fires once the `k` writes
-    /// have finished, so the pass is dropped between two writes, with none in flight.
-    struct Kill<'a> {
-        inner: &'a AzureNetworkApi,
-        k: usize,
-        started: AtomicUsize,
-        finished: AtomicUsize,
-        killed: tokio::sync::Notify,
-    }
-    impl Kill<'_> {
-        async fn run<T>(&self, write: impl std::future::Future<Output = T>) -> T {
-            if self.started.fetch_add(1, Ordering::SeqCst) >= self.k {
-                if self.k == 0 {
-                    self.killed.notify_one();
-                }
-                std::future::pending::<()>().await;
-            }
-            let out = write.await;
-            if self.finished.fetch_add(1, Ordering::SeqCst) + 1 == self.k {
-                self.killed.notify_one();
-            }
-            out
-        }
-    }
-    #[async_trait]
-    impl NetworkApi for Kill<'_> {
-        async fn inventory(&self, s: &BTreeSet<String>) -> Result<Inventory, ArmError> {
-            self.inner.inventory(s).await
-        }
-        async fn create_route_table(
-            &self,
-            t: &RouteTableId,
-            l: &str,
-            tags: &BTreeMap<String, String>,
-            d: bool,
-            r: &[Route],
-        ) -> Result<(), ArmError> {
-            self.run(self.inner.create_route_table(t, l, tags, d, r))
-                .await
-        }
-        async fn put_route(&self, t: &RouteTableId, r: &Route) -> Result<(), ArmError> {
-            self.run(self.inner.put_route(t, r)).await
-        }
-        async fn delete_route(&self, t: &RouteTableId, n: &str) -> Result<(), ArmError> {
-            self.run(self.inner.delete_route(t, n)).await
-        }
-        async fn set_subnet_route_table(
-            &self,
-            s: &SubnetId,
-            e: Option<&RouteTableId>,
-            n: Option<&RouteTableId>,
-        ) -> Result<(), ArmError> {
-            self.run(self.inner.set_subnet_route_table(s, e, n)).await
-        }
-        async fn delete_route_table(&self, t: &RouteTableId) -> Result<(), ArmError> {
-            self.run(self.inner.delete_route_table(t)).await
-        }
-    }
-    let kill = Kill {
-        inner: &api,
-        k,
-        started: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
-        killed: tokio::sync::Notify::new(),
-    };
+    let kill = Gate::new(&api, k, |_| {});
     let options = Options {
         concurrency: 1,
         ..Options::default()
@@ -482,7 +444,7 @@ async fn killed_scenario(k: usize) -> (Row, u64, usize) {
         let pass = reconcile(&kill, std::slice::from_ref(&p), &options, &|_| {});
         tokio::select! {
             r = pass => r.map(|r| r.plan.writes.len()).unwrap_or(0),
-            _ = kill.killed.notified() => usize::MAX,
+            _ = kill.stopped.notified() => usize::MAX,
         }
         // Leaving the select drops the pass: the "process" is gone mid-plan.
     };
