@@ -27,8 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::invariants::{diff, duplicate_prefixes, foreign};
 
-const S1: &str = "11111111-1111-1111-1111-111111111111";
-
 const SPOKE1: &str = "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-spoke1/providers/Microsoft.Network";
 
 /// The demo estate, plus an unused foreign table and a second NSG for the other writer to use.
@@ -88,13 +86,18 @@ struct Row {
     lost_or_changed: Vec<String>,
 }
 
-/// Passes until one plans nothing and fails nothing (at most `max`).
-async fn converge(api: &dyn NetworkApi, p: &DesiredState, max: usize) -> (usize, bool) {
-    let options = Options {
+/// One lane (concurrency 1), so "write number n of the plan" is well defined.
+fn one_lane() -> Options {
+    Options {
         mode: RunMode::Apply,
         concurrency: 1,
         ..Options::default()
-    };
+    }
+}
+
+/// Passes until one plans nothing and fails nothing (at most `max`).
+async fn converge(api: &dyn NetworkApi, p: &DesiredState, max: usize) -> (usize, bool) {
+    let options = one_lane();
     for n in 1..=max {
         if let Ok(r) = reconcile(api, std::slice::from_ref(p), &options, &|_| {}).await
             && r.plan.writes.is_empty()
@@ -125,16 +128,7 @@ async fn fault_scenario_with(
     }
     for _ in 0..faulty_passes {
         // Errors are expected here; a pass must come back, never hang or panic.
-        let _ = reconcile(
-            &api,
-            std::slice::from_ref(&p),
-            &Options {
-                concurrency: 1,
-                ..Options::default()
-            },
-            &|_| {},
-        )
-        .await;
+        let _ = reconcile(&api, std::slice::from_ref(&p), &one_lane(), &|_| {}).await;
     }
     let faults = em.stats().faults;
     em.clear_faults();
@@ -388,16 +382,7 @@ async fn edit_scenario(edit: Edit, at: usize) -> Row {
                 }
             }
         });
-        let _ = reconcile(
-            &wrapped,
-            std::slice::from_ref(&p),
-            &Options {
-                concurrency: 1,
-                ..Options::default()
-            },
-            &|_| {},
-        )
-        .await;
+        let _ = reconcile(&wrapped, std::slice::from_ref(&p), &one_lane(), &|_| {}).await;
     }
     let (passes, converged) = converge(&api, &p, 5).await;
     let mut exp = expected.lock().unwrap().clone();
@@ -431,15 +416,12 @@ async fn edit_scenario(edit: Edit, at: usize) -> Row {
 
 /// Ends a pass for good after `k` writes (as if the process were killed there), then a fresh
 /// "restarted" pass converges: no duplicates, and the two passes' writes add up to the plan.
-async fn killed_scenario(k: usize) -> (Row, u64, usize) {
+async fn killed_scenario(k: usize) -> (Row, u64) {
     let (em, api) = setup(Config::default()).await;
     let p = policy();
     let expected = foreign(&em.dump());
     let kill = Gate::new(&api, k, |_| {});
-    let options = Options {
-        concurrency: 1,
-        ..Options::default()
-    };
+    let options = one_lane();
     let planned = {
         let pass = reconcile(&kill, std::slice::from_ref(&p), &options, &|_| {});
         tokio::select! {
@@ -458,7 +440,7 @@ async fn killed_scenario(k: usize) -> (Row, u64, usize) {
         passes + 1,
         converged,
     );
-    (row, em.stats().mutations - first, k)
+    (row, em.stats().mutations - first)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,7 +610,7 @@ async fn fault_campaign() {
     }
     // Killed after each write, then restarted.
     for k in 0..=planned {
-        let (row, mutations, _) = killed_scenario(k).await;
+        let (row, mutations) = killed_scenario(k).await;
         assert_eq!(
             mutations as usize + k,
             planned,
@@ -672,5 +654,4 @@ async fn fault_campaign() {
         );
     }
     assert!(faults > 0 && checked > 0);
-    let _ = S1;
 }

@@ -14,6 +14,7 @@ use crate::dns::Resolver;
 use crate::model::Inventory;
 use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
 use futures::StreamExt;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -164,9 +165,12 @@ pub async fn reconcile(
     // KMS names first: with routeResolvedAddresses the answers become destinations.
     let (resolved, dns) = if policies.iter().any(|p| p.resolve_dns) {
         match &options.resolver {
-            Some(r) => verify::resolve(r.as_ref(), policies).await,
+            Some(r) => {
+                let (resolved, reports) = verify::resolve(r.as_ref(), policies).await;
+                (Cow::Owned(resolved), reports)
+            }
             None => (
-                policies.to_vec(),
+                Cow::Borrowed(policies),
                 policies
                     .iter()
                     .filter(|p| p.resolve_dns)
@@ -181,7 +185,8 @@ pub async fn reconcile(
             ),
         }
     } else {
-        (policies.to_vec(), BTreeMap::new())
+        // No DNS in play: the policies as given, not a copy per pass.
+        (Cow::Borrowed(policies), BTreeMap::new())
     };
     let mut report = reconcile_resolved(api, &resolved, options, progress).await?;
     if options.mode == RunMode::Apply {
