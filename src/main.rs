@@ -119,6 +119,12 @@ enum Command {
         /// Cap on every policy's resyncInterval (e.g. `2m`).
         #[arg(long, value_parser = parse_duration_arg)]
         max_resync: Option<std::time::Duration>,
+        /// Pause between two inventory refreshes of one subscription (drift is seen within it).
+        #[arg(long, env = "KMSROUTE_INVENTORY_REFRESH", default_value = "15s", value_parser = parse_duration_arg)]
+        inventory_refresh: std::time::Duration,
+        /// Most of a subscription's ARM read rate the inventory refreshes may use (0 < share <= 1).
+        #[arg(long, env = "KMSROUTE_INVENTORY_READ_SHARE", default_value_t = 0.05, value_parser = parse_share)]
+        inventory_read_share: f64,
     },
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
@@ -178,6 +184,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             identity,
             log_format,
             max_resync,
+            inventory_refresh,
+            inventory_read_share,
         } => {
             init_logging(log_format);
             run_controller(
@@ -187,6 +195,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 lease_name,
                 identity,
                 max_resync,
+                kmsroute::controller::inventory::InventorySettings {
+                    refresh_every: inventory_refresh,
+                    read_share: inventory_read_share,
+                },
             )
             .await
         }
@@ -443,6 +455,13 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     kmsroute::api::parse_duration(s)
 }
 
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 (exclusive) and 1")),
+    }
+}
+
 async fn run_controller(
     arm: ArmArgs,
     metrics_addr: std::net::SocketAddr,
@@ -450,6 +469,7 @@ async fn run_controller(
     lease_name: String,
     identity: Option<String>,
     max_resync: Option<std::time::Duration>,
+    inventory: kmsroute::controller::inventory::InventorySettings,
 ) -> Result<ExitCode, String> {
     use kmsroute::controller::{self, Settings, leader::LeaseSettings, metrics::ControllerMetrics};
     use std::sync::Arc;
@@ -487,6 +507,7 @@ async fn run_controller(
         base_backoff: std::time::Duration::from_secs(5),
         resync_cap: max_resync,
         resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+        inventory,
         lease: LeaseSettings {
             namespace,
             name: lease_name,

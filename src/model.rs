@@ -17,6 +17,10 @@ pub struct Inventory {
     pub subscriptions: BTreeSet<String>,
     pub virtual_networks: Vec<VirtualNetwork>,
     pub route_tables: Vec<RouteTable>,
+    /// List pages (read requests) this observation cost; the shared inventory paces its
+    /// refreshes by it. Not part of the observed state.
+    #[serde(default, skip)]
+    pub list_pages: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

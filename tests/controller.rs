@@ -9,6 +9,7 @@ use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::credential::StaticToken;
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::catalog::Cloud;
+use kmsroute::controller::inventory::InventorySettings;
 use kmsroute::controller::leader::LeaseSettings;
 use kmsroute::controller::metrics::ControllerMetrics;
 use kmsroute::controller::{self, Settings};
@@ -61,13 +62,24 @@ fn start_controller_with_token(
     identity: &str,
     token: &str,
 ) -> Running {
+    start_controller_with(kube, em, identity, token, |_| {})
+}
+
+/// A controller with test settings changed by `tweak`.
+fn start_controller_with(
+    kube: &FakeKube,
+    em: &EmulatorHandle,
+    identity: &str,
+    token: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> Running {
     // `RUST_LOG=kmsroute=debug cargo test --test controller -- --nocapture` shows the controller's logs.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let arm = arm_client(em, token);
-    let settings = Settings {
+    let mut settings = Settings {
         cloud: Cloud::AzurePublic,
         concurrency: 4,
         events_namespace: NS.into(),
@@ -75,6 +87,10 @@ fn start_controller_with_token(
         base_backoff: Duration::from_millis(200),
         resync_cap: Some(Duration::from_secs(1)),
         resolver: None,
+        inventory: InventorySettings {
+            refresh_every: Duration::from_millis(300),
+            read_share: 1.0,
+        },
         lease: LeaseSettings {
             namespace: NS.into(),
             name: "kmsroute-leader".into(),
@@ -83,6 +99,7 @@ fn start_controller_with_token(
             renew_every: Duration::from_millis(300),
         },
     };
+    tweak(&mut settings);
     let metrics = Arc::new(ControllerMetrics::default());
     let (stop, stop_rx) = watch::channel(false);
     let api: Arc<dyn NetworkApi> = arm.clone();
@@ -891,4 +908,227 @@ async fn no_secret_reaches_logs_events_or_status() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+const S2: &str = "22222222-2222-2222-2222-222222222222";
+
+fn spoke1_table() -> String {
+    format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    )
+}
+
+/// No resync can elapse in these tests: every repair comes from the shared inventory.
+fn no_resync(s: &mut Settings) {
+    s.resync_cap = None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_deletion_is_repaired_from_the_inventory_without_any_resync() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller_with(&kube, &em, "a", "t", no_resync);
+    // resyncInterval 1h: only the inventory's change detection can bring the route back.
+    create(&kube, &policy("spokes", json!({"resyncInterval": "1h"}))).await;
+    wait_ready(&kube, "spokes").await;
+    let writes = em.stats().mutations;
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: spoke1_table(),
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    wait_for(
+        "the deleted route to come back",
+        Duration::from_secs(15),
+        || {
+            table_routes(&em, "rt-spoke1-shared")
+                .contains(&"kms-20-118-99-224".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for("the repair to be timed", Duration::from_secs(5), || {
+        (c.metrics.drift_repairs_timed() == 1).then_some(())
+    })
+    .await;
+    // Exactly one write put it back, and nothing else was written.
+    assert_eq!(em.stats().mutations, writes + 1);
+    assert!(c.metrics.triggered_passes(Some("spokes")) >= 1);
+    let text = c.metrics.render();
+    assert!(
+        text.contains("kmsroute_drift_repair_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kmsroute_inventory_subscriptions 1"),
+        "{text}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_estate_costs_no_pass_and_only_paced_listings() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller_with(&kube, &em, "a", "t", no_resync);
+    create(&kube, &policy("spokes", json!({"resyncInterval": "1h"}))).await;
+    wait_ready(&kube, "spokes").await;
+    let passes = c.metrics.reconciles("success");
+    em.reset_stats();
+    // Several refresh periods (300 ms each) with nothing changing.
+    wait_for("a few unchanged refreshes", Duration::from_secs(15), || {
+        (c.metrics.refreshes("unchanged") >= 4).then_some(())
+    })
+    .await;
+    let stats = em.stats();
+    assert_eq!(stats.writes, 0);
+    // Every read was a listing page (2 per refresh here), none an extra GET.
+    let lists: u64 = stats
+        .by_operation
+        .iter()
+        .filter(|(op, _)| op.contains("ListAll"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(stats.reads, lists, "{stats:?}");
+    assert_eq!(c.metrics.triggered_passes(None), 0);
+    assert_eq!(c.metrics.reconciles("success"), passes, "no pass ran");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_queue_only_the_policies_that_select_them() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller_with(&kube, &em, "a", "t", no_resync);
+    let quiet = json!({"resyncInterval": "1h"});
+    // Disjoint: app+data in S1; the whole of S2. Overlapping: web, api (S1) and private (S2).
+    let mut s1 = policy("s1-app-data", quiet.clone());
+    s1.spec.selector.as_mut().unwrap().subnet_names = vec!["app".into(), "data".into()];
+    let mut s2 = policy("s2-all", quiet.clone());
+    s2.spec.selector.as_mut().unwrap().subscriptions = vec![S2.into()];
+    s2.spec.selector.as_mut().unwrap().subnet_names = vec!["private".into()];
+    let mut both = policy("both", quiet);
+    both.spec.selector.as_mut().unwrap().subscriptions = vec![S1.into(), S2.into()];
+    both.spec.selector.as_mut().unwrap().subnet_names =
+        vec!["web".into(), "api".into(), "private".into()];
+    for p in [&s2, &s1, &both] {
+        create(&kube, p).await;
+    }
+    for name in ["s1-app-data", "s2-all", "both"] {
+        wait_for(
+            &format!("{name} to finish a pass"),
+            Duration::from_secs(20),
+            || {
+                kube.policy(name)
+                    .filter(|o| o["status"]["summary"].is_object())
+            },
+        )
+        .await;
+    }
+    wait_for("both subscriptions watched", Duration::from_secs(5), || {
+        c.metrics
+            .render()
+            .contains("kmsroute_inventory_subscriptions 2")
+            .then_some(())
+    })
+    .await;
+    let before = |p: &str| c.metrics.triggered_passes(Some(p));
+    let (s1_before, s2_before) = (before("s1-app-data"), before("s2-all"));
+    // A table only `both` uses (web, api) loses a route.
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: spoke1_table(),
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    wait_for(
+        "the spoke1 route to come back",
+        Duration::from_secs(15),
+        || {
+            table_routes(&em, "rt-spoke1-shared")
+                .contains(&"kms-20-118-99-224".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(c.metrics.triggered_passes(Some("both")) >= 1);
+    // The private subnet's created table (S2) loses a route: s2-all owns that subnet (older).
+    let private_table = format!(
+        "/subscriptions/{S2}/resourceGroups/rg-spoke2/providers/Microsoft.Network/routeTables/vnet-spoke2-private-kms"
+    );
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: private_table,
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    wait_for(
+        "the private route to come back",
+        Duration::from_secs(15),
+        || {
+            table_routes(&em, "vnet-spoke2-private-kms")
+                .contains(&"kms-20-118-99-224".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(c.metrics.triggered_passes(Some("s2-all")) > s2_before);
+    // Neither change touched app or data: that policy was never queued.
+    assert_eq!(c.metrics.triggered_passes(Some("s1-app-data")), s1_before);
+    assert_eq!(s1_before, 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_for_one_policy_reads_none_of_another_policys_subscriptions() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    // Refreshes an hour apart (the first one at least half an hour out): every read in the
+    // window below is a pass's own.
+    let c = start_controller_with(&kube, &em, "a", "t", |s| {
+        no_resync(s);
+        s.inventory.refresh_every = Duration::from_secs(3600);
+    });
+    let mut s1 = policy("s1", json!({"resyncInterval": "1h"}));
+    s1.spec.selector.as_mut().unwrap().subnet_names = vec!["app".into()];
+    let mut s2 = policy("s2", json!({"resyncInterval": "1h"}));
+    s2.spec.selector.as_mut().unwrap().subscriptions = vec![S2.into()];
+    create(&kube, &s1).await;
+    create(&kube, &s2).await;
+    wait_ready(&kube, "s1").await;
+    wait_for("s2 to finish a pass", Duration::from_secs(20), || {
+        kube.policy("s2")
+            .filter(|o| o["status"]["summary"].is_object())
+    })
+    .await;
+    em.reset_stats();
+    // s1's spec changes (a new generation, so a pass), and the pass must write: data joins.
+    let api = Api::<KmsRoutePolicy>::all(kube.client());
+    api.patch(
+        "s1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"selector": {"subnetNames": ["app", "data"]}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "s1's new generation to be reconciled",
+        Duration::from_secs(20),
+        || {
+            kube.policy("s1").filter(|o| {
+                o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                    && o["status"]["summary"]["subnetsMatched"] == 2
+                    && condition(o, "Ready").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
+    .await;
+    let stats = em.stats();
+    assert!(stats.mutations > 0, "the pass wrote: {stats:?}");
+    let s1_reads = stats.reads_by_subscription.get(S1).copied().unwrap_or(0);
+    assert!(s1_reads > 0, "the pass re-read what it wrote: {stats:?}");
+    assert_eq!(
+        stats.reads_by_subscription.get(S2).copied().unwrap_or(0),
+        0,
+        "no read of s2's subscription: {stats:?}"
+    );
+    c.shutdown().await;
 }

@@ -264,6 +264,21 @@ impl NetworkApi for Gate<'_> {
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
         self.run(self.inner.delete_route_table(table)).await
     }
+    fn read_budget(&self, subscription: &str) -> kmsroute::azure::ReadBudget {
+        self.inner.read_budget(subscription)
+    }
+    async fn network_interfaces(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<Vec<kmsroute::model::NetworkInterface>, ArmError> {
+        self.inner.network_interfaces(subscriptions).await
+    }
+    async fn effective_routes(
+        &self,
+        nic: &str,
+    ) -> Result<Vec<kmsroute::effective::EffectiveRoute>, ArmError> {
+        self.inner.effective_routes(nic).await
+    }
 }
 
 /// The kinds of foreign edit, applied at a step of the plan.

@@ -147,6 +147,7 @@ fn a_table_of_another_subscription_is_never_written_even_if_arm_says_the_subnet_
         subscriptions: [A.to_string(), B.to_string()].into(),
         virtual_networks: vec![vnet(A, Some(foreign.id.clone()))],
         route_tables: vec![foreign],
+        ..Inventory::default()
     };
     let p = plan(&[policy("Report")], &inv);
     assert!(p.writes.is_empty(), "{:?}", p.writes);
@@ -167,6 +168,7 @@ fn ids_that_differ_only_in_case_name_one_table_and_one_subnet() {
         subscriptions: [A.to_string()].into(),
         virtual_networks: vec![vnet(A, Some(upper))],
         route_tables: vec![t.clone()],
+        ..Inventory::default()
     };
     let p = plan(&[policy("Report")], &inv);
     // Routes go into the one existing table; no second table is created, nothing re-associated.
@@ -204,6 +206,7 @@ fn no_route_broader_than_a_host_route_is_ever_written_to_internet() {
         subscriptions: [A.to_string()].into(),
         virtual_networks: vec![vnet(A, Some(t.id.clone()))],
         route_tables: vec![t],
+        ..Inventory::default()
     };
     let p = plan(&[policy("Replace")], &inv);
     assert!(!p.writes.is_empty());

@@ -117,6 +117,15 @@ impl DesiredState {
         subs
     }
 
+    /// True when the policy selects this subnet (by ID, or by its selector with the VNet's tags).
+    pub fn selects(&self, subnet: &SubnetId, vnet_tags: &BTreeMap<String, String>) -> bool {
+        self.subnets.contains(subnet)
+            || self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(subnet, vnet_tags))
+    }
+
     /// True when `route_name` is in this policy's ownership namespace.
     pub fn owns_route_name(&self, route_name: &str) -> bool {
         route_name.len() > self.route_name_prefix.len()

@@ -52,6 +52,8 @@ pub struct AzureNetworkApi {
     lro_timeout: Duration,
     pub metrics: Arc<ArmMetrics>,
     verification: RateLimiter,
+    /// The same limiter the pipeline's policy uses (for [`NetworkApi::read_budget`]).
+    limiter: Arc<RateLimiter>,
 }
 
 fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::Error) -> ArmError {
@@ -106,8 +108,9 @@ impl AzureNetworkApi {
         settings: ClientSettings,
     ) -> Result<Self, String> {
         let metrics = Arc::new(ArmMetrics::default());
+        let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
         let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
-            limiter: Arc::new(RateLimiter::new(settings.rate_limits)),
+            limiter: limiter.clone(),
             metrics: metrics.clone(),
             retry: settings.retry,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -142,6 +145,7 @@ impl AzureNetworkApi {
             scopes: vec![scope],
             lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
             metrics,
+            limiter,
             verification: RateLimiter::new(RateLimits {
                 // Only the write-side bucket is used (effective-route reads are POSTs).
                 reads: BucketShape {
@@ -338,6 +342,7 @@ impl AzureNetworkApi {
                     e,
                 )
             })?;
+            inv.list_pages += 1;
             inv.virtual_networks
                 .extend(page.value.into_iter().filter_map(|v| convert_vnet(v, sub)));
         }
@@ -349,6 +354,7 @@ impl AzureNetworkApi {
         while let Some(page) = tables.next().await {
             let page = page
                 .map_err(|e| arm_err("RouteTables_ListAll", format!("/subscriptions/{sub}"), e))?;
+            inv.list_pages += 1;
             inv.route_tables
                 .extend(page.value.into_iter().filter_map(|t| convert_table(t, sub)));
         }
@@ -546,6 +552,17 @@ impl NetworkApi for AzureNetworkApi {
         self.metrics
             .verification(if outcome.is_ok() { "ok" } else { "error" });
         outcome
+    }
+
+    fn read_budget(&self, subscription: &str) -> super::ReadBudget {
+        let shape = self.limiter.read_shape();
+        super::ReadBudget {
+            capacity: shape.capacity,
+            refill_per_sec: shape.refill_per_sec,
+            remaining: self
+                .limiter
+                .reported_reads(&subscription.to_ascii_lowercase()),
+        }
     }
 
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {

@@ -87,6 +87,17 @@ impl ArmError {
     }
 }
 
+/// How much of a subscription's ARM read budget there is, as far as the client knows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadBudget {
+    /// Reads a subscription may burst (ARM: 250).
+    pub capacity: f64,
+    /// Reads the budget regains per second (ARM: 25).
+    pub refill_per_sec: f64,
+    /// What ARM last reported as left (`x-ms-ratelimit-remaining-subscription-reads`), if known.
+    pub remaining: Option<f64>,
+}
+
 /// The port: everything kmsroute asks of ARM.
 #[async_trait::async_trait]
 pub trait NetworkApi: Send + Sync {
@@ -113,6 +124,8 @@ pub trait NetworkApi: Send + Sync {
         new: Option<&RouteTableId>,
     ) -> Result<(), ArmError>;
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError>;
+    /// The subscription's read budget: the shared inventory paces its refreshes by it.
+    fn read_budget(&self, subscription: &str) -> ReadBudget;
     /// The network interfaces of these subscriptions (only for effective-route verification).
     async fn network_interfaces(
         &self,

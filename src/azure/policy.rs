@@ -79,6 +79,9 @@ struct Bucket {
 pub struct RateLimiter {
     limits: RateLimits,
     buckets: Mutex<HashMap<(String, bool), Bucket>>,
+    /// The last `x-ms-ratelimit-remaining-subscription-reads` ARM sent, per subscription (a
+    /// plain mutex: read by the inventory's pacing outside any request).
+    reported_reads: std::sync::Mutex<HashMap<String, f64>>,
 }
 
 impl RateLimiter {
@@ -86,7 +89,21 @@ impl RateLimiter {
         RateLimiter {
             limits,
             buckets: Mutex::new(HashMap::new()),
+            reported_reads: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The read bucket's shape (what ARM allows a subscription).
+    pub fn read_shape(&self) -> BucketShape {
+        self.limits.reads
+    }
+
+    /// What ARM last said was left of the subscription's read budget, if it said so.
+    pub fn reported_reads(&self, subscription: &str) -> Option<f64> {
+        self.reported_reads
+            .lock()
+            .ok()
+            .and_then(|m| m.get(subscription).copied())
     }
 
     fn shape(&self, read: bool) -> BucketShape {
@@ -140,6 +157,9 @@ impl RateLimiter {
 
     /// Adopts ARM's own count when it is lower than ours (other clients share the budget).
     pub async fn observe_remaining(&self, subscription: &str, read: bool, remaining: f64) {
+        if read && let Ok(mut m) = self.reported_reads.lock() {
+            m.insert(subscription.to_string(), remaining);
+        }
         let mut buckets = self.buckets.lock().await;
         if let Some(b) = buckets.get_mut(&(subscription.to_string(), read)) {
             b.tokens = b.tokens.min(remaining);

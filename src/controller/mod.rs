@@ -2,8 +2,11 @@
 //! `KmsRoutePolicy`. Thin wiring: a finalizer that carries out `deletionPolicy`, status written
 //! through the status subresource by server-side apply (only when it changed), deduplicated
 //! Events, resync with jitter, per-object exponential backoff, and a Lease so only the leader
-//! reconciles.
+//! reconciles. Beside the policy watch, the shared Azure inventory ([`inventory`]) refreshes
+//! each subscription in use on a pace and queues a pass for exactly the policies whose subnets
+//! or tables changed; passes plan on it instead of listing.
 
+pub mod inventory;
 pub mod leader;
 pub mod metrics;
 
@@ -15,14 +18,16 @@ use crate::azure::{ArmError, ErrorClass, NetworkApi};
 use crate::catalog::Cloud;
 use crate::output::ready;
 use crate::plan::plan_cleanup;
-use crate::reconcile::{self, Options, PolicyReport, Report, RunMode};
+use crate::reconcile::{self, InventorySource, Options, PolicyReport, Report, RunMode};
 use futures::StreamExt;
+use inventory::{ChangeEvent, InventorySettings, SharedInventory};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -80,6 +85,8 @@ pub struct Settings {
     pub lease: LeaseSettings,
     /// For policies with `spec.kms.resolveDns` (the system resolver in `kmsroute run`).
     pub resolver: Option<Arc<dyn crate::dns::Resolver>>,
+    /// Pace and read share of the shared inventory's refreshes.
+    pub inventory: InventorySettings,
 }
 
 /// Shared by every reconcile.
@@ -98,6 +105,11 @@ pub struct Context {
     last_pass: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
     /// Passes so far: rotates the effective-route verification sample.
     passes: std::sync::atomic::AtomicU64,
+    /// The shared Azure inventory every pass plans on.
+    pub inventory: Arc<SharedInventory>,
+    /// Policies queued by a detected change, with when it was first seen (the start of the
+    /// drift-repair latency), until a pass has looked.
+    dirty: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 fn jitter(d: Duration, spread: f64) -> Duration {
@@ -135,8 +147,13 @@ impl Context {
             .remove(&(policy.to_string(), reason.to_string()));
     }
 
-    /// Every other valid policy in the cache (for overlaps), excluding ones being deleted.
-    fn others(&self, name: &str) -> Vec<DesiredState> {
+    /// Every other valid policy in the cache that reads any of these subscriptions (only they
+    /// can select the same subnets), excluding ones being deleted.
+    fn others(
+        &self,
+        name: &str,
+        subscriptions: &std::collections::BTreeSet<String>,
+    ) -> Vec<DesiredState> {
         self.store
             .state()
             .iter()
@@ -146,7 +163,39 @@ impl Context {
                     .ok()
                     .map(|v| v.desired)
             })
+            .filter(|d| !d.subscriptions().is_disjoint(subscriptions))
             .collect()
+    }
+
+    /// Maps a change of the inventory to the policies that select what changed, marks them
+    /// dirty and returns them to be queued.
+    async fn affected(&self, change: &ChangeEvent) -> Vec<ObjectRef<KmsRoutePolicy>> {
+        let mut out = Vec::new();
+        for p in self.store.state() {
+            let name = p.name_any();
+            if p.meta().deletion_timestamp.is_some() || change.writer.as_deref() == Some(&name) {
+                continue;
+            }
+            let Ok(v) = validate_policy(&p, self.settings.cloud) else {
+                continue;
+            };
+            let desired = v.desired;
+            if !desired.subscriptions().contains(&change.subscription)
+                || !change
+                    .subnets
+                    .iter()
+                    .any(|(id, tags)| desired.selects(id, tags))
+            {
+                continue;
+            }
+            self.dirty
+                .lock()
+                .await
+                .entry(name)
+                .or_insert(change.detected);
+            out.push(ObjectRef::from_obj(p.as_ref()));
+        }
+        out
     }
 }
 
@@ -456,6 +505,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             v.desired
         }
         Err(errors) => {
+            ctx.inventory.release(&name);
             let message = errors
                 .iter()
                 .map(ToString::to_string)
@@ -482,16 +532,21 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         .settings
         .resync_cap
         .map_or(desired.resync, |cap| desired.resync.min(cap));
-    if let Some((g, at)) = ctx.last_pass.lock().await.get(&name)
+    let subscriptions = desired.subscriptions();
+    ctx.inventory.want(&name, subscriptions.clone());
+    let drift_seen = ctx.dirty.lock().await.remove(&name);
+    if drift_seen.is_none()
+        && let Some((g, at)) = ctx.last_pass.lock().await.get(&name)
         && *g == generation
         && at.elapsed() < resync.mul_f64(0.9)
     {
-        // Nothing the user controls changed since the last good pass (a status-only update):
-        // keep the resync schedule instead of listing Azure again.
+        // Nothing the user controls changed since the last good pass (a status-only update),
+        // and the inventory saw no change to this policy's subnets: keep the resync schedule.
         return Ok(Action::requeue(resync - at.elapsed()));
     }
-    let mut policies = ctx.others(&name);
+    let mut policies = ctx.others(&name, &subscriptions);
     policies.push(desired.clone());
+    let source: Arc<dyn InventorySource> = ctx.inventory.clone();
     let options = Options {
         mode: RunMode::Apply,
         concurrency: ctx.settings.concurrency,
@@ -500,6 +555,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         round: ctx
             .passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        inventory: Some(source),
     };
     let report: Report = match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {})
         .await
@@ -533,6 +589,11 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     let done = report.writes_done();
     tracing::info!(policy = %name, planned = report.plan.writes.len(), done, failed = report.writes_failed(), in_sync = mine.summary.in_sync, repaired = mine.summary.repaired, "pass complete");
     ctx.metrics.repairs(done as u64);
+    if let Some(seen) = drift_seen
+        && mine.writes_done > 0
+    {
+        ctx.metrics.drift_repaired(seen.elapsed());
+    }
     let status = KmsRoutePolicyStatus {
         observed_generation: generation,
         conditions: conditions_for(mine, done, generation, &old.conditions),
@@ -592,6 +653,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     };
     let desired = v.desired;
     if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
+        ctx.inventory.release(&name);
         ctx.event(
             policy,
             EventType::Normal,
@@ -601,11 +663,15 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
         .await;
         return Ok(Action::await_change());
     }
-    let others = ctx.others(&name);
-    let mut all = others.clone();
-    all.push(desired.clone());
-    let inventory = reconcile::observe(ctx.arm.as_ref(), &all).await?;
+    let subscriptions = desired.subscriptions();
+    let others = ctx.others(&name, &subscriptions);
+    // Deletion reads afresh: it is rare, and it removes things.
+    let inventory = ctx
+        .inventory
+        .reread(&subscriptions, &subscriptions, Some(&name))
+        .await?;
     let plan = plan_cleanup(&desired, &others, &inventory);
+    drop(inventory);
     let results = reconcile::apply(
         ctx.arm.as_ref(),
         &plan.writes,
@@ -627,6 +693,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
         .await;
         return Err(Error::Cleanup(failed.join("; ")));
     }
+    ctx.inventory.release(&name);
     ctx.event(
         policy,
         EventType::Normal,
@@ -711,8 +778,16 @@ async fn run_controller(
     ready: Arc<AtomicBool>,
 ) {
     let api: Api<KmsRoutePolicy> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    // Passes queued by the inventory's change detection (kube-runtime's external triggers).
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel();
+    let triggers = futures::stream::unfold(trigger_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
+    let controller =
+        Controller::new(api, watcher::Config::default().any_semantic()).reconcile_on(triggers);
     let store = controller.store();
+    let (inventory, mut changes) =
+        SharedInventory::new(arm.clone(), settings.inventory, metrics.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -731,7 +806,22 @@ async fn run_controller(
         events_sent: Mutex::new(HashMap::new()),
         last_pass: Mutex::new(HashMap::new()),
         passes: std::sync::atomic::AtomicU64::new(0),
+        inventory,
+        dirty: Mutex::new(HashMap::new()),
     });
+    // Changes → the policies they concern → queued passes. Aborted with this function, so a
+    // replica that loses the lease stops refreshing (the loops hold the inventory weakly).
+    let trigger_ctx = ctx.clone();
+    let _changes = AbortOnDrop(tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            for policy in trigger_ctx.affected(&change).await {
+                trigger_ctx.metrics.triggered(&policy.name);
+                if trigger_tx.send(policy).is_err() {
+                    return;
+                }
+            }
+        }
+    }));
     // Ready once the policies this replica watches can be listed (the watch's own first step);
     // retried until it works, so a briefly unreachable API server only delays readiness.
     let list_api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());

@@ -355,6 +355,7 @@ async fn arm_request(
             store.stats.throttled += 1;
             record(
                 &mut store,
+                &subscription,
                 &op,
                 is_read,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -389,7 +390,7 @@ async fn arm_request(
         if let Some(s) = f.retry_after {
             reply = reply.header("retry-after", s.to_string());
         }
-        record(&mut store, &op, is_read, status, false);
+        record(&mut store, &subscription, &op, is_read, status, false);
         return reply;
     }
 
@@ -419,12 +420,26 @@ async fn arm_request(
     };
     let mut reply = arm::dispatch(&mut store, &ctx, method, &segs, body);
     let mutated = !is_read && reply.status.is_success() && !op.starts_with("Operation");
-    record(&mut store, &op, is_read, reply.status, mutated);
+    record(
+        &mut store,
+        &subscription,
+        &op,
+        is_read,
+        reply.status,
+        mutated,
+    );
     reply.headers.extend(throttle_headers);
     reply
 }
 
-fn record(store: &mut Store, op: &str, is_read: bool, status: StatusCode, mutated: bool) {
+fn record(
+    store: &mut Store,
+    subscription: &str,
+    op: &str,
+    is_read: bool,
+    status: StatusCode,
+    mutated: bool,
+) {
     *store
         .stats
         .by_operation
@@ -432,6 +447,11 @@ fn record(store: &mut Store, op: &str, is_read: bool, status: StatusCode, mutate
         .or_insert(0) += 1;
     if is_read {
         store.stats.reads += 1;
+        *store
+            .stats
+            .reads_by_subscription
+            .entry(subscription.to_string())
+            .or_insert(0) += 1;
     } else {
         store.stats.writes += 1;
     }

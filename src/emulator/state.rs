@@ -93,6 +93,9 @@ pub struct Stats {
     /// `"Operation STATUS"` → count, e.g. `"Routes_CreateOrUpdate 201"`.
     pub by_operation: BTreeMap<String, u64>,
     pub reads: u64,
+    /// Reads by lower-cased subscription ID.
+    #[serde(default)]
+    pub reads_by_subscription: BTreeMap<String, u64>,
     pub writes: u64,
     pub throttled: u64,
     /// Writes that changed state (successful PUT/PATCH/DELETE on ARM resources).

@@ -9,7 +9,7 @@
 pub mod verify;
 
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
-use crate::azure::{ArmError, NetworkApi, execute};
+use crate::azure::{ArmError, ErrorClass, NetworkApi, execute};
 use crate::dns::Resolver;
 use crate::model::Inventory;
 use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
@@ -44,6 +44,30 @@ pub struct Options {
     pub resolver: Option<Arc<dyn Resolver>>,
     /// Pass counter: rotates which subnet and NIC effective-route verification samples.
     pub round: u64,
+    /// Where the pass gets Azure's state: `None` lists it through the port (the CLI: one
+    /// listing per subscription per run); the controller passes its shared inventory, so a pass
+    /// lists nothing itself and re-reads only the subscriptions it wrote to.
+    pub inventory: Option<Arc<dyn InventorySource>>,
+}
+
+/// A source of observed Azure state for a pass.
+///
+/// A cached view may be stale; that is safe because every write is guarded by ARM itself
+/// (subnet PUT with `If-Match`, table creation with `If-None-Match: *`, `RouteConflict`): a
+/// write the view made wrong fails, and the pass re-reads and re-plans instead of overwriting.
+#[async_trait::async_trait]
+pub trait InventorySource: Send + Sync {
+    /// The inventory of these subscriptions to plan on.
+    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError>;
+    /// Reads `fresh` again from ARM (a pass wrote there, or found its view stale), then returns
+    /// the inventory of `all`. `writer` names the policy whose pass wrote, so the change its own
+    /// writes make does not queue it again.
+    async fn reread(
+        &self,
+        fresh: &BTreeSet<String>,
+        all: &BTreeSet<String>,
+        writer: Option<&str>,
+    ) -> Result<Inventory, ArmError>;
 }
 
 impl std::fmt::Debug for Options {
@@ -54,6 +78,7 @@ impl std::fmt::Debug for Options {
             .field("only_policy", &self.only_policy)
             .field("resolver", &self.resolver.is_some())
             .field("round", &self.round)
+            .field("inventory", &self.inventory.is_some())
             .finish()
     }
 }
@@ -66,6 +91,7 @@ impl Default for Options {
             only_policy: None,
             resolver: None,
             round: 0,
+            inventory: None,
         }
     }
 }
@@ -155,6 +181,23 @@ pub async fn observe(
     api.inventory(&subscriptions).await
 }
 
+/// The subscriptions a pass reads: the one policy's when it writes only its own share (other
+/// policies matter only where they select the same subnets, which lie in these subscriptions),
+/// else every policy's.
+fn pass_subscriptions(policies: &[DesiredState], options: &Options) -> BTreeSet<String> {
+    policies
+        .iter()
+        .filter(|p| options.only_policy.as_ref().is_none_or(|n| &p.name == n))
+        .flat_map(DesiredState::subscriptions)
+        .collect()
+}
+
+/// True for a write error that means the pass planned on a view Azure no longer matches.
+fn stale_view(e: &ArmError) -> bool {
+    matches!(e.class, ErrorClass::Conflict | ErrorClass::NotFound)
+        || e.code.as_deref() == Some("RouteConflict")
+}
+
 /// One reconcile pass over a set of policies.
 pub async fn reconcile(
     api: &dyn NetworkApi,
@@ -163,17 +206,20 @@ pub async fn reconcile(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
     // KMS names first: with routeResolvedAddresses the answers become destinations.
-    let (resolved, dns) = if policies.iter().any(|p| p.resolve_dns) {
+    // Only the policy this pass writes for resolves names (another policy's DNS is its own
+    // pass's business); the others keep their listed addresses for overlap decisions.
+    let mine = |p: &DesiredState| options.only_policy.as_ref().is_none_or(|n| &p.name == n);
+    let (resolved, dns) = if policies.iter().any(|p| p.resolve_dns && mine(p)) {
         match &options.resolver {
             Some(r) => {
-                let (resolved, reports) = verify::resolve(r.as_ref(), policies).await;
+                let (resolved, reports) = verify::resolve_some(r.as_ref(), policies, &mine).await;
                 (Cow::Owned(resolved), reports)
             }
             None => (
                 Cow::Borrowed(policies),
                 policies
                     .iter()
-                    .filter(|p| p.resolve_dns)
+                    .filter(|p| p.resolve_dns && mine(p))
                     .map(|p| {
                         let report = verify::DnsReport {
                             errors: vec!["no resolver configured for this run".into()],
@@ -191,10 +237,16 @@ pub async fn reconcile(
     let mut report = reconcile_resolved(api, &resolved, options, progress).await?;
     if options.mode == RunMode::Apply {
         // Verification never fails the pass: the routes are written either way.
+        // Likewise only this pass's policy spends effective-route reads.
+        let verified: Cow<[DesiredState]> = if options.only_policy.is_some() {
+            Cow::Owned(resolved.iter().filter(|p| mine(p)).cloned().collect())
+        } else {
+            Cow::Borrowed(&resolved[..])
+        };
         let checks =
-            match verify::verify(api, &resolved, &report.final_verdicts, options.round).await {
+            match verify::verify(api, &verified, &report.final_verdicts, options.round).await {
                 Ok(c) => c,
-                Err(e) => resolved
+                Err(e) => verified
                     .iter()
                     .filter(|p| p.verify_effective_routes)
                     .map(|p| {
@@ -240,7 +292,11 @@ async fn reconcile_resolved(
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
-    let inventory = observe(api, policies).await?;
+    let subscriptions = pass_subscriptions(policies, options);
+    let inventory = match &options.inventory {
+        Some(source) => source.current(&subscriptions).await?,
+        None => api.inventory(&subscriptions).await?,
+    };
     progress(Progress::Observed {
         subscriptions: inventory.subscriptions.len(),
         subnets: inventory
@@ -270,9 +326,51 @@ async fn reconcile_resolved(
     // The plan carries everything the writes need: free the observation before the writes and
     // the re-read, so a pass never holds two inventories (peak memory at 10,000 subnets).
     drop(inventory);
-    let results = apply(api, &first.writes, options.concurrency.max(1), progress).await;
+    let concurrency = options.concurrency.max(1);
+    let mut results = apply(api, &first.writes, concurrency, progress).await;
+    let mut written: BTreeSet<String> = first
+        .writes
+        .iter()
+        .map(|w| w.write.table().subscription().to_ascii_lowercase())
+        .collect();
+    if let Some(source) = &options.inventory
+        && results
+            .iter()
+            .any(|r| r.error.as_ref().is_some_and(stale_view))
+    {
+        // The cached view was stale where ARM refused: read those subscriptions afresh and
+        // plan again (once; a view that is still wrong waits for the next pass).
+        let fresh = source
+            .reread(&written, &subscriptions, options.only_policy.as_deref())
+            .await?;
+        let mut second = plan(policies, &fresh);
+        drop(fresh);
+        if let Some(name) = &options.only_policy {
+            second.writes.retain(|w| &w.policy == name);
+        }
+        tracing::info!(
+            refused = results.iter().filter(|r| r.error.is_some()).count(),
+            replanned = second.writes.len(),
+            "the cached inventory was stale: re-read and re-planned"
+        );
+        results.retain(|r| r.error.is_none());
+        written.extend(
+            second
+                .writes
+                .iter()
+                .map(|w| w.write.table().subscription().to_ascii_lowercase()),
+        );
+        results.extend(apply(api, &second.writes, concurrency, progress).await);
+    }
     // Re-read what was written: the verdicts users see describe Azure after the pass.
-    let after = observe(api, policies).await?;
+    let after = match &options.inventory {
+        Some(source) => {
+            source
+                .reread(&written, &subscriptions, options.only_policy.as_deref())
+                .await?
+        }
+        None => api.inventory(&subscriptions).await?,
+    };
     let final_verdicts = plan(policies, &after).verdicts;
     drop(after);
     let policies = summarize(policies, &first, &results, &final_verdicts, true);
@@ -598,6 +696,13 @@ mod tests {
         }
         async fn delete_route_table(&self, _: &RouteTableId) -> Result<(), ArmError> {
             Ok(())
+        }
+        fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
+            crate::azure::ReadBudget {
+                capacity: 250.0,
+                refill_per_sec: 25.0,
+                remaining: None,
+            }
         }
     }
 

@@ -47,11 +47,20 @@ pub async fn resolve(
     resolver: &dyn Resolver,
     policies: &[DesiredState],
 ) -> (Vec<DesiredState>, BTreeMap<String, DnsReport>) {
+    resolve_some(resolver, policies, &|_| true).await
+}
+
+/// [`resolve`] for the policies `include` picks; the others are returned as they are.
+pub async fn resolve_some(
+    resolver: &dyn Resolver,
+    policies: &[DesiredState],
+    include: &(dyn Fn(&DesiredState) -> bool + Sync),
+) -> (Vec<DesiredState>, BTreeMap<String, DnsReport>) {
     let mut cache: BTreeMap<&'static str, Result<Vec<Ipv4Addr>, String>> = BTreeMap::new();
     let mut out = Vec::with_capacity(policies.len());
     let mut reports = BTreeMap::new();
     for p in policies {
-        if !p.resolve_dns {
+        if !p.resolve_dns || !include(p) {
             out.push(p.clone());
             continue;
         }

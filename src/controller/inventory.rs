@@ -1,0 +1,617 @@
+//! The shared Azure inventory: an informer for ARM. One refresh loop per subscription that some
+//! policy needs, each the same cheap listing as a CLI run (virtual networks with their subnets,
+//! route tables with their routes, next pages), paced per subscription and kept to a small
+//! share of its ARM read budget. Every refresh is compared with the previous one; what changed
+//! goes out as a [`ChangeEvent`], which the controller maps to the policies that select it.
+//!
+//! Passes plan on this view and list nothing themselves ([`InventorySource`]); after writing
+//! they re-read only the subscriptions they wrote to. Not here: deciding which policies a
+//! change concerns (the controller, which has the policies) and anything about writes.
+
+use crate::azure::{ArmError, NetworkApi};
+use crate::ids::SubnetId;
+use crate::model::{Inventory, RouteTable, Subnet};
+use crate::reconcile::InventorySource;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::metrics::ControllerMetrics;
+
+/// How the inventory refreshes.
+#[derive(Debug, Clone, Copy)]
+pub struct InventorySettings {
+    /// Pause between two refreshes of one subscription (`--inventory-refresh`, default 15 s),
+    /// spread by ±10 % so subscriptions do not fire together.
+    pub refresh_every: Duration,
+    /// The most of a subscription's ARM read refill rate the refreshes may use
+    /// (`--inventory-read-share`, default 0.05: 1.25 of ARM's 25 reads/s). A subscription
+    /// whose listing takes many pages is refreshed less often rather than eat its budget.
+    pub read_share: f64,
+}
+
+impl Default for InventorySettings {
+    fn default() -> Self {
+        InventorySettings {
+            refresh_every: Duration::from_secs(15),
+            read_share: 0.05,
+        }
+    }
+}
+
+/// What one refresh found different from the previous one.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub subscription: String,
+    /// Subnets that changed, appeared or went, plus the subnets of every changed route table
+    /// (before and after), each with its VNet's tags (before or after) so selectors can be
+    /// matched without the inventory.
+    pub subnets: Vec<(SubnetId, BTreeMap<String, String>)>,
+    /// When the change was seen.
+    pub detected: Instant,
+    /// The policy whose own writes caused the re-read, if any (not queued again for them).
+    pub writer: Option<String>,
+}
+
+/// The last read of one subscription.
+#[derive(Debug, Clone)]
+struct View {
+    inventory: Arc<Inventory>,
+    /// When the read that produced `inventory` finished.
+    at: Instant,
+    /// The last refresh's error, if it failed (the older `inventory` is then kept, not used).
+    error: Option<ArmError>,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Serializes the reads of one subscription, so the view is always the newest read.
+    reading: tokio::sync::Mutex<()>,
+    view: Mutex<Option<View>>,
+}
+
+/// Aborts a spawned task when dropped.
+struct Loop(tokio::task::JoinHandle<()>);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The inventory shared by every pass of the controller.
+pub struct SharedInventory {
+    api: Arc<dyn NetworkApi>,
+    settings: InventorySettings,
+    metrics: Arc<ControllerMetrics>,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Which subscriptions each policy needs; their union has refresh loops.
+    wants: Mutex<HashMap<String, BTreeSet<String>>>,
+    loops: Mutex<HashMap<String, Loop>>,
+    changes: mpsc::UnboundedSender<ChangeEvent>,
+    me: Weak<SharedInventory>,
+}
+
+impl SharedInventory {
+    /// A new, empty inventory and the stream of its changes.
+    pub fn new(
+        api: Arc<dyn NetworkApi>,
+        settings: InventorySettings,
+        metrics: Arc<ControllerMetrics>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ChangeEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inventory = Arc::new_cyclic(|me| SharedInventory {
+            api,
+            settings,
+            metrics,
+            entries: Mutex::new(HashMap::new()),
+            wants: Mutex::new(HashMap::new()),
+            loops: Mutex::new(HashMap::new()),
+            changes: tx,
+            me: me.clone(),
+        });
+        (inventory, rx)
+    }
+
+    /// Records the subscriptions `policy` needs and starts or stops refresh loops to match.
+    pub fn want(&self, policy: &str, subscriptions: BTreeSet<String>) {
+        if let Ok(mut w) = self.wants.lock() {
+            if w.get(policy) == Some(&subscriptions) {
+                return;
+            }
+            w.insert(policy.to_string(), subscriptions);
+        }
+        self.sync_loops();
+    }
+
+    /// The policy needs nothing any more (deleted, or its spec became invalid).
+    pub fn release(&self, policy: &str) {
+        let removed = self
+            .wants
+            .lock()
+            .map(|mut w| w.remove(policy).is_some())
+            .unwrap_or(false);
+        if removed {
+            self.sync_loops();
+        }
+    }
+
+    /// The subscriptions that have a refresh loop now.
+    pub fn watched(&self) -> BTreeSet<String> {
+        self.loops
+            .lock()
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn sync_loops(&self) {
+        let needed: BTreeSet<String> = self
+            .wants
+            .lock()
+            .map(|w| {
+                w.values()
+                    .flatten()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Ok(mut loops) = self.loops.lock() else {
+            return;
+        };
+        let gone: Vec<String> = loops
+            .keys()
+            .filter(|s| !needed.contains(*s))
+            .cloned()
+            .collect();
+        for sub in gone {
+            loops.remove(&sub);
+            if let Ok(mut e) = self.entries.lock() {
+                e.remove(&sub);
+            }
+            self.metrics.inventory_forget(&sub);
+        }
+        for sub in needed {
+            if loops.contains_key(&sub) {
+                continue;
+            }
+            let me = self.me.clone();
+            let key = sub.clone();
+            loops.insert(key, Loop(tokio::spawn(refresh_loop(me, sub))));
+        }
+    }
+
+    fn entry(&self, subscription: &str) -> Arc<Entry> {
+        match self.entries.lock() {
+            Ok(mut e) => e.entry(subscription.to_string()).or_default().clone(),
+            Err(_) => Arc::new(Entry::default()),
+        }
+    }
+
+    /// Lists one subscription now, stores the result, and sends what changed (if anything).
+    /// Returns the list pages it cost.
+    pub async fn refresh(&self, subscription: &str, writer: Option<&str>) -> Result<u64, ArmError> {
+        let sub = subscription.to_ascii_lowercase();
+        let entry = self.entry(&sub);
+        let _reading = entry.reading.lock().await;
+        let outcome = self.api.inventory(&BTreeSet::from([sub.clone()])).await;
+        let mut view = entry.view.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(inventory) => {
+                let pages = inventory.list_pages;
+                let new = Arc::new(inventory);
+                let changed = match view.as_ref() {
+                    Some(old) => changed_subnets(&old.inventory, &new),
+                    // The first read is no change: the policies' own first passes cover it.
+                    None => Vec::new(),
+                };
+                *view = Some(View {
+                    inventory: new,
+                    at: Instant::now(),
+                    error: None,
+                });
+                drop(view);
+                self.metrics
+                    .inventory_refreshed(&sub, Some(changed.len() as u64));
+                if !changed.is_empty() {
+                    tracing::debug!(subscription = %sub, subnets = changed.len(), "inventory changed");
+                    let _ = self.changes.send(ChangeEvent {
+                        subscription: sub,
+                        subnets: changed,
+                        detected: Instant::now(),
+                        writer: writer.map(str::to_string),
+                    });
+                }
+                Ok(pages)
+            }
+            Err(e) => {
+                match view.as_mut() {
+                    Some(v) => v.error = Some(e.clone()),
+                    None => {
+                        *view = Some(View {
+                            inventory: Arc::new(Inventory::default()),
+                            at: Instant::now(),
+                            error: Some(e.clone()),
+                        })
+                    }
+                }
+                drop(view);
+                self.metrics.inventory_refreshed(&sub, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// The pause before the next refresh of `subscription`, after one that cost `pages` reads.
+    fn next_delay(&self, subscription: &str, pages: u64) -> Duration {
+        let budget = self.api.read_budget(subscription);
+        let spread = 1.0 + (rand::random::<f64>() * 2.0 - 1.0) * 0.1;
+        let paced = self.settings.refresh_every.mul_f64(spread);
+        // Never more than `read_share` of the refill rate, averaged over the refresh period.
+        let rate = (budget.refill_per_sec * self.settings.read_share).max(1e-3);
+        let by_budget = Duration::from_secs_f64(pages as f64 / rate);
+        // ARM's own count of what is left (other clients share it): back off while it is low.
+        let slowdown = match budget.remaining {
+            Some(r) if r < budget.capacity * 0.2 => 4.0,
+            Some(r) if r < budget.capacity * 0.5 => 2.0,
+            _ => 1.0,
+        };
+        paced.max(by_budget).mul_f64(slowdown)
+    }
+
+    /// The stored view of one subscription, reading it first if there is none yet.
+    async fn view(&self, subscription: &str) -> Result<Arc<Inventory>, ArmError> {
+        let sub = subscription.to_ascii_lowercase();
+        let stored = self.entry(&sub).view.lock().ok().and_then(|v| v.clone());
+        let view = match stored {
+            Some(v) => v,
+            None => {
+                self.refresh(&sub, None).await?;
+                self.entry(&sub)
+                    .view
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.clone())
+                    .ok_or_else(|| ArmError {
+                        class: crate::azure::ErrorClass::Retryable,
+                        operation: "inventory",
+                        resource: format!("/subscriptions/{sub}"),
+                        status: None,
+                        code: None,
+                        message: "the subscription was released while it was read".into(),
+                    })?
+            }
+        };
+        // A failed last refresh means we do not know Azure's state: say so, as a listing would.
+        match view.error {
+            Some(e) => Err(e),
+            None => Ok(view.inventory),
+        }
+    }
+
+    /// Seconds since the oldest successful read among these subscriptions (for tests).
+    pub fn age(&self, subscription: &str) -> Option<Duration> {
+        self.entry(&subscription.to_ascii_lowercase())
+            .view
+            .lock()
+            .ok()
+            .and_then(|v| v.as_ref().map(|v| v.at.elapsed()))
+    }
+}
+
+async fn refresh_loop(inventory: Weak<SharedInventory>, subscription: String) {
+    // A random first offset in the second half of the period spreads the subscriptions out
+    // (the first pass that needed the subscription has just read it).
+    let first = inventory
+        .upgrade()
+        .map(|i| i.settings.refresh_every)
+        .unwrap_or_default()
+        .mul_f64(0.5 + rand::random::<f64>() * 0.5);
+    tokio::time::sleep(first).await;
+    loop {
+        let Some(inv) = inventory.upgrade() else {
+            return;
+        };
+        let delay = match inv.refresh(&subscription, None).await {
+            Ok(pages) => inv.next_delay(&subscription, pages),
+            Err(e) => {
+                tracing::warn!(subscription = %subscription, error = %e, "inventory refresh failed");
+                // Throttled or failing: wait at least a period, more if ARM said so.
+                inv.next_delay(&subscription, 2)
+            }
+        };
+        drop(inv);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl InventorySource for SharedInventory {
+    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+        let mut views = Vec::with_capacity(subscriptions.len());
+        for sub in subscriptions {
+            views.push(self.view(sub).await?);
+        }
+        Ok(merge(&views))
+    }
+
+    async fn reread(
+        &self,
+        fresh: &BTreeSet<String>,
+        all: &BTreeSet<String>,
+        writer: Option<&str>,
+    ) -> Result<Inventory, ArmError> {
+        for sub in fresh {
+            self.refresh(sub, writer).await?;
+        }
+        self.current(all).await
+    }
+}
+
+/// One inventory from several subscriptions' views (each holds one subscription).
+fn merge(views: &[Arc<Inventory>]) -> Inventory {
+    let mut out = Inventory::default();
+    for v in views {
+        out.subscriptions.extend(v.subscriptions.iter().cloned());
+        out.virtual_networks
+            .extend(v.virtual_networks.iter().cloned());
+        out.route_tables.extend(v.route_tables.iter().cloned());
+    }
+    out
+}
+
+/// A subnet as far as a plan is concerned: the ETag moves with every write to its VNet, so it
+/// is left out (a write to one subnet is no change of its siblings).
+fn same_subnet(a: &Subnet, b: &Subnet) -> bool {
+    a.route_table == b.route_table
+        && a.nat_gateway == b.nat_gateway
+        && a.default_outbound_access == b.default_outbound_access
+        && a.delegations == b.delegations
+}
+
+fn same_table(a: &RouteTable, b: &RouteTable) -> bool {
+    a.routes == b.routes
+        && a.subnets == b.subnets
+        && a.tags == b.tags
+        && a.location == b.location
+        && a.disable_bgp_route_propagation == b.disable_bgp_route_propagation
+}
+
+type Seen<'a> = HashMap<&'a str, (&'a Subnet, &'a BTreeMap<String, String>, &'a str)>;
+
+/// Subnets by key, with their VNet's tags and location.
+fn index(inv: &Inventory) -> Seen<'_> {
+    inv.virtual_networks
+        .iter()
+        .flat_map(|v| {
+            v.subnets
+                .iter()
+                .map(move |s| (s.id.key(), (s, &v.tags, v.location.as_str())))
+        })
+        .collect()
+}
+
+/// Every subnet whose planning inputs differ between two reads of one subscription: changed,
+/// added or removed subnets (or their VNet's tags or location), and the subnets of changed,
+/// added or removed route tables.
+pub fn changed_subnets(
+    old: &Inventory,
+    new: &Inventory,
+) -> Vec<(SubnetId, BTreeMap<String, String>)> {
+    let (before, after) = (index(old), index(new));
+    let mut out: BTreeMap<String, (SubnetId, BTreeMap<String, String>)> = BTreeMap::new();
+    let mut note = |id: &SubnetId, tags: &BTreeMap<String, String>| {
+        // Old and new tags both matter (a tag removed deselects); keep each once.
+        let key = format!("{}\u{0}{:?}", id.key(), tags);
+        out.entry(key).or_insert_with(|| (id.clone(), tags.clone()));
+    };
+    for (key, (s, tags, location)) in &after {
+        match before.get(key) {
+            Some((o, otags, olocation))
+                if same_subnet(o, s) && otags == tags && olocation == location => {}
+            Some((o, otags, _)) => {
+                note(&o.id, otags);
+                note(&s.id, tags);
+            }
+            None => note(&s.id, tags),
+        }
+    }
+    for (key, (o, otags, _)) in &before {
+        if !after.contains_key(key) {
+            note(&o.id, otags);
+        }
+    }
+    let tables = |inv: &Inventory| -> HashMap<String, RouteTable> {
+        inv.route_tables
+            .iter()
+            .map(|t| (t.id.key().to_string(), t.clone()))
+            .collect()
+    };
+    let (tb, ta) = (tables(old), tables(new));
+    let users = |t: &RouteTable,
+                 seen: &Seen<'_>,
+                 inv: &Inventory|
+     -> Vec<(SubnetId, BTreeMap<String, String>)> {
+        // ARM's `properties.subnets`, and every subnet that names the table (either side).
+        let mut ids: Vec<SubnetId> = t.subnets.clone();
+        ids.extend(
+            inv.virtual_networks
+                .iter()
+                .flat_map(|v| v.subnets.iter())
+                .filter(|s| s.route_table.as_ref() == Some(&t.id))
+                .map(|s| s.id.clone()),
+        );
+        ids.into_iter()
+            .map(|id| {
+                let tags = seen
+                    .get(id.key())
+                    .map(|(_, tags, _)| (*tags).clone())
+                    .unwrap_or_default();
+                (id, tags)
+            })
+            .collect()
+    };
+    for (key, t) in &ta {
+        let changed = tb.get(key).is_none_or(|o| !same_table(o, t));
+        if changed {
+            for (id, tags) in users(t, &after, new) {
+                note(&id, &tags);
+            }
+            if let Some(o) = tb.get(key) {
+                for (id, tags) in users(o, &before, old) {
+                    note(&id, &tags);
+                }
+            }
+        }
+    }
+    for (key, o) in &tb {
+        if !ta.contains_key(key) {
+            for (id, tags) in users(o, &before, old) {
+                note(&id, &tags);
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{RouteTableId, VnetId};
+    use crate::model::{NextHopType, Route, VirtualNetwork};
+
+    const SUB: &str = "00000000-0000-0000-0000-00000000000a";
+
+    fn subnet(name: &str, table: Option<&str>) -> Subnet {
+        Subnet {
+            id: SubnetId::parse(&format!(
+                "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/{name}"
+            ))
+            .unwrap(),
+            route_table: table.map(|t| RouteTableId::new(SUB, "rg", t)),
+            nat_gateway: false,
+            default_outbound_access: None,
+            delegations: vec![],
+            etag: Some("W/\"1\"".into()),
+        }
+    }
+
+    fn table(name: &str, routes: &[&str], users: &[&str]) -> RouteTable {
+        RouteTable {
+            id: RouteTableId::new(SUB, "rg", name),
+            location: "westeurope".into(),
+            tags: BTreeMap::new(),
+            disable_bgp_route_propagation: false,
+            routes: routes
+                .iter()
+                .map(|r| Route {
+                    name: r.to_string(),
+                    address_prefix: "20.118.99.224/32".into(),
+                    next_hop_type: NextHopType::Internet,
+                    next_hop_ip_address: None,
+                })
+                .collect(),
+            subnets: users.iter().map(|u| subnet(u, None).id).collect(),
+            etag: None,
+        }
+    }
+
+    fn estate(subnets: Vec<Subnet>, tables: Vec<RouteTable>) -> Inventory {
+        Inventory {
+            subscriptions: BTreeSet::from([SUB.to_string()]),
+            virtual_networks: vec![VirtualNetwork {
+                id: VnetId::parse(&format!(
+                    "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v"
+                ))
+                .unwrap(),
+                location: "westeurope".into(),
+                tags: BTreeMap::from([("kms".to_string(), "enabled".to_string())]),
+                subnets,
+            }],
+            route_tables: tables,
+            list_pages: 2,
+        }
+    }
+
+    fn names(changes: &[(SubnetId, BTreeMap<String, String>)]) -> BTreeSet<String> {
+        changes
+            .iter()
+            .map(|(id, _)| id.name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_identical_read_is_no_change_even_when_etags_moved() {
+        let old = estate(
+            vec![subnet("a", Some("rt"))],
+            vec![table("rt", &["kms-1"], &["a"])],
+        );
+        let mut new = old.clone();
+        new.virtual_networks[0].subnets[0].etag = Some("W/\"2\"".into());
+        new.list_pages = 3;
+        assert!(changed_subnets(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_route_names_the_subnets_using_its_table() {
+        let old = estate(
+            vec![
+                subnet("a", Some("rt")),
+                subnet("b", Some("rt")),
+                subnet("c", None),
+            ],
+            vec![table("rt", &["kms-1", "kms-2"], &["a", "b"])],
+        );
+        let mut new = old.clone();
+        new.route_tables[0].routes.pop();
+        assert_eq!(
+            names(&changed_subnets(&old, &new)),
+            BTreeSet::from(["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn a_dissociated_subnet_is_a_change_of_it_and_of_its_old_table() {
+        let old = estate(
+            vec![subnet("a", Some("rt")), subnet("b", Some("rt"))],
+            vec![table("rt", &["kms-1"], &["a", "b"])],
+        );
+        let new = estate(
+            vec![subnet("a", None), subnet("b", Some("rt"))],
+            vec![table("rt", &["kms-1"], &["b"])],
+        );
+        assert_eq!(
+            names(&changed_subnets(&old, &new)),
+            BTreeSet::from(["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn new_and_removed_subnets_are_changes() {
+        let old = estate(vec![subnet("a", None)], vec![]);
+        let new = estate(vec![subnet("b", None)], vec![]);
+        assert_eq!(
+            names(&changed_subnets(&old, &new)),
+            BTreeSet::from(["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn a_vnet_tag_change_reports_old_and_new_tags() {
+        let old = estate(vec![subnet("a", None)], vec![]);
+        let mut new = old.clone();
+        new.virtual_networks[0].tags.clear();
+        let changes = changed_subnets(&old, &new);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes.iter().any(|(_, t)| t.is_empty()));
+        assert!(changes.iter().any(|(_, t)| t.contains_key("kms")));
+    }
+
+    #[test]
+    fn an_unused_table_changing_concerns_no_subnet() {
+        let old = estate(vec![subnet("a", None)], vec![table("spare", &["x"], &[])]);
+        let mut new = old.clone();
+        new.route_tables[0].routes.clear();
+        assert!(changed_subnets(&old, &new).is_empty());
+    }
+}
