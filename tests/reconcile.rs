@@ -373,3 +373,113 @@ async fn generated_estates_converge_with_the_planned_writes_and_resync_with_none
     assert!(resync.plan.writes.is_empty());
     assert_eq!(em.stats().writes, 0);
 }
+
+/// A pass that plans on the controller's shared inventory after someone changed Azure behind
+/// it: ARM refuses the writes the stale view made wrong, the pass re-reads and re-plans, and
+/// nothing of the other writer's is overwritten.
+#[tokio::test]
+async fn writes_planned_on_a_stale_shared_inventory_are_refused_and_replanned_not_forced() {
+    use kmsroute::controller::inventory::{InventorySettings, SharedInventory};
+    use kmsroute::controller::metrics::ControllerMetrics;
+    use kmsroute::reconcile::InventorySource;
+    let (em, api) = setup(Config::default(), estate()).await;
+    let api = Arc::new(api);
+    let (shared, _changes) = SharedInventory::new(
+        api.clone(),
+        InventorySettings::default(),
+        Arc::new(ControllerMetrics::default()),
+    );
+    let policy = example_policy();
+    // The view is taken now, before anything converged...
+    let subs = policy.subscriptions();
+    shared.current(&subs).await.unwrap();
+    // ...then the other writer: a foreign route claims one KMS prefix in the shared table, and
+    // `app` (which would get a created table) is associated with the shared table by hand.
+    let shared_table = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    em.other_writer(OtherWrite::PutRoute {
+        route_table: shared_table.clone(),
+        route: json!({"name": "partner-kms", "properties": {"addressPrefix": "20.118.99.224/32", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.9"}}),
+    })
+    .unwrap();
+    em.other_writer(OtherWrite::SetSubnetRouteTable {
+        subnet: format!(
+            "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/virtualNetworks/vnet-spoke1/subnets/app"
+        ),
+        route_table: Some(shared_table.clone()),
+    })
+    .unwrap();
+    let before = em.dump();
+    em.reset_stats();
+    let source: Arc<dyn InventorySource> = shared.clone();
+    let report = reconcile(
+        api.as_ref(),
+        std::slice::from_ref(&policy),
+        &Options {
+            mode: RunMode::Apply,
+            concurrency: 4,
+            inventory: Some(source),
+            ..Options::default()
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let after = em.dump();
+    // The foreign route and the hand-made association stand.
+    let routes = routes_by_table(&after);
+    assert_eq!(
+        routes[&shared_table.to_lowercase()]["partner-kms"]["nextHopType"],
+        "VirtualAppliance"
+    );
+    assert!(!routes[&shared_table.to_lowercase()].contains_key("kms-20-118-99-224"));
+    let app = &subnets(&after)[&format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/virtualNetworks/vnet-spoke1/subnets/app"
+    )
+    .to_lowercase()];
+    assert_eq!(
+        app["routeTable"]["id"].as_str().unwrap().to_lowercase(),
+        shared_table.to_lowercase()
+    );
+    // The re-plan saw the truth: the shared table's subnets are conflicts, not write failures.
+    let mine = &report.policies[0];
+    assert!(mine.summary.conflicts >= 3, "{:?}", mine.summary);
+    assert!(
+        mine.problems.iter().all(|p| p.reason != "WriteFailed"),
+        "{:?}",
+        mine.problems
+    );
+    // Other foreign state is untouched (only routes and routeTable associations may differ).
+    assert_eq!(
+        subnets(&before)
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.as_object_mut().unwrap().remove("routeTable");
+                (k, v)
+            })
+            .collect::<BTreeMap<_, _>>(),
+        subnets(&after)
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.as_object_mut().unwrap().remove("routeTable");
+                (k, v)
+            })
+            .collect::<BTreeMap<_, _>>()
+    );
+    // A second pass on the (now fresh) inventory has nothing left to do.
+    let source: Arc<dyn InventorySource> = shared.clone();
+    let again = reconcile(
+        api.as_ref(),
+        std::slice::from_ref(&policy),
+        &Options {
+            mode: RunMode::Apply,
+            inventory: Some(source),
+            ..Options::default()
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(again.plan.writes.is_empty(), "{:?}", again.plan.writes);
+}
