@@ -762,3 +762,22 @@ async fn two_routes_with_one_prefix_are_a_route_conflict() {
     assert_eq!(status, 400);
     assert_eq!(err["error"]["code"], "RouteConflict");
 }
+
+#[tokio::test]
+async fn the_control_endpoint_shows_one_resource_without_counting_an_arm_read() {
+    let em = start(
+        Config::default(),
+        vec![table("rt", json!([{"name": "a", "properties": {"addressPrefix": "10.0.0.0/8", "nextHopType": "None"}}]))],
+    )
+    .await;
+    let url = format!("{}/_emulator/resource{}", em.url(), rt_id("RT"));
+    let got: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["properties"]["routes"][0]["name"], "a");
+    let missing = http()
+        .get(format!("{}/_emulator/resource{}", em.url(), rt_id("nope")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(em.stats().reads, 0);
+}
