@@ -17,10 +17,33 @@ pub struct Inventory {
     pub subscriptions: BTreeSet<String>,
     pub virtual_networks: Vec<VirtualNetwork>,
     pub route_tables: Vec<RouteTable>,
+    /// Selected subscriptions ARM refused to list (`404 SubscriptionNotFound`, `403
+    /// AuthorizationFailed`), by lower-cased ID: not observed, and a problem of the policies
+    /// that select them, while the other subscriptions go on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreadable: BTreeMap<String, SubscriptionError>,
     /// List pages (read requests) this observation cost; the shared inventory paces its
     /// refreshes by it. Not part of the observed state.
     #[serde(default, skip)]
     pub list_pages: u64,
+}
+
+/// Why a subscription could not be listed: ARM's status, code and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionError {
+    pub status: Option<u16>,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for SubscriptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.status, &self.code) {
+            (Some(s), Some(c)) => write!(f, "HTTP {s} {c}: {}", self.message),
+            (_, Some(c)) => write!(f, "{c}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

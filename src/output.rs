@@ -6,11 +6,14 @@ use crate::reconcile::{PolicyReport, Report};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// True when every selected subnet is in sync or deliberately skipped.
+/// True when every selected subnet is in sync or deliberately skipped, every selected
+/// subscription could be read, and the policy selects something at all.
 pub fn ready(p: &PolicyReport) -> bool {
     p.summary.errors == 0
         && p.summary.conflicts == 0
         && p.summary.in_sync + p.summary.skipped == p.summary.subnets_matched
+        && p.unreadable_subscriptions.is_empty()
+        && !p.nothing_selected()
 }
 
 /// The plan grouped by route table: each table's subnets with verdicts, then its writes.
@@ -126,6 +129,13 @@ pub fn status_table(report: &Report) -> String {
 pub fn problems_text(report: &Report) -> String {
     let mut out = String::new();
     for p in &report.policies {
+        if p.nothing_selected() {
+            let _ = writeln!(
+                out,
+                "{}: warning NothingSelected: the selector matches no subnet in its subscriptions",
+                p.name
+            );
+        }
         if p.problems.is_empty() {
             continue;
         }

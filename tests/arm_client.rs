@@ -26,6 +26,7 @@ async fn emulator(config: Config, resources: Vec<Value>) -> EmulatorHandle {
         Seed {
             resources,
             learned_routes: vec![],
+            ..Seed::default()
         },
         "127.0.0.1:0".parse().unwrap(),
     )

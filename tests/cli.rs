@@ -274,3 +274,28 @@ fn demo_tours_the_estate_and_exits_zero() {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }
+
+#[test]
+fn plan_exits_3_naming_a_subscription_that_does_not_exist() {
+    let (_rt, em) = estate_emulator();
+    let url = em.url();
+    let text = std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap().replace(
+        "    - 22222222-2222-2222-2222-222222222222\n",
+        "    - 22222222-2222-2222-2222-222222222222\n    - 33333333-3333-3333-3333-333333333333\n",
+    );
+    let path = std::env::temp_dir().join(format!("kmsroute-cli-typo-{}.yaml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let plan = kmsroute(
+        &["plan", "-f", path.to_str().unwrap(), "--arm-endpoint", &url],
+        None,
+    );
+    let out = stdout(&plan);
+    assert_eq!(plan.status.code(), Some(3), "{out}");
+    assert!(out.contains("SubscriptionUnreadable"), "{out}");
+    assert!(
+        out.contains("33333333-3333-3333-3333-333333333333"),
+        "{out}"
+    );
+    assert!(out.contains("SubscriptionNotFound"), "{out}");
+    let _ = std::fs::remove_file(path);
+}

@@ -1132,3 +1132,76 @@ async fn a_pass_for_one_policy_reads_none_of_another_policys_subscriptions() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_subscription_degrades_the_policy_by_name_while_the_rest_converges() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    const TYPO: &str = "33333333-3333-3333-3333-333333333333";
+    let mut p = policy("typo", json!({}));
+    p.spec.selector.as_mut().unwrap().subscriptions = vec![S1.into(), TYPO.into()];
+    create(&kube, &p).await;
+    let obj = wait_for(
+        "Degraded=SubscriptionUnreadable",
+        Duration::from_secs(20),
+        || {
+            kube.policy("typo").filter(|o| {
+                condition(o, "Degraded").is_some_and(|c| c.1 == "SubscriptionUnreadable")
+            })
+        },
+    )
+    .await;
+    let (status, _, message) = condition(&obj, "Degraded").unwrap();
+    assert_eq!(status, "True");
+    assert!(message.contains(TYPO), "{message}");
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "False");
+    // S1's subnets converged all the same.
+    assert_eq!(obj["status"]["summary"]["inSync"], 4, "{}", obj["status"]);
+    let problem = obj["status"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["reason"] == "SubscriptionUnreadable")
+        .cloned()
+        .unwrap();
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("SubscriptionNotFound")
+    );
+    wait_for(
+        "a SubscriptionUnreadable Event",
+        Duration::from_secs(10),
+        || (occurrences(&kube, "SubscriptionUnreadable") >= 1).then_some(()),
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_selecting_nothing_is_not_silently_ready() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    let mut p = policy("empty", json!({}));
+    p.spec.selector.as_mut().unwrap().subnet_names = vec!["no-such-subnet".into()];
+    create(&kube, &p).await;
+    let obj = wait_for("Ready=NothingSelected", Duration::from_secs(20), || {
+        kube.policy("empty")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "NothingSelected"))
+    })
+    .await;
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&obj, "Degraded").unwrap().0, "False");
+    wait_for("a NothingSelected Event", Duration::from_secs(10), || {
+        kube.events()
+            .iter()
+            .any(|e| e["reason"] == "NothingSelected" && e["type"] == "Warning")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(em.stats().writes, 0);
+    c.shutdown().await;
+}

@@ -385,6 +385,7 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
                 "ipConfigurations": [{"name": "ipconfig1", "properties": {"subnet": {"id": format!("{rg}/virtualNetworks/v/subnets/s")}}}]}}),
         ],
         learned_routes: vec![],
+        ..Seed::default()
     };
     let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
         .await

@@ -15,6 +15,7 @@ async fn start(config: Config, resources: Vec<Value>) -> EmulatorHandle {
     let seed = Seed {
         resources,
         learned_routes: vec![],
+        ..Seed::default()
     };
     emulator::start(config, seed, "127.0.0.1:0".parse().unwrap())
         .await
@@ -780,4 +781,123 @@ async fn the_control_endpoint_shows_one_resource_without_counting_an_arm_read() 
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(em.stats().reads, 0);
+}
+
+const OTHER: &str = "99999999-9999-9999-9999-999999999999";
+
+#[tokio::test]
+async fn an_unknown_subscription_answers_404_subscription_not_found_for_reads_and_writes() {
+    let em = start(Config::default(), vec![table("rt", json!([]))]).await;
+    let list = format!("/subscriptions/{OTHER}/providers/Microsoft.Network/virtualNetworks");
+    let (status, _, body) = call(&em, "GET", &list, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "SubscriptionNotFound");
+    assert!(body["error"]["message"].as_str().unwrap().contains(OTHER));
+    let put = format!(
+        "/subscriptions/{OTHER}/resourceGroups/rg/providers/Microsoft.Network/routeTables/rt"
+    );
+    let (status, _, body) = call(&em, "PUT", &put, Some(json!({"location": "westeurope"}))).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "SubscriptionNotFound");
+    assert!(
+        em.dump()
+            .resources
+            .iter()
+            .all(|r| !r["id"].as_str().unwrap().contains(OTHER))
+    );
+    // The seeded subscription itself is known.
+    let (status, _, _) = call(
+        &em,
+        "GET",
+        &format!("/subscriptions/{SUB}/providers/Microsoft.Network/routeTables"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn seeded_empty_and_unauthorized_subscriptions_behave_as_in_azure() {
+    let seed = Seed {
+        resources: vec![table("rt", json!([]))],
+        subscriptions: vec![OTHER.into()],
+        unauthorized_subscriptions: vec!["88888888-8888-8888-8888-888888888888".into()],
+        ..Seed::default()
+    };
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (status, _, body) = call(
+        &em,
+        "GET",
+        &format!("/subscriptions/{OTHER}/providers/Microsoft.Network/virtualNetworks"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "an empty subscription lists nothing");
+    assert_eq!(body["value"], json!([]));
+    let (status, _, body) = call(
+        &em,
+        "GET",
+        "/subscriptions/88888888-8888-8888-8888-888888888888/providers/Microsoft.Network/virtualNetworks",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "AuthorizationFailed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Microsoft.Network/virtualNetworks/read"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_emulator_seeded_with_nothing_accepts_any_subscription() {
+    let em = start(Config::default(), vec![]).await;
+    let (status, _, _) = call(
+        &em,
+        "GET",
+        &format!("/subscriptions/{OTHER}/providers/Microsoft.Network/virtualNetworks"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn route_prefixes_are_cidrs_or_known_service_tags() {
+    let em = start(Config::default(), vec![table("rt", json!([]))]).await;
+    let route = |name: &str| format!("{}/routes/{name}", rt_id("rt"));
+    for (name, prefix, expected) in [
+        ("storage", "Storage.WestEurope", 201),
+        ("cloud", "azurecloud", 201),
+        ("cidr", "10.1.0.0/16", 201),
+        ("bad-tag", "nonsense", 400),
+        ("bad-region", "Storage.West Europe", 400),
+    ] {
+        let (status, _, body) = call(
+            &em,
+            "PUT",
+            &route(name),
+            Some(json!({"properties": {"addressPrefix": prefix, "nextHopType": "Internet"}})),
+        )
+        .await;
+        assert_eq!(status, expected, "{prefix}: {body}");
+        if expected == 400 {
+            assert_eq!(body["error"]["code"], "InvalidAddressPrefix", "{prefix}");
+        }
+    }
+    let dump = em.dump();
+    let t = dump.resources.iter().find(|r| r["name"] == "rt").unwrap();
+    let names: Vec<&str> = t["properties"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(!names.contains(&"bad-tag"));
 }

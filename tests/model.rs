@@ -253,6 +253,7 @@ fn build(vnets: &[VnetSeed], tables: &[TableSeed]) -> (Seed, Vec<Vec<String>>, V
         Seed {
             resources,
             learned_routes: vec![],
+            ..Seed::default()
         },
         subnet_ids,
         table_ids,

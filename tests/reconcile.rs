@@ -335,6 +335,7 @@ fn generated(subscriptions: usize, vnets: usize) -> Seed {
     Seed {
         resources,
         learned_routes: vec![],
+        ..Seed::default()
     }
 }
 
@@ -482,4 +483,70 @@ async fn writes_planned_on_a_stale_shared_inventory_are_refused_and_replanned_no
     .await
     .unwrap();
     assert!(again.plan.writes.is_empty(), "{:?}", again.plan.writes);
+}
+
+const TYPO: &str = "33333333-3333-3333-3333-333333333333";
+const NO_ROLE: &str = "44444444-4444-4444-4444-444444444444";
+
+/// The example estate, plus a subscription the identity may not read.
+fn estate_with_a_forbidden_subscription() -> Seed {
+    let mut seed = estate();
+    seed.unauthorized_subscriptions = vec![NO_ROLE.into()];
+    seed
+}
+
+#[tokio::test]
+async fn a_bad_subscription_among_good_ones_is_reported_by_name_and_code_while_the_rest_converges()
+{
+    let (em, api) = setup(Config::default(), estate_with_a_forbidden_subscription()).await;
+    let mut policy = example_policy();
+    let selector = policy.selector.as_mut().unwrap();
+    selector.subscriptions.insert(TYPO.into());
+    selector.subscriptions.insert(NO_ROLE.into());
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let mine = &report.policies[0];
+    // The good subscriptions converged as they do without the bad ones.
+    assert!(report.writes_done() > 0);
+    assert_eq!(report.writes_failed(), 0);
+    assert_eq!(mine.summary.subnets_matched, 7, "{:?}", mine.summary);
+    assert_eq!(
+        mine.unreadable_subscriptions,
+        vec![TYPO.to_string(), NO_ROLE.to_string()]
+    );
+    let unreadable: Vec<&kmsroute::api::Problem> = mine
+        .problems
+        .iter()
+        .filter(|p| p.reason == "SubscriptionUnreadable")
+        .collect();
+    assert_eq!(unreadable.len(), 2, "{:?}", mine.problems);
+    assert!(
+        unreadable
+            .iter()
+            .any(|p| p.subnet_id.ends_with(TYPO) && p.message.contains("SubscriptionNotFound"))
+    );
+    assert!(
+        unreadable
+            .iter()
+            .any(|p| p.subnet_id.ends_with(NO_ROLE) && p.message.contains("AuthorizationFailed"))
+    );
+    assert!(report.has_problems(), "plan/apply exit 3");
+    // A second pass writes nothing more and still reports them.
+    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    assert!(again.plan.writes.is_empty());
+    assert_eq!(again.policies[0].unreadable_subscriptions.len(), 2);
+    assert_eq!(em.stats().throttled, 0);
+}
+
+#[tokio::test]
+async fn a_policy_that_selects_no_subnet_says_so() {
+    let (_em, api) = setup(Config::default(), estate()).await;
+    let mut policy = example_policy();
+    policy.selector.as_mut().unwrap().vnet_tags =
+        BTreeMap::from([("kms".to_string(), "enabeld".to_string())]);
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::PlanOnly).await;
+    let mine = &report.policies[0];
+    assert_eq!(mine.summary.subnets_matched, 0);
+    assert!(mine.nothing_selected());
+    assert!(!kmsroute::output::ready(mine));
+    assert!(kmsroute::output::problems_text(&report).contains("NothingSelected"));
 }

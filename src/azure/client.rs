@@ -568,7 +568,31 @@ impl NetworkApi for AzureNetworkApi {
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
         let mut inv = Inventory::default();
         for sub in subscriptions {
-            self.list_subscription(sub, &mut inv).await?;
+            // One subscription at a time, so a refused one leaves nothing half-listed behind.
+            let mut part = Inventory::default();
+            match self.list_subscription(sub, &mut part).await {
+                Ok(()) => {
+                    inv.subscriptions.append(&mut part.subscriptions);
+                    inv.virtual_networks.append(&mut part.virtual_networks);
+                    inv.route_tables.append(&mut part.route_tables);
+                }
+                // A subscription that does not exist, or where the identity has no role, is the
+                // policy's problem to report; the other subscriptions still converge. Any other
+                // failure (401, throttling, 5xx) fails the observation as a whole.
+                Err(e) if matches!(e.status, Some(403 | 404)) => {
+                    tracing::warn!(subscription = %sub, error = %e, "subscription cannot be listed");
+                    inv.unreadable.insert(
+                        sub.to_ascii_lowercase(),
+                        model::SubscriptionError {
+                            status: e.status,
+                            code: e.code.clone(),
+                            message: e.message.clone(),
+                        },
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            inv.list_pages += part.list_pages;
         }
         Ok(inv)
     }

@@ -353,6 +353,7 @@ fn merge(views: &[Arc<Inventory>]) -> Inventory {
     let mut out = Inventory::default();
     for v in views {
         out.subscriptions.extend(v.subscriptions.iter().cloned());
+        out.unreadable.extend(v.unreadable.clone());
         out.virtual_networks
             .extend(v.virtual_networks.iter().cloned());
         out.route_tables.extend(v.route_tables.iter().cloned());
@@ -530,6 +531,7 @@ mod tests {
             }],
             route_tables: tables,
             list_pages: 2,
+            ..Inventory::default()
         }
     }
 

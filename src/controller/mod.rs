@@ -307,6 +307,16 @@ fn conditions_for(
                 report.writes_failed
             ),
         )
+    } else if !report.unreadable_subscriptions.is_empty() {
+        (
+            true,
+            "SubscriptionUnreadable",
+            format!(
+                "{} selected subscription(s) cannot be listed ({}); see status.problems",
+                report.unreadable_subscriptions.len(),
+                report.unreadable_subscriptions.join(", ")
+            ),
+        )
     } else if s.conflicts > 0 {
         (
             true,
@@ -337,13 +347,19 @@ fn conditions_for(
         }
     } else if drift {
         "Drift"
+    } else if report.nothing_selected() {
+        "NothingSelected"
     } else {
         reason
     };
-    let ready_message = format!(
-        "{} of {} subnet(s) in sync, {} skipped, {} conflict(s), {} error(s)",
-        s.in_sync, s.subnets_matched, s.skipped, s.conflicts, s.errors
-    );
+    let ready_message = if report.nothing_selected() {
+        "the selector matches no subnet in its subscriptions: check subscriptions, resourceGroups, virtualNetworkTags and subnetNames".to_string()
+    } else {
+        format!(
+            "{} of {} subnet(s) in sync, {} skipped, {} conflict(s), {} error(s)",
+            s.in_sync, s.subnets_matched, s.skipped, s.conflicts, s.errors
+        )
+    };
     let mut out = vec![
         condition(
             "Ready",
@@ -617,7 +633,24 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
     }
-    for reason in ["Conflict", "WriteFailed", "NotVerified", "KmsAddressDrift"] {
+    if mine.nothing_selected() {
+        ctx.event(
+            policy,
+            EventType::Warning,
+            "NothingSelected",
+            "the selector matches no subnet in its subscriptions".into(),
+        )
+        .await;
+    } else {
+        ctx.forget_event(&name, "NothingSelected").await;
+    }
+    for reason in [
+        "SubscriptionUnreadable",
+        "Conflict",
+        "WriteFailed",
+        "NotVerified",
+        "KmsAddressDrift",
+    ] {
         let notes: Vec<String> = mine
             .problems
             .iter()

@@ -23,6 +23,26 @@ fn kw(segs: &[String], i: usize, word: &str) -> bool {
 }
 
 /// The ARM operation ID of a request, as the REST spec names it (for statistics).
+/// The RBAC action a request needs, as ARM names it in `AuthorizationFailed`
+/// (`Microsoft.Network/virtualNetworks/read`, `…/routeTables/routes/write`).
+pub(crate) fn action_name(method: &Method, segs: &[String]) -> String {
+    let types: Vec<&str> = if segs.len() == 5 && kw(segs, 2, "providers") {
+        segs.get(4).map(String::as_str).into_iter().collect()
+    } else {
+        [6, 8]
+            .iter()
+            .filter_map(|&i| segs.get(i).map(String::as_str))
+            .collect()
+    };
+    let verb = match method.as_str() {
+        "GET" => "read",
+        "DELETE" => "delete",
+        "POST" => "action",
+        _ => "write",
+    };
+    format!("Microsoft.Network/{}/{verb}", types.join("/"))
+}
+
 pub(crate) fn operation_name(method: &Method, segs: &[String]) -> String {
     let m = method.as_str();
     if kw(segs, 6, "operations") || kw(segs, 4, "locations") && kw(segs, 6, "operations") {
@@ -185,9 +205,7 @@ fn valid_prefix(p: &str) -> bool {
         v4 || v6
     } else {
         // A service tag such as `AzureCloud` or `Storage.WestEurope`.
-        !p.is_empty()
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
-            && p.starts_with(|c: char| c.is_ascii_alphabetic())
+        super::service_tags::is_service_tag(p)
     }
 }
 

@@ -14,6 +14,7 @@
 //! are marked *inferred* where they are produced.
 
 mod arm;
+mod service_tags;
 pub mod state;
 
 pub use state::{Config, FaultRule, Seed, Stats, Throttle};
@@ -301,6 +302,35 @@ async fn arm_request(
     let op = arm::operation_name(method, &segs);
     let is_read = *method == Method::GET;
     let subscription = segs.get(1).map(|s| lower(s)).unwrap_or_default();
+
+    // ARM's front door checks the subscription before anything else.
+    if segs
+        .first()
+        .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
+    {
+        let mut store = app.lock();
+        let refused = match store.subscription_access(&subscription) {
+            state::SubscriptionAccess::Allowed => None,
+            state::SubscriptionAccess::NotFound => Some(Reply::error(
+                StatusCode::NOT_FOUND,
+                "SubscriptionNotFound",
+                format!("The subscription '{subscription}' could not be found."),
+            )),
+            state::SubscriptionAccess::Unauthorized => Some(Reply::error(
+                StatusCode::FORBIDDEN,
+                "AuthorizationFailed",
+                format!(
+                    "The client 'kmsroute-emulator' with object id '00000000-0000-0000-0000-000000000000' does not have authorization to perform action '{}' over scope '{}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+                    arm::action_name(method, &segs),
+                    path
+                ),
+            )),
+        };
+        if let Some(reply) = refused {
+            record(&mut store, &subscription, &op, is_read, reply.status, false);
+            return reply;
+        }
+    }
 
     // Faults: decided under the lock, slept outside it.
     let fault = {

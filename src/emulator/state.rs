@@ -132,6 +132,12 @@ pub struct Store {
     pub stats: Stats,
     pub faults: Vec<(FaultRule, u64)>,
     pub(crate) buckets: HashMap<(String, bool), Bucket>,
+    /// Lower-cased subscriptions that exist; `None`: every subscription does (empty seed).
+    known_subscriptions: Option<std::collections::BTreeSet<String>>,
+    /// Lower-cased subscriptions where the caller has no role.
+    unauthorized: std::collections::BTreeSet<String>,
+    /// The seed's explicit `subscriptions`, kept for the dump.
+    seeded_subscriptions: Vec<String>,
 }
 
 /// The seed file and state dump format: ARM resources exactly as a GET returns them.
@@ -141,6 +147,23 @@ pub struct Seed {
     pub resources: Vec<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned_routes: Vec<Value>,
+    /// Subscriptions that exist but hold no seeded resource. Those the resources live in exist
+    /// too; any other answers `404 SubscriptionNotFound`, as ARM does. A seed that names no
+    /// subscription at all (no resources, no key) leaves every subscription open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<String>,
+    /// Subscriptions that exist but where the caller has no role: every request answers
+    /// `403 AuthorizationFailed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unauthorized_subscriptions: Vec<String>,
+}
+
+/// What the emulator says about a request's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionAccess {
+    Allowed,
+    NotFound,
+    Unauthorized,
 }
 
 pub fn new_etag() -> String {
@@ -183,7 +206,36 @@ impl Store {
             store.resources.insert(lower(&id), r);
         }
         store.learned_routes = seed.learned_routes;
+        let mut known: std::collections::BTreeSet<String> = store
+            .resources
+            .keys()
+            .filter_map(|k| k.split('/').nth(2).map(str::to_string))
+            .collect();
+        known.extend(seed.subscriptions.iter().map(|s| lower(s)));
+        store.unauthorized = seed
+            .unauthorized_subscriptions
+            .iter()
+            .map(|s| lower(s))
+            .collect();
+        known.extend(store.unauthorized.iter().cloned());
+        store.known_subscriptions = (!known.is_empty()).then_some(known);
+        store.seeded_subscriptions = seed.subscriptions;
         Ok(store)
+    }
+
+    /// Whether a request in `subscription` (lower-cased) reaches a subscription the caller may use.
+    pub fn subscription_access(&self, subscription: &str) -> SubscriptionAccess {
+        if self.unauthorized.contains(subscription) {
+            SubscriptionAccess::Unauthorized
+        } else if self
+            .known_subscriptions
+            .as_ref()
+            .is_some_and(|k| !k.contains(subscription))
+        {
+            SubscriptionAccess::NotFound
+        } else {
+            SubscriptionAccess::Allowed
+        }
     }
 
     /// The state in the seed format, derived fields computed.
@@ -196,6 +248,8 @@ impl Store {
                 .map(|r| self.render_with(r, users))
                 .collect(),
             learned_routes: self.learned_routes.clone(),
+            subscriptions: self.seeded_subscriptions.clone(),
+            unauthorized_subscriptions: self.unauthorized.iter().cloned().collect(),
         }
     }
 

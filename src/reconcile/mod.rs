@@ -141,6 +141,15 @@ pub struct PolicyReport {
     pub verification: Option<verify::VerificationReport>,
     /// KMS name resolution, when the policy asks for it.
     pub dns: Option<verify::DnsReport>,
+    /// Selected subscriptions ARM refused to list (each also a problem naming the ARM code).
+    pub unreadable_subscriptions: Vec<String>,
+}
+
+impl PolicyReport {
+    /// The policy selects no subnet anywhere it could look: most likely a selector typo.
+    pub fn nothing_selected(&self) -> bool {
+        self.summary.subnets_matched == 0 && self.unreadable_subscriptions.is_empty()
+    }
 }
 
 /// Everything a pass did and found.
@@ -163,9 +172,11 @@ impl Report {
     }
     /// True when some subnet has a conflict or an error (plan/apply exit code 3).
     pub fn has_problems(&self) -> bool {
-        self.policies
-            .iter()
-            .any(|p| p.summary.conflicts > 0 || p.summary.errors > 0)
+        self.policies.iter().any(|p| {
+            p.summary.conflicts > 0
+                || p.summary.errors > 0
+                || !p.unreadable_subscriptions.is_empty()
+        })
     }
 }
 
@@ -293,7 +304,7 @@ async fn reconcile_resolved(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
     let subscriptions = pass_subscriptions(policies, options);
-    let inventory = match &options.inventory {
+    let mut inventory = match &options.inventory {
         Some(source) => source.current(&subscriptions).await?,
         None => api.inventory(&subscriptions).await?,
     };
@@ -313,9 +324,10 @@ async fn reconcile_resolved(
     progress(Progress::Planned {
         writes: first.writes.len(),
     });
+    let unreadable = std::mem::take(&mut inventory.unreadable);
     if options.mode == RunMode::PlanOnly || first.writes.is_empty() {
         let final_verdicts = first.verdicts.clone();
-        let policies = summarize(policies, &first, &[], &final_verdicts, false);
+        let policies = summarize(policies, &first, &[], &final_verdicts, false, &unreadable);
         return Ok(Report {
             plan: first,
             results: Vec::new(),
@@ -373,7 +385,14 @@ async fn reconcile_resolved(
     };
     let final_verdicts = plan(policies, &after).verdicts;
     drop(after);
-    let policies = summarize(policies, &first, &results, &final_verdicts, true);
+    let policies = summarize(
+        policies,
+        &first,
+        &results,
+        &final_verdicts,
+        true,
+        &unreadable,
+    );
     Ok(Report {
         plan: first,
         results,
@@ -500,7 +519,7 @@ pub async fn apply(
 
 fn problem_rank(reason: &str) -> u8 {
     match reason {
-        "WriteFailed" => 0,
+        "SubscriptionUnreadable" | "WriteFailed" => 0,
         "Conflict" | "NotVerified" => 2,
         "NoInternetEgress" | "KmsAddressDrift" | "VerificationFailed" | "DnsFailed" => 3,
         "Overlap" | "NoRouteTable" => 4,
@@ -516,6 +535,7 @@ fn summarize(
     results: &[WriteResult],
     final_verdicts: &[SubnetVerdict],
     applied: bool,
+    unreadable: &BTreeMap<String, crate::model::SubscriptionError>,
 ) -> Vec<PolicyReport> {
     // Failed writes, by the subnets they concern: a subnet write names its subnet; a table
     // write concerns every subnet the first plan put on that table.
@@ -556,6 +576,19 @@ fn summarize(
                 ..Summary::default()
             };
             let mut problems: Vec<Problem> = Vec::new();
+            let mut unreadable_subscriptions = Vec::new();
+            for sub in p.subscriptions() {
+                if let Some(e) = unreadable.get(&sub) {
+                    problems.push(Problem {
+                        subnet_id: format!("/subscriptions/{sub}"),
+                        reason: "SubscriptionUnreadable".into(),
+                        message: format!(
+                            "subscription {sub} cannot be listed ({e}); check the ID in the selector and the identity's role there"
+                        ),
+                    });
+                    unreadable_subscriptions.push(sub);
+                }
+            }
             let mut egress_warnings = 0usize;
             for v in &verdicts {
                 let failed = failed_by_subnet.get(v.subnet.key());
@@ -634,6 +667,7 @@ fn summarize(
                 egress_warnings,
                 verification: None,
                 dns: None,
+                unreadable_subscriptions,
             }
         })
         .collect()
