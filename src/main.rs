@@ -106,7 +106,7 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, env = "KMSROUTE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
         metrics_addr: std::net::SocketAddr,
-        /// Namespace of the leader-election Lease (and of the policies' Events).
+        /// Namespace of the leader-election Lease (Events of the cluster-scoped policies go to `default`).
         #[arg(long, env = "POD_NAMESPACE", default_value = "kmsroute")]
         leader_election_namespace: String,
         #[arg(long, default_value = "kmsroute-leader")]
@@ -502,7 +502,6 @@ async fn run_controller(
     let settings = Settings {
         cloud: arm.cloud,
         concurrency: arm.concurrency,
-        events_namespace: namespace.clone(),
         slow_retry: std::time::Duration::from_secs(300),
         base_backoff: std::time::Duration::from_secs(5),
         resync_cap: max_resync,

@@ -168,13 +168,35 @@ fn the_default_render_is_restricted_least_privilege_and_single_replica() {
             {"apiGroups": ["kmsroute.io"], "resources": ["kmsroutepolicies/finalizers"], "verbs": ["update", "patch"]}
         ])
     );
+    let roles: Vec<&Value> = d.iter().filter(|o| o["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 2, "one Role for the Lease, one for Events");
+    let lease = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == "kmsroute")
+        .unwrap();
     assert_eq!(
-        find(&d, "Role").unwrap()["rules"],
+        lease["rules"],
         json!([
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}
+        ])
+    );
+    // Events of the cluster-scoped policies live in `default` (where kubectl describe looks).
+    let events = roles
+        .iter()
+        .find(|r| r["metadata"]["namespace"] == "default")
+        .unwrap();
+    assert_eq!(
+        events["rules"],
+        json!([
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
         ])
     );
+    let binding = d
+        .iter()
+        .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == "default")
+        .unwrap();
+    assert_eq!(binding["roleRef"]["name"], events["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["namespace"], "kmsroute");
     let all = serde_json::to_string(&d).unwrap();
     assert!(!all.contains("\"secrets\""), "no access to Secrets");
 }

@@ -51,8 +51,27 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("cleanup incomplete: {0}")]
-    Cleanup(String),
+    /// Some of a pass's writes failed; `class` is the worst of their classes, so a 403 waits on
+    /// the slow user-action timer and a 429 is counted as throttling.
+    #[error("{count} write(s) failed ({})", class.label())]
+    WritesFailed { class: ErrorClass, count: usize },
+    #[error("the pass reported nothing for policy {0}")]
+    NoReport(String),
+}
+
+/// How bad an error class is for backoff: a human must act > throttled > the rest.
+fn severity(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::NeedsUserAction => 3,
+        ErrorClass::Throttled => 2,
+        ErrorClass::Retryable => 1,
+        ErrorClass::Conflict | ErrorClass::NotFound => 0,
+    }
+}
+
+/// The worst class among failed writes.
+pub fn worst_class(classes: impl IntoIterator<Item = ErrorClass>) -> Option<ErrorClass> {
+    classes.into_iter().max_by_key(|c| severity(*c))
 }
 
 impl Error {
@@ -61,11 +80,16 @@ impl Error {
             Error::Arm(e) => e.class.label(),
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
-            Error::Cleanup(_) => "cleanup",
+            Error::WritesFailed { class, .. } => class.label(),
+            Error::NoReport(_) => "internal",
         }
     }
     fn needs_user_action(&self) -> bool {
-        matches!(self, Error::Arm(e) if e.class == ErrorClass::NeedsUserAction)
+        match self {
+            Error::Arm(e) => e.class == ErrorClass::NeedsUserAction,
+            Error::WritesFailed { class, .. } => *class == ErrorClass::NeedsUserAction,
+            _ => false,
+        }
     }
 }
 
@@ -73,8 +97,6 @@ impl Error {
 pub struct Settings {
     pub cloud: Cloud,
     pub concurrency: usize,
-    /// Where Events for the cluster-scoped policies go.
-    pub events_namespace: String,
     /// Re-check interval for errors only a human can fix.
     pub slow_retry: Duration,
     /// First backoff step after an error; doubles up to `slow_retry`.
@@ -126,8 +148,9 @@ impl Context {
             }
             sent.insert(key, note.clone());
         }
-        let mut reference = policy.object_ref(&());
-        reference.namespace = Some(self.settings.events_namespace.clone());
+        // A cluster-scoped object's reference has no namespace, so the recorder files the Event
+        // in `default`: where the API server wants it and `kubectl describe krp` looks.
+        let reference = policy.object_ref(&());
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -598,9 +621,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         }
     };
     let Some(mine) = report.policies.iter().find(|p| p.name == name) else {
-        return Err(Error::Cleanup(format!(
-            "the pass reported nothing for {name}"
-        )));
+        return Err(Error::NoReport(name));
     };
     let done = report.writes_done();
     tracing::info!(policy = %name, planned = report.plan.writes.len(), done, failed = report.writes_failed(), in_sync = mine.summary.in_sync, repaired = mine.summary.repaired, "pass complete");
@@ -666,10 +687,18 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     }
     if mine.writes_failed > 0 {
         ctx.last_pass.lock().await.remove(&name);
-        return Err(Error::Cleanup(format!(
-            "{} write(s) failed",
-            mine.writes_failed
-        )));
+        let class = worst_class(
+            report
+                .results
+                .iter()
+                .filter(|r| r.write.policy == name)
+                .filter_map(|r| r.error.as_ref().map(|e| e.class)),
+        )
+        .unwrap_or(ErrorClass::Retryable);
+        return Err(Error::WritesFailed {
+            class,
+            count: mine.writes_failed,
+        });
     }
     ctx.last_pass
         .lock()
@@ -724,7 +753,16 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
             failed.join("; "),
         )
         .await;
-        return Err(Error::Cleanup(failed.join("; ")));
+        let class = worst_class(
+            results
+                .iter()
+                .filter_map(|r| r.error.as_ref().map(|e| e.class)),
+        )
+        .unwrap_or(ErrorClass::Retryable);
+        return Err(Error::WritesFailed {
+            class,
+            count: failed.len(),
+        });
     }
     ctx.inventory.release(&name);
     ctx.event(

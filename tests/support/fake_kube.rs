@@ -391,6 +391,29 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
             if store.objects.contains_key(&key) {
                 return status_error(409, "AlreadyExists", format!("{n} already exists"));
             }
+            // Like the real API server: an Event about a cluster-scoped object (no namespace in
+            // `regarding`) lives in `default`, where `kubectl describe` looks for it.
+            if collection.contains("/events.k8s.io/")
+                && obj
+                    .pointer("/regarding/namespace")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                && !collection.contains("/namespaces/default/")
+            {
+                return status_error(
+                    422,
+                    "Invalid",
+                    "regarding.namespace: does not match event.namespace (an Event about a cluster-scoped object belongs in \"default\")",
+                );
+            }
+            // Like the real API server, a namespaced object takes its namespace from the URL.
+            if let Some(ns) = collection
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+            {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
             if is_policy {
                 obj.as_object_mut().unwrap().remove("status");
                 if let Err(e) = s.check_policy(&mut obj) {
