@@ -236,6 +236,22 @@ async fn a_new_policy_becomes_ready_with_the_right_counts() {
         obj["metadata"]["finalizers"],
         json!(["kmsroute.io/cleanup"])
     );
+    // Every write the controller made names its field manager: the finalizer and the status.
+    let managers = obj["metadata"]["managedFields"].as_array().unwrap();
+    assert!(
+        managers.iter().all(|m| m["manager"] == "kmsroute"),
+        "{managers:?}"
+    );
+    assert!(
+        managers
+            .iter()
+            .any(|m| m["subresource"] == "" && m["operation"] == "Update")
+    );
+    assert!(
+        managers
+            .iter()
+            .any(|m| m["subresource"] == "status" && m["operation"] == "Apply")
+    );
     assert_eq!(condition(&obj, "Degraded").unwrap().0, "False");
     assert_eq!(obj["status"]["destinations"].as_array().unwrap().len(), 3);
     assert!(table_routes(&em, "rt-spoke1-shared").contains(&"kms-20-118-99-224".to_string()));

@@ -6,6 +6,7 @@
 //! each subscription in use on a pace and queues a pass for exactly the policies whose subnets
 //! or tables changed; passes plan on it instead of listing.
 
+mod finalizer;
 pub mod inventory;
 pub mod leader;
 pub mod metrics;
@@ -26,7 +27,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -50,7 +50,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] kube::Error),
     /// Some of a pass's writes failed; `class` is the worst of their classes, so a 403 waits on
     /// the slow user-action timer and a 429 is counted as throttling.
     #[error("{count} write(s) failed ({})", class.label())]
@@ -227,17 +227,19 @@ pub async fn reconcile(policy: Arc<KmsRoutePolicy>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     let api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());
     let name = policy.name_any();
-    let result = finalizer(&api, FINALIZER, policy, |event| async {
+    let result = finalizer::finalizer(&api, FINALIZER, policy, |event| async {
         match event {
-            Finalizer::Apply(p) => apply(&p, &ctx).await,
-            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+            finalizer::Event::Apply(p) => apply(&p, &ctx).await,
+            finalizer::Event::Cleanup(p) => cleanup(&p, &ctx).await,
         }
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+            Error::Finalizer(e)
+        }
+        finalizer::Error::UnnamedObject => Error::NoReport("an object without a name".into()),
     });
     ctx.metrics.reconcile_done(
         if result.is_ok() { "success" } else { "error" },

@@ -537,8 +537,37 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
                     return e;
                 }
             }
+            // managedFields are the server's: kept from the stored object whatever was sent.
+            match current.pointer("/metadata/managedFields") {
+                Some(m) => next["metadata"]["managedFields"] = m.clone(),
+                None => {
+                    next["metadata"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("managedFields");
+                }
+            }
             if next == current {
                 return json_response(200, &current);
+            }
+            // Like the real API server: every write is recorded under its field manager, or
+            // under a placeholder when the request named none.
+            let manager = query(&uri, "fieldManager").unwrap_or_else(|| "unknown".into());
+            let operation = if content_type.contains("apply-patch") {
+                "Apply"
+            } else {
+                "Update"
+            };
+            let entry = json!({"manager": manager, "operation": operation, "subresource": sub.unwrap_or_default()});
+            let fields = next["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .entry("managedFields")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = fields.as_array_mut()
+                && !list.contains(&entry)
+            {
+                list.push(entry);
             }
             store.rv += 1;
             next["metadata"]["resourceVersion"] = json!(store.rv.to_string());
