@@ -111,8 +111,10 @@ enum Command {
         leader_election_namespace: String,
         #[arg(long, default_value = "kmsroute-leader")]
         lease_name: String,
-        /// This replica's identity in the Lease (default: the pod/host name).
-        #[arg(long, env = "POD_NAME")]
+        /// This replica's identity in the Lease (default: the pod or host name and a random
+        /// suffix, unique per process). A second process given an identity that holds the
+        /// lease refuses to run.
+        #[arg(long)]
         identity: Option<String>,
         #[arg(long, value_enum, env = "KMSROUTE_LOG_FORMAT", default_value = "text")]
         log_format: LogFormat,
@@ -473,32 +475,40 @@ async fn run_controller(
 ) -> Result<ExitCode, String> {
     use kmsroute::controller::{self, Settings, leader::LeaseSettings, metrics::ControllerMetrics};
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("Kubernetes client: {e}"))?;
     let api = Arc::new(connect(&arm)?);
+    // Unique per process unless given: two processes under one identity would both lead.
     let identity = identity.unwrap_or_else(|| {
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kmsroute-{}", std::process::id()))
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "kmsroute".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{host}_{}", &suffix[..8])
     });
     let metrics = Arc::new(ControllerMetrics::default());
+    let probes = kmsroute::controller::Probes::default();
+    let lease_duration = std::time::Duration::from_secs(15);
     let health = kmsroute::server::Health {
         controller: metrics.clone(),
         arm: Some(api.metrics.clone()),
-        credentials_ok: Arc::new(AtomicBool::new(false)),
-        watch_synced: Arc::new(AtomicBool::new(false)),
+        probes: probes.clone(),
+        // Three lease periods without the lease loop (or the leader's loop) going round.
+        stall_after: lease_duration * 3,
     };
     let bound = kmsroute::server::serve(metrics_addr, health.clone()).await?;
-    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
-    // Credentials work when a token can be had; checked once here, re-checked by every call.
-    match api.check_credentials().await {
-        Ok(()) => health
-            .credentials_ok
-            .store(true, std::sync::atomic::Ordering::SeqCst),
-        Err(e) => {
-            tracing::error!(error = %e, "ARM credentials do not work yet; /readyz stays false")
-        }
-    }
+    tracing::info!(%bound, identity = %identity, "serving /metrics, /healthz, /readyz");
+    // Readiness follows the credential both ways: re-checked every minute, sooner while failing.
+    let checker = api.clone();
+    tokio::spawn(kmsroute::controller::probes::watch_credentials(
+        move || {
+            let api = checker.clone();
+            async move { api.check_credentials().await }
+        },
+        probes.credentials_ok.clone(),
+        std::time::Duration::from_secs(60),
+    ));
     let settings = Settings {
         cloud: arm.cloud,
         concurrency: arm.concurrency,
@@ -511,7 +521,7 @@ async fn run_controller(
             namespace,
             name: lease_name,
             identity,
-            lease_duration: std::time::Duration::from_secs(15),
+            lease_duration,
             renew_every: std::time::Duration::from_secs(5),
         },
     };
@@ -521,15 +531,7 @@ async fn run_controller(
         tracing::info!("shutting down: finishing in-flight work and releasing the lease");
         let _ = stop_tx.send(true);
     });
-    controller::run(
-        client,
-        api,
-        settings,
-        metrics,
-        health.watch_synced.clone(),
-        stop_rx,
-    )
-    .await;
+    controller::run(client, api, settings, metrics, probes, stop_rx).await?;
     Ok(ExitCode::SUCCESS)
 }
 

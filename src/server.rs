@@ -1,7 +1,10 @@
-//! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (ARM credentials work, and the leader's watch has synced).
+//! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the lease loop,
+//! and on the leader the controller loop, are still going round) and `/readyz` (ARM credentials
+//! work now, the API server and the lease namespace answer, and a leader has its cache). The
+//! facts come from [`Probes`], kept by the loops themselves.
 
 use crate::azure::metrics::ArmMetrics;
+use crate::controller::Probes;
 use crate::controller::metrics::ControllerMetrics;
 use axum::Router;
 use axum::extract::State;
@@ -9,23 +12,23 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct Health {
     pub controller: Arc<ControllerMetrics>,
     pub arm: Option<Arc<ArmMetrics>>,
-    /// Set once a token could be obtained for ARM.
-    pub credentials_ok: Arc<AtomicBool>,
-    /// Set once the leader's watch cache has synced.
-    pub watch_synced: Arc<AtomicBool>,
+    pub probes: Probes,
+    /// A loop that has not gone round for this long is stuck (liveness fails).
+    pub stall_after: Duration,
 }
 
 impl Health {
     pub fn ready(&self) -> bool {
-        // A standby replica is ready as soon as it can reach Azure; the leader also needs its cache.
-        self.credentials_ok.load(Ordering::SeqCst)
-            && (!self.controller.is_leader() || self.watch_synced.load(Ordering::SeqCst))
+        self.probes.ready()
+    }
+    pub fn alive(&self) -> bool {
+        self.probes.alive(self.stall_after)
     }
 }
 
@@ -35,6 +38,14 @@ async fn metrics(State(h): State<Health>) -> String {
         out.push_str(&arm.render());
     }
     out
+}
+
+async fn healthz(State(h): State<Health>) -> (StatusCode, &'static str) {
+    if h.alive() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stalled\n")
+    }
 }
 
 async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
@@ -49,7 +60,7 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
 pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr, String> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -12,12 +12,12 @@ use kmsroute::catalog::Cloud;
 use kmsroute::controller::inventory::InventorySettings;
 use kmsroute::controller::leader::LeaseSettings;
 use kmsroute::controller::metrics::ControllerMetrics;
-use kmsroute::controller::{self, Settings};
+use kmsroute::controller::{self, Probes, Settings};
 use kmsroute::emulator::{self, Config, EmulatorHandle, OtherWrite, Seed};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::fake_kube::FakeKube;
 use tokio::sync::watch;
@@ -27,7 +27,8 @@ const NS: &str = "kmsroute";
 
 struct Running {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    probes: Probes,
     metrics: Arc<ControllerMetrics>,
     arm: Arc<AzureNetworkApi>,
 }
@@ -102,17 +103,23 @@ fn start_controller_with(
     let metrics = Arc::new(ControllerMetrics::default());
     let (stop, stop_rx) = watch::channel(false);
     let api: Arc<dyn NetworkApi> = arm.clone();
+    let probes = Probes::default();
+    // The credential check of `kmsroute run` is its own loop; here the static token works.
+    probes
+        .credentials_ok
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let task = tokio::spawn(controller::run(
         kube.client(),
         api,
         settings,
         metrics.clone(),
-        Arc::new(AtomicBool::new(false)),
+        probes.clone(),
         stop_rx,
     ));
     Running {
         stop,
         task,
+        probes,
         metrics,
         arm,
     }
@@ -814,11 +821,15 @@ async fn a_lease_lost_mid_reconcile_stops_the_writes() {
         (em.stats().writes >= 1).then_some(())
     })
     .await;
+    assert!(c.probes.watch_synced.load(Ordering::SeqCst));
     kube.steal_lease(NS, "kmsroute-leader", "thief", 3);
     wait_for("a to lose the lease", Duration::from_secs(10), || {
         (!c.metrics.is_leader()).then_some(())
     })
     .await;
+    // The cache belonged to the lost term; a standby that can reach the API server is ready.
+    assert!(!c.probes.watch_synced.load(Ordering::SeqCst));
+    assert!(c.probes.ready());
     let at_loss = em.stats().writes;
     assert!(
         at_loss < SPOKES_WRITES,
@@ -1279,4 +1290,61 @@ async fn a_forbidden_write_backs_off_on_the_user_action_timer_with_its_class() {
     assert_eq!(c.metrics.errors("cleanup"), 0);
     assert!(c.metrics.render().contains("class=\"needs_user_action\""));
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_lease_namespace_keeps_the_replica_unready_and_never_leading() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    kube.remove_namespace(NS);
+    let c = start_controller(&kube, &em, "a");
+    wait_for("a failed lease attempt", Duration::from_secs(10), || {
+        c.probes.lease_loop.age().map(|_| ())
+    })
+    .await;
+    // Several attempts, none of which may make it ready or leading.
+    for _ in 0..3 {
+        let since = Instant::now();
+        wait_for("another lease attempt", Duration::from_secs(10), || {
+            c.probes
+                .lease_loop
+                .age()
+                .filter(|a| *a < since.elapsed())
+                .map(|_| ())
+        })
+        .await;
+        assert!(!c.probes.lease_ok.load(Ordering::SeqCst));
+        assert!(!c.probes.ready());
+        assert!(!c.metrics.is_leader());
+    }
+    assert!(
+        c.probes.alive(Duration::from_secs(30)),
+        "its lease loop still turns"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_with_the_leaders_identity_refuses_to_run() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let first = start_controller(&kube, &em, "same");
+    wait_for("the first to lead", Duration::from_secs(10), || {
+        first.metrics.is_leader().then_some(())
+    })
+    .await;
+    let second = start_controller(&kube, &em, "same");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), second.task)
+        .await
+        .expect("the second replica stops by itself")
+        .unwrap();
+    let error = outcome.unwrap_err();
+    assert!(error.contains("identity"), "{error}");
+    assert!(!second.metrics.is_leader());
+    assert!(first.metrics.is_leader(), "the first one keeps leading");
+    assert_eq!(
+        kube.lease_holder(NS, "kmsroute-leader").as_deref(),
+        Some("same")
+    );
+    first.shutdown().await;
 }

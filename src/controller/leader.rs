@@ -2,13 +2,30 @@
 //! holder reconciles. The holder renews every `renew_every`; a replica takes over once the
 //! lease has gone unrenewed for `lease_duration`. A failed renewal reports the loss at once, so
 //! writes stop immediately rather than when the lease would have expired.
+//!
+//! Two processes must never share an identity: one would renew the other's lease and both would
+//! lead. A replica that finds the lease freshly held under its own identity, before it ever held
+//! it, refuses to run.
 
+use super::probes::Probes;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Why a lease attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "the lease {0} is held by another process with this replica's identity {1:?}; give each replica its own --identity"
+    )]
+    IdentityInUse(String, String),
+}
 
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
@@ -23,6 +40,8 @@ pub struct LeaseSettings {
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// This process has held the lease (so finding it under our identity is our own renewal).
+    held: AtomicBool,
 }
 
 impl LeaderElector {
@@ -30,6 +49,7 @@ impl LeaderElector {
         LeaderElector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            held: AtomicBool::new(false),
         }
     }
 
@@ -45,7 +65,15 @@ impl LeaderElector {
     }
 
     /// One attempt: true when this replica holds the lease afterwards.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, LeaseError> {
+        let won = self.attempt().await?;
+        if won {
+            self.held.store(true, Ordering::SeqCst);
+        }
+        Ok(won)
+    }
+
+    async fn attempt(&self) -> Result<bool, LeaseError> {
         let name = &self.settings.name;
         let Some(mut lease) = self.api.get_opt(name).await? else {
             let lease = Lease {
@@ -58,7 +86,7 @@ impl LeaderElector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -73,6 +101,12 @@ impl LeaderElector {
         if !ours && !holder.is_empty() && !expired {
             return Ok(false);
         }
+        if ours && !expired && !self.held.load(Ordering::SeqCst) {
+            return Err(LeaseError::IdentityInUse(
+                format!("{}/{}", self.settings.namespace, name),
+                holder,
+            ));
+        }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours {
             spec.acquire_time.clone()
@@ -85,7 +119,7 @@ impl LeaderElector {
         match self.api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -104,9 +138,16 @@ impl LeaderElector {
         Ok(())
     }
 
-    /// Runs until `stop` turns true, publishing leadership on `tx`; releases the lease at the end.
-    pub async fn run(self, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true, publishing leadership on `tx` and its health on `probes`;
+    /// releases the lease at the end. Returns an error when this replica must not run.
+    pub async fn run(
+        self,
+        tx: watch::Sender<bool>,
+        mut stop: watch::Receiver<bool>,
+        probes: Probes,
+    ) -> Result<(), String> {
         loop {
+            probes.lease_loop.beat();
             // Bounded: the kube client retries a 503 with backoff for longer than a lease lasts,
             // and a replica still waiting on its renewal must not go on acting as leader while
             // another one may take the lease (found by the API-server-unavailable fault test).
@@ -115,12 +156,24 @@ impl LeaderElector {
                 self.try_acquire_or_renew(),
             );
             let leading = match attempt.await {
-                Ok(Ok(l)) => l,
+                Ok(Ok(l)) => {
+                    probes.lease_ok.store(true, Ordering::SeqCst);
+                    l
+                }
+                Ok(Err(e @ LeaseError::IdentityInUse(..))) => {
+                    tracing::error!(error = %e, "refusing to run");
+                    probes.lease_ok.store(false, Ordering::SeqCst);
+                    let _ = tx.send(false);
+                    return Err(e.to_string());
+                }
                 Ok(Err(e)) => {
+                    // Also a lease namespace that does not exist: not ready, never leading.
                     tracing::warn!(error = %e, "lease renewal failed");
+                    probes.lease_ok.store(false, Ordering::SeqCst);
                     false
                 }
                 Err(_) => {
+                    probes.lease_ok.store(false, Ordering::SeqCst);
                     tracing::warn!(
                         timeout = ?(self.settings.lease_duration / 2),
                         "lease renewal timed out; stepping down"
@@ -149,5 +202,6 @@ impl LeaderElector {
         if let Err(e) = self.release().await {
             tracing::warn!(error = %e, "could not release the lease");
         }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod finalizer;
 pub mod inventory;
 pub mod leader;
 pub mod metrics;
+pub mod probes;
 
 use crate::api::{
     DeletionPolicy, DesiredState, FINALIZER, KmsRoutePolicy, KmsRoutePolicyStatus, Mode,
@@ -33,9 +34,10 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use leader::{LeaderElector, LeaseSettings};
 use metrics::ControllerMetrics;
+pub use probes::Probes;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 
@@ -781,48 +783,58 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
 }
 
 /// Aborts a spawned task when dropped, so dropping `run` (a killed process) stops everything.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
 /// Runs the controller while this replica leads; stops at once when leadership is lost, and
-/// returns when `stop` turns true (after releasing the lease).
+/// returns when `stop` turns true (after releasing the lease). An error means this replica must
+/// not run at all (another one holds the lease under the same identity).
 pub async fn run(
     client: kube::Client,
     arm: Arc<dyn NetworkApi>,
     settings: Settings,
     metrics: Arc<ControllerMetrics>,
-    ready: Arc<AtomicBool>,
+    probes: Probes,
     stop: watch::Receiver<bool>,
-) {
+) -> Result<(), String> {
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let elector = LeaderElector::new(client.clone(), settings.lease.clone());
-    let mut elector_task = AbortOnDrop(tokio::spawn(elector.run(lead_tx, stop.clone())));
+    let mut elector_task = AbortOnDrop(tokio::spawn(elector.run(
+        lead_tx,
+        stop.clone(),
+        probes.clone(),
+    )));
     let mut stop_rx = stop.clone();
+    let elector_outcome = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
+        Ok(outcome) => outcome,
+        Err(e) => Err(format!("the lease loop ended: {e}")),
+    };
     loop {
         // Wait to lead (or to stop).
         while !*lead_rx.borrow() {
             metrics.set_leader(false);
+            probes.leading.store(false, Ordering::SeqCst);
             tokio::select! {
-                r = lead_rx.changed() => if r.is_err() { return; },
+                r = lead_rx.changed() => if r.is_err() { return elector_outcome((&mut elector_task.0).await); },
                 _ = stop_rx.changed() => {}
             }
             if *stop_rx.borrow() {
-                let _ = (&mut elector_task.0).await;
-                return;
+                return elector_outcome((&mut elector_task.0).await);
             }
         }
         metrics.set_leader(true);
+        probes.leading.store(true, Ordering::SeqCst);
         let mut task = AbortOnDrop(tokio::spawn(run_controller(
             client.clone(),
             arm.clone(),
             settings.clone(),
             metrics.clone(),
-            ready.clone(),
+            probes.clone(),
         )));
         // Lead until the lease is lost or we are told to stop; then abort in-flight work.
         loop {
@@ -835,9 +847,11 @@ pub async fn run(
         task.0.abort();
         let _ = (&mut task.0).await;
         metrics.set_leader(false);
+        probes.leading.store(false, Ordering::SeqCst);
+        // The cache belonged to that term: a new term lists again before it is ready.
+        probes.watch_synced.store(false, Ordering::SeqCst);
         if *stop_rx.borrow() {
-            let _ = (&mut elector_task.0).await;
-            return;
+            return elector_outcome((&mut elector_task.0).await);
         }
         tracing::warn!("leadership lost: reconciling stopped");
     }
@@ -848,7 +862,7 @@ async fn run_controller(
     arm: Arc<dyn NetworkApi>,
     settings: Settings,
     metrics: Arc<ControllerMetrics>,
-    ready: Arc<AtomicBool>,
+    probes: Probes,
 ) {
     let api: Api<KmsRoutePolicy> = Api::all(client.clone());
     // Passes queued by the inventory's change detection (kube-runtime's external triggers).
@@ -898,8 +912,12 @@ async fn run_controller(
     // Ready once the policies this replica watches can be listed (the watch's own first step);
     // retried until it works, so a briefly unreachable API server only delays readiness.
     let list_api: Api<KmsRoutePolicy> = Api::all(ctx.client.clone());
-    let watch_ready = ready.clone();
-    tokio::spawn(async move {
+    let watch_ready = probes.watch_synced.clone();
+    let _synced = AbortOnDrop(tokio::spawn(async move {
+        // Backed off (1 s doubling to a minute) and warned once per distinct error, so a cluster
+        // without the CRD yet does not get a warning a second.
+        let mut pause = Duration::from_secs(1);
+        let mut last_error = String::new();
         loop {
             match list_api
                 .list(&kube::api::ListParams::default().limit(1))
@@ -910,13 +928,28 @@ async fn run_controller(
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list KmsRoutePolicies yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let error = e.to_string();
+                    if error != last_error {
+                        tracing::warn!(error = %e, retry_in = ?pause, "cannot list KmsRoutePolicies yet (is the CRD installed?)");
+                        last_error = error;
+                    } else {
+                        tracing::debug!(error = %e, retry_in = ?pause, "cannot list KmsRoutePolicies yet");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
                 }
             }
         }
-    });
-    controller
+    }));
+    // Liveness: this beats only while the controller's own future is being polled.
+    let heartbeat = probes.controller_loop.clone();
+    let beating = async move {
+        loop {
+            heartbeat.beat();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    };
+    let running = controller
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(settings.concurrency.min(u16::MAX as usize) as u16),
@@ -926,6 +959,9 @@ async fn run_controller(
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = running => {}
+        _ = beating => {}
+    }
 }

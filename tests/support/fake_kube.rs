@@ -35,6 +35,9 @@ struct Store {
     conflict_status_writes: u32,
     /// While true, every request answers 503.
     unavailable: bool,
+    /// Namespaces that do not exist: creating anything in one answers 404, as the real API
+    /// server does (every other namespace is taken to exist).
+    missing_namespaces: std::collections::BTreeSet<String>,
 }
 
 pub struct FakeKube {
@@ -273,6 +276,16 @@ impl FakeKube {
     }
 
     /// Ends every open watch, as a dropped connection would.
+    /// Makes a namespace not exist (creating objects in it answers 404).
+    pub fn remove_namespace(&self, ns: &str) {
+        self.state
+            .store
+            .lock()
+            .unwrap()
+            .missing_namespaces
+            .insert(ns.to_string());
+    }
+
     pub fn drop_watches(&self) {
         let _ = self.state.cut.send(());
     }
@@ -390,6 +403,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
             let key = (collection.clone(), n.clone());
             if store.objects.contains_key(&key) {
                 return status_error(409, "AlreadyExists", format!("{n} already exists"));
+            }
+            if let Some(ns) = collection
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                && store.missing_namespaces.contains(ns)
+            {
+                return status_error(404, "NotFound", format!("namespaces \"{ns}\" not found"));
             }
             // Like the real API server: an Event about a cluster-scoped object (no namespace in
             // `regarding`) lives in `default`, where `kubectl describe` looks for it.
