@@ -318,8 +318,27 @@ pub fn planner(data: &[u8]) -> usize {
                     "deleted a foreign route {name}"
                 );
             }
-            Write::DissociateSubnet { .. } | Write::DeleteRouteTable { .. } => {
-                panic!("a reconcile plan never dissociates or deletes: {}", w.write)
+            Write::DissociateSubnet { table, .. } | Write::DeleteRouteTable { table } => {
+                // Only a release: a table the policy created, that no selected subnet uses.
+                let release = p
+                    .released
+                    .iter()
+                    .find(|r| &r.table == table)
+                    .unwrap_or_else(|| {
+                        panic!("dissociates or deletes outside a release: {}", w.write)
+                    });
+                assert!(
+                    release.created,
+                    "released a table it did not create: {}",
+                    w.write
+                );
+                assert!(
+                    p.verdicts
+                        .iter()
+                        .all(|v| v.route_table.as_ref() != Some(table)),
+                    "released a table a selected subnet uses: {}",
+                    w.write
+                );
             }
         }
     }

@@ -519,7 +519,13 @@ async fn azure_auth_failures_show_as_conditions_and_metrics() {
     })
     .await;
     assert_eq!(condition(&obj, "Degraded").unwrap().1, "AzureAuthFailed");
-    assert!(c.metrics.errors("needs_user_action") >= 1);
+    // The status is written before the pass returns its error to the backoff (and metrics).
+    wait_for(
+        "the error counted by class",
+        Duration::from_secs(10),
+        || (c.metrics.errors("needs_user_action") >= 1).then_some(()),
+    )
+    .await;
     assert!(c.arm.metrics.count_status("401") >= 1);
     assert!(
         kube.events()
@@ -1347,4 +1353,108 @@ async fn a_second_replica_with_the_leaders_identity_refuses_to_run() {
         Some("same")
     );
     first.shutdown().await;
+}
+
+/// Every kms-* route and every table the policy created, across the estate.
+fn owned_leftovers(em: &EmulatorHandle) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in em.dump().resources {
+        if r["type"] != "Microsoft.Network/routeTables" {
+            continue;
+        }
+        let name = r["name"].as_str().unwrap_or_default().to_string();
+        if r["tags"]["kmsroute.io-policy"].is_string() {
+            out.push(format!("table {name}"));
+        }
+        for route in r["properties"]["routes"].as_array().into_iter().flatten() {
+            let n = route["name"].as_str().unwrap_or_default();
+            if n.starts_with("kms-") {
+                out.push(format!("route {name}/{n}"));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_releases_what_left_the_selection_widening_brings_it_back_and_deletion_leaves_nothing()
+ {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    assert!(table_routes(&em, "vnet-spoke1-app-kms").len() == 3);
+    let api = Api::<KmsRoutePolicy>::all(kube.client());
+    let set_exclude = |names: Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "spokes",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"spec": {"selector": {"excludeSubnetNames": names}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // app (a created table) and web + api (the shared, foreign table) leave the selection.
+    set_exclude(json!(["app", "web", "api"])).await;
+    let obj = wait_for("3 subnets released", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| o["status"]["summary"]["released"] == 3)
+    })
+    .await;
+    assert_eq!(
+        obj["status"]["summary"]["subnetsMatched"], 2,
+        "data and the GatewaySubnet"
+    );
+    assert!(
+        table_routes(&em, "vnet-spoke1-app-kms").is_empty(),
+        "the created table is gone"
+    );
+    assert_eq!(
+        table_routes(&em, "rt-spoke1-shared"),
+        vec!["onprem".to_string(), "to-nva-default".to_string()],
+        "owned routes removed, foreign ones kept"
+    );
+    wait_for("a Released Event", Duration::from_secs(10), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "Released")
+    })
+    .await;
+    // Widening back: the routes return and app gets its table again.
+    set_exclude(json!([])).await;
+    wait_for("the routes back", Duration::from_secs(20), || {
+        (table_routes(&em, "vnet-spoke1-app-kms").len() == 3
+            && table_routes(&em, "rt-spoke1-shared").len() == 5)
+            .then_some(())
+    })
+    .await;
+    wait_ready(&kube, "spokes").await;
+    // Narrow again, then delete: nothing the policy owned is left anywhere.
+    set_exclude(json!(["web", "api"])).await;
+    wait_for("web and api released", Duration::from_secs(20), || {
+        (table_routes(&em, "rt-spoke1-shared").len() == 2).then_some(())
+    })
+    .await;
+    api.delete("spokes", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the policy to be gone", Duration::from_secs(20), || {
+        kube.policy("spokes").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(owned_leftovers(&em), Vec::<String>::new());
+    let cleaned = kube
+        .events()
+        .into_iter()
+        .find(|e| e["reason"] == "CleanedUp")
+        .unwrap();
+    let note = cleaned["note"].as_str().unwrap();
+    assert!(note.contains("deleted 2 route table(s)"), "{note}");
+    c.shutdown().await;
 }

@@ -2,7 +2,9 @@
 //! one plan converges (planning again writes nothing); foreign routes and every subnet property
 //! but a newly set `routeTable` are untouched; nothing broader than a `/32`, and nothing but
 //! next hop `Internet`, is ever written; `Audit` writes nothing; the outcome does not depend on
-//! the order policies arrive in; cleanup returns the estate to what it was.
+//! the order policies arrive in; cleanup returns the estate to what it was. Release (a subnet
+//! that left every selection): only owned routes go, and only a table its policy created is
+//! dissociated and deleted, never one a selected subnet uses, never under `Orphan` or `Audit`.
 //! `PROPTEST_CASES=5000 cargo test --test planner_props` runs more cases.
 
 use k8s_openapi::jiff::Timestamp;
@@ -316,6 +318,48 @@ fn owned_by_any(policies: &[DesiredState], name: &str) -> bool {
     policies.iter().any(|p| p.owns_route_name(name))
 }
 
+/// True when some policy selects this subnet now.
+fn selected(policies: &[DesiredState], inv: &Inventory, id: &SubnetId) -> bool {
+    let tags = inv
+        .virtual_networks
+        .iter()
+        .find(|v| v.id == id.vnet())
+        .map(|v| v.tags.clone())
+        .unwrap_or_default();
+    policies.iter().any(|p| p.selects(id, &tags))
+}
+
+/// The subnets using a table in an inventory.
+fn users(inv: &Inventory, table: &RouteTableId) -> Vec<SubnetId> {
+    inv.virtual_networks
+        .iter()
+        .flat_map(|v| v.subnets.iter())
+        .filter(|s| s.route_table.as_ref() == Some(table))
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// A table `policy` may release: one it created, or one holding its owned routes, in its
+/// subscriptions, that subnets use but none selected by any policy, nor a platform subnet.
+fn releasable(
+    policy: &DesiredState,
+    policies: &[DesiredState],
+    inv: &Inventory,
+    t: &RouteTable,
+) -> bool {
+    let using = users(inv, &t.id);
+    let created = t.tags.get("kmsroute.io-policy") == Some(&policy.name);
+    policy
+        .subscriptions()
+        .contains(&t.id.subscription().to_ascii_lowercase())
+        && (created
+            || !using.is_empty() && t.routes.iter().any(|r| policy.owns_route_name(&r.name)))
+        && !using.iter().any(|s| selected(policies, inv, s))
+        && !using
+            .iter()
+            .any(|s| kmsroute::model::special_subnet_name(s.name()).is_some())
+}
+
 fn subnets(inv: &Inventory) -> BTreeMap<SubnetId, Subnet> {
     inv.virtual_networks
         .iter()
@@ -340,7 +384,16 @@ proptest! {
         let after = simulate::apply(&inv, writes(&first)).map_err(TestCaseError::fail)?;
         let replace_allowed = policies.iter().any(|p| p.conflict_policy == kmsroute::api::ConflictPolicy::Replace);
         for before in &inv.route_tables {
-            let now = after.route_table(&before.id).expect("no table is deleted by reconcile");
+            let Some(now) = after.route_table(&before.id) else {
+                // Only a released table its policy created, with nothing foreign in it.
+                prop_assert!(
+                    policies.iter().any(|p| releasable(p, &policies, &inv, before)
+                        && before.tags.get("kmsroute.io-policy") == Some(&p.name)),
+                    "table {} deleted", before.id
+                );
+                prop_assert!(before.routes.iter().all(|r| owned_by_any(&policies, &r.name)));
+                continue;
+            };
             prop_assert_eq!(&now.tags, &before.tags);
             prop_assert_eq!(now.disable_bgp_route_propagation, before.disable_bgp_route_propagation);
             for r in before.routes.iter().filter(|r| !owned_by_any(&policies, &r.name)) {
@@ -365,7 +418,16 @@ proptest! {
             let mut n_without_table = n.clone();
             n_without_table.route_table = b.route_table.clone();
             prop_assert_eq!(&n_without_table, b, "a property other than routeTable changed");
-            if n.route_table != b.route_table {
+            if n.route_table != b.route_table && n.route_table.is_none() {
+                // Released: the subnet left every selection and its table was the policy's own.
+                let t = inv.route_table(b.route_table.as_ref().unwrap()).unwrap();
+                prop_assert!(!selected(&policies, &inv, id), "a selected subnet {} was dissociated", id);
+                prop_assert!(
+                    policies.iter().any(|p| releasable(p, &policies, &inv, t)
+                        && t.tags.get("kmsroute.io-policy") == Some(&p.name)),
+                    "{} dissociated from a table no policy created", id
+                );
+            } else if n.route_table != b.route_table {
                 prop_assert!(b.route_table.is_none(), "an existing association was changed on {}", id);
                 prop_assert!(kmsroute::model::special_subnet_name(id.name()).is_none());
                 let t = after.route_table(n.route_table.as_ref().unwrap()).unwrap();
@@ -388,8 +450,13 @@ proptest! {
                     prop_assert!(owned_by_any(&policies, name), "deleted foreign route {}", name);
                     vec![]
                 }
-                Write::DeleteRouteTable { .. } | Write::DissociateSubnet { .. } => {
-                    return Err(TestCaseError::fail("reconcile never deletes tables or dissociates"));
+                Write::DeleteRouteTable { table } | Write::DissociateSubnet { table, .. } => {
+                    let t = inv.route_table(table).unwrap();
+                    prop_assert!(
+                        policies.iter().any(|p| releasable(p, &policies, &inv, t)),
+                        "reconcile deleted or dissociated {} while it is still in use or not its own", table
+                    );
+                    vec![]
                 }
                 Write::AssociateSubnet { .. } => vec![],
             };
@@ -438,6 +505,41 @@ proptest! {
     }
 
     #[test]
+    fn release_never_touches_a_table_a_selected_subnet_uses((inv, policies) in estate()) {
+        let p = plan(&policies, &inv);
+        for r in &p.released {
+            for s in users(&inv, &r.table) {
+                prop_assert!(!selected(&policies, &inv, &s), "released {} though {} is selected", r.table, s);
+            }
+        }
+        // Every write to a table that no plan group needs is a release of an owned route.
+        for w in p.writes.iter().filter(|w| p.released.iter().any(|r| &r.table == w.write.table())) {
+            if let Write::DeleteRoute { name, .. } = &w.write {
+                let owner = policies.iter().find(|q| q.name == w.policy).unwrap();
+                prop_assert!(owner.owns_route_name(name));
+            }
+        }
+    }
+
+    #[test]
+    fn orphan_and_audit_policies_release_nothing((inv, policies) in estate()) {
+        let mut orphan = policies.clone();
+        for p in &mut orphan { p.deletion_policy = kmsroute::api::DeletionPolicy::Orphan; }
+        let o = plan(&orphan, &inv);
+        prop_assert!(o.released.is_empty());
+        let releases_a_table = |w: &Write| matches!(w, Write::DeleteRouteTable { .. } | Write::DissociateSubnet { .. });
+        prop_assert!(o.writes.iter().all(|w| !releases_a_table(&w.write)), "an Orphan policy released a table");
+        let mut audit = policies.clone();
+        for p in &mut audit { p.mode = Mode::Audit; }
+        let a = plan(&audit, &inv);
+        prop_assert!(a.writes.is_empty());
+        // Audit still reports what Enforce would release.
+        let mut enforce = policies.clone();
+        for p in &mut enforce { p.mode = Mode::Enforce; }
+        prop_assert_eq!(a.released.len(), plan(&enforce, &inv).released.len());
+    }
+
+    #[test]
     fn cleanup_of_a_lone_policy_restores_every_association_and_foreign_route((inv, policies) in estate()) {
         let mut p = policies[0].clone();
         p.mode = Mode::Enforce;
@@ -474,8 +576,10 @@ proptest! {
         for t in &after.route_tables {
             let n = back.route_table(&t.id);
             let foreign: Vec<&Route> = t.routes.iter().filter(|r| !p.owns_route_name(&r.name)).collect();
+            // Deletion also finds what the policy's marks say it owns outside its selection.
+            let released = releasable(p, lone, &after, t);
             match n {
-                Some(n) if managed.contains(&&t.id) || t.tags.get("kmsroute.io-policy") == Some(&p.name) => {
+                Some(n) if managed.contains(&&t.id) || released || t.tags.get("kmsroute.io-policy") == Some(&p.name) => {
                     let kept: Vec<&Route> = n.routes.iter().filter(|r| !p.owns_route_name(&r.name)).collect();
                     prop_assert_eq!(kept, foreign);
                     prop_assert!(n.routes.iter().all(|r| !p.owns_route_name(&r.name)), "owned route left behind in {}", t.id);

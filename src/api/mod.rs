@@ -277,6 +277,11 @@ pub struct Summary {
     /// Sampled subnets where some KMS address takes another route (see `problems`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub not_verified: i64,
+    /// Subnets that left the selection and whose tables this pass released (owned routes
+    /// removed, or the table the policy created dissociated and deleted); under `mode: Audit`,
+    /// those it would release.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub released: i64,
 }
 
 fn is_zero(n: &i64) -> bool {

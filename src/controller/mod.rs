@@ -644,7 +644,28 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         problems: mine.problems.clone(),
     };
     write_status(ctx, policy, status).await?;
-    if done > 0 {
+    // Release writes (tables no selected subnet uses any more) apart from repairs.
+    let released_tables: std::collections::BTreeSet<&str> = report
+        .plan
+        .released
+        .iter()
+        .filter(|r| r.policy == name)
+        .map(|r| r.table.key())
+        .collect();
+    let (mut releases, mut tables_deleted) = (0usize, 0usize);
+    for r in report
+        .results
+        .iter()
+        .filter(|r| r.write.policy == name && r.error.is_none())
+        .filter(|r| released_tables.contains(r.write.write.table().key()))
+    {
+        releases += 1;
+        if matches!(r.write.write, crate::plan::Write::DeleteRouteTable { .. }) {
+            tables_deleted += 1;
+        }
+    }
+    let repairs = done.saturating_sub(releases);
+    if repairs > 0 {
         // A repair is news every time: never deduplicated.
         ctx.forget_event(&name, "Repaired").await;
         ctx.event(
@@ -652,8 +673,21 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             EventType::Normal,
             "Repaired",
             format!(
-                "{done} write(s) to Azure restored the KMS routes ({} subnet(s) repaired)",
+                "{repairs} write(s) to Azure restored the KMS routes ({} subnet(s) repaired)",
                 mine.summary.repaired
+            ),
+        )
+        .await;
+    }
+    if releases > 0 {
+        ctx.forget_event(&name, "Released").await;
+        ctx.event(
+            policy,
+            EventType::Normal,
+            "Released",
+            format!(
+                "{} subnet(s) left the selection: {releases} write(s) removed the policy's routes from their tables and deleted {tables_deleted} table(s) it had created",
+                mine.summary.released
             ),
         )
         .await;
@@ -769,13 +803,21 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
         });
     }
     ctx.inventory.release(&name);
+    let count = |f: fn(&crate::plan::Write) -> bool| {
+        results
+            .iter()
+            .filter(|r| r.error.is_none() && f(&r.write.write))
+            .count()
+    };
+    let routes = count(|w| matches!(w, crate::plan::Write::DeleteRoute { .. }));
+    let dissociated = count(|w| matches!(w, crate::plan::Write::DissociateSubnet { .. }));
+    let tables = count(|w| matches!(w, crate::plan::Write::DeleteRouteTable { .. }));
     ctx.event(
         policy,
         EventType::Normal,
         "CleanedUp",
         format!(
-            "{} write(s) removed owned routes and created tables",
-            results.len()
+            "removed {routes} owned route(s), dissociated {dissociated} subnet(s) and deleted {tables} route table(s) the policy created"
         ),
     )
     .await;

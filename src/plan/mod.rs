@@ -30,6 +30,24 @@ pub const MAX_ROUTES_PER_TABLE: usize = 400;
 pub struct Plan {
     pub writes: Vec<PlannedWrite>,
     pub verdicts: Vec<SubnetVerdict>,
+    /// Tables a policy releases because no selected subnet uses them any more (its writes are
+    /// in `writes`, except under `mode: Audit`, which only reports them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Release>,
+}
+
+/// What a policy lets go of: a route table in its subscriptions that holds its owned routes (or
+/// that it created) while none of the subnets using it is selected by any policy any more —
+/// the subnets left the selection (a narrowed selector, an excluded name, a removed tag).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub policy: String,
+    pub table: RouteTableId,
+    /// The subnets using the table (none selected now).
+    pub subnets: Vec<SubnetId>,
+    /// The table was created by this policy: it is dissociated and deleted, not just emptied.
+    pub created: bool,
 }
 
 /// One ARM write and the policy it is made for.
@@ -338,24 +356,6 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
-
-    /// The part of the plan that belongs to one policy.
-    pub fn for_policy(&self, name: &str) -> Plan {
-        Plan {
-            writes: self
-                .writes
-                .iter()
-                .filter(|w| w.policy == name)
-                .cloned()
-                .collect(),
-            verdicts: self
-                .verdicts
-                .iter()
-                .filter(|v| v.policy == name)
-                .cloned()
-                .collect(),
-        }
-    }
 }
 
 /// Lookups over an inventory by case-insensitive ID key.
@@ -537,8 +537,7 @@ fn created_by(table: &RouteTable, policy: &str) -> bool {
 /// Plans reconcile for a set of policies against one inventory.
 ///
 /// All policies are given so that overlaps are decided the same way every time (the older
-/// policy owns a contested subnet); each write names the policy it is made for, and
-/// [`Plan::for_policy`] cuts out one policy's share.
+/// policy owns a contested subnet); each write names the policy it is made for.
 pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     let idx = Index::new(inventory);
     let ordered = by_seniority(policies);
@@ -666,8 +665,136 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     for group in groups.values() {
         plan_group(group, &mut writes, &mut verdicts);
     }
+    let selected = selected_anywhere(&ordered, &idx);
+    let mut released = Vec::new();
+    for &policy in &ordered {
+        for (release, release_writes) in releases(policy, &idx, &selected, &groups) {
+            if policy.mode == Mode::Enforce {
+                writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
+                    policy: policy.name.clone(),
+                    write,
+                }));
+            }
+            released.push(release);
+        }
+    }
     verdicts.sort_by(|a, b| (&a.policy, &a.subnet).cmp(&(&b.policy, &b.subnet)));
-    Plan { writes, verdicts }
+    Plan {
+        writes,
+        verdicts,
+        released,
+    }
+}
+
+/// Every subnet some policy selects now (special and contested ones included): nothing they
+/// use is released.
+fn selected_anywhere<'a>(policies: &[&DesiredState], idx: &Index<'a>) -> BTreeSet<&'a str> {
+    policies
+        .iter()
+        .flat_map(|p| resolve(p, idx))
+        .filter_map(|t| match t {
+            Target::Found(_, s) => Some(s.id.key()),
+            Target::Missing(..) => None,
+        })
+        .collect()
+}
+
+/// The subnets using each table: those naming it, and ARM's `properties.subnets`.
+fn table_users<'a>(idx: &Index<'a>) -> HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>> {
+    let mut users: HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>> = HashMap::new();
+    for (_, s) in idx.subnets.values() {
+        if let Some(t) = &s.route_table {
+            users.entry(t.key()).or_default().insert(s.id.key(), &s.id);
+        }
+    }
+    for t in idx.tables.values() {
+        for s in &t.subnets {
+            users.entry(t.id.key()).or_default().insert(s.key(), s);
+        }
+    }
+    users
+}
+
+/// The tables `policy` releases and the writes that do it. Honours `deletionPolicy: Orphan`
+/// (nothing is released); the caller drops the writes under `mode: Audit`. Never a table that
+/// a selected subnet uses or that this plan writes to, never outside the policy's
+/// subscriptions, never a foreign route: only routes in the policy's name space, and a table
+/// it created only when nothing but its own routes are left in it.
+fn releases(
+    policy: &DesiredState,
+    idx: &Index<'_>,
+    selected: &BTreeSet<&str>,
+    planned: &BTreeMap<String, Group<'_>>,
+) -> Vec<(Release, Vec<Write>)> {
+    if policy.deletion_policy == DeletionPolicy::Orphan {
+        return Vec::new();
+    }
+    let subscriptions = policy.subscriptions();
+    let users = table_users(idx);
+    let none = BTreeMap::new();
+    let mut tables: Vec<&RouteTable> = idx
+        .inventory
+        .route_tables
+        .iter()
+        .filter(|t| subscriptions.contains(&t.id.subscription().to_ascii_lowercase()))
+        .filter(|t| !planned.contains_key(t.id.key()))
+        .collect();
+    tables.sort_by(|a, b| a.id.key().cmp(b.id.key()));
+    let mut out = Vec::new();
+    for table in tables {
+        let using = users.get(table.id.key()).unwrap_or(&none);
+        // Still selected somewhere, or a platform subnet's table (never touched at all).
+        if using.keys().any(|s| selected.contains(s))
+            || using
+                .values()
+                .any(|s| special_subnet_name(s.name()).is_some())
+        {
+            continue;
+        }
+        let created = created_by(table, &policy.name);
+        let owned: Vec<&Route> = table
+            .routes
+            .iter()
+            .filter(|r| policy.owns_route_name(&r.name))
+            .collect();
+        // A table of someone else's that no subnet uses was never in the selection: leave it.
+        if !created && (owned.is_empty() || using.is_empty()) {
+            continue;
+        }
+        let mut writes = Vec::new();
+        if created && owned.len() == table.routes.len() {
+            for s in using.values() {
+                writes.push(Write::DissociateSubnet {
+                    subnet: (*s).clone(),
+                    table: table.id.clone(),
+                });
+            }
+            writes.push(Write::DeleteRouteTable {
+                table: table.id.clone(),
+            });
+        } else {
+            for r in owned {
+                writes.push(Write::DeleteRoute {
+                    table: table.id.clone(),
+                    name: r.name.clone(),
+                    address_prefix: r.address_prefix.clone(),
+                });
+            }
+        }
+        if writes.is_empty() {
+            continue;
+        }
+        out.push((
+            Release {
+                policy: policy.name.clone(),
+                table: table.id.clone(),
+                subnets: using.values().map(|s| (*s).clone()).collect(),
+                created,
+            },
+            writes,
+        ));
+    }
+    out
 }
 
 /// What one destination needs in one table.
@@ -922,6 +1049,42 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
             tables.insert(t.id.key(), t);
         }
     }
+    // Everything else the policy's marks say it owns in its subscriptions, selected now or not
+    // (a subnet excluded last week still has its routes): tables holding its owned routes, used
+    // by subnets no other policy selects. Their subnets become part of the footprint.
+    let others_selected = selected_anywhere(&others, &idx);
+    let users = table_users(&idx);
+    let subscriptions = policy.subscriptions();
+    for t in &inventory.route_tables {
+        if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {
+            continue;
+        }
+        let using: Vec<&str> = users
+            .get(t.id.key())
+            .map(|u| u.keys().copied().collect())
+            .unwrap_or_default();
+        let owned = t.routes.iter().any(|r| policy.owns_route_name(&r.name));
+        let special = using.iter().any(|key| {
+            idx.subnets
+                .get(key)
+                .is_some_and(|(_, s)| special_subnet_name(s.id.name()).is_some())
+        });
+        if using.is_empty()
+            || special
+            || !owned && !created_by(t, &policy.name)
+            || using.iter().any(|s| others_selected.contains(s))
+        {
+            continue;
+        }
+        tables.insert(t.id.key(), t);
+        for key in using {
+            if let Some((_, s)) = idx.subnets.get(key)
+                && special_subnet_name(s.id.name()).is_none()
+            {
+                footprint.insert(s.id.key(), s);
+            }
+        }
+    }
 
     let mut writes = Vec::new();
     let mut changes_by_table: HashMap<&str, usize> = HashMap::new();
@@ -990,7 +1153,11 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
             )
         })
         .collect();
-    Plan { writes, verdicts }
+    Plan {
+        writes,
+        verdicts,
+        released: Vec::new(),
+    }
 }
 #[cfg(test)]
 mod tests;

@@ -522,7 +522,7 @@ fn problem_rank(reason: &str) -> u8 {
         "SubscriptionUnreadable" | "WriteFailed" => 0,
         "Conflict" | "NotVerified" => 2,
         "NoInternetEgress" | "KmsAddressDrift" | "VerificationFailed" | "DnsFailed" => 3,
-        "Overlap" | "NoRouteTable" => 4,
+        "Overlap" | "NoRouteTable" | "WouldRelease" => 4,
         "Drift" => 5,
         _ => 1, // planner errors
     }
@@ -648,6 +648,24 @@ fn summarize(
                     .cmp(&(problem_rank(&b.reason), &b.subnet_id))
             });
             problems.truncate(MAX_PROBLEMS);
+            for r in first.released.iter().filter(|r| r.policy == p.name) {
+                s.released += r.subnets.len() as i64;
+                if p.mode == Mode::Audit {
+                    problems.push(Problem {
+                        subnet_id: r.table.to_string(),
+                        reason: "WouldRelease".into(),
+                        message: format!(
+                            "no selected subnet uses this table any more ({} subnet(s) left the selection); Enforce would {}",
+                            r.subnets.len(),
+                            if r.created {
+                                "dissociate and delete it"
+                            } else {
+                                "remove the policy's routes from it"
+                            }
+                        ),
+                    });
+                }
+            }
             let mine = |w: &PlannedWrite| w.policy == p.name;
             PolicyReport {
                 name: p.name.clone(),
