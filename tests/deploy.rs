@@ -467,3 +467,47 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
     );
     assert!(role["DataActions"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn the_dashboard_and_the_alerts_render_from_the_chart_only_when_enabled() {
+    let Some(helm) = helm() else { return };
+    let off = render(&helm, &[]).unwrap();
+    assert!(find(&off, "PrometheusRule").is_none());
+    assert!(
+        off.iter()
+            .all(|d| d["metadata"]["labels"]["grafana_dashboard"].is_null())
+    );
+    let on = render(
+        &helm,
+        &[
+            "metrics.dashboard.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=prom",
+        ],
+    )
+    .unwrap();
+    let cm = on
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap");
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string("deploy/monitoring/kmsroute-dashboard.json").unwrap(),
+    )
+    .unwrap();
+    let rendered: Value =
+        serde_json::from_str(cm["data"]["kmsroute-dashboard.json"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered, shipped);
+    let rule = find(&on, "PrometheusRule").unwrap();
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string("deploy/monitoring/kmsroute.rules.yaml").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], rules["groups"]);
+    // Alert templates reach Prometheus unrendered by helm.
+    assert!(
+        serde_json::to_string(&rule["spec"])
+            .unwrap()
+            .contains("{{ $labels.policy }}")
+    );
+}

@@ -20,6 +20,8 @@ pub struct ArmMetrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     /// Effective-route reads by outcome: `ok`, `error`, `limited` (budget spent, not sent).
     verification: Mutex<BTreeMap<String, u64>>,
+    /// What ARM last said was left of each subscription's budget, by (subscription, kind).
+    remaining: Mutex<BTreeMap<(String, &'static str), f64>>,
 }
 
 impl ArmMetrics {
@@ -40,6 +42,19 @@ impl ArmMetrics {
             }
             h.sum += s;
             h.count += 1;
+        }
+    }
+
+    /// ARM's `x-ms-ratelimit-remaining-subscription-{reads,writes}` for a subscription.
+    pub fn remaining(&self, subscription: &str, read: bool, remaining: f64) {
+        if let Ok(mut r) = self.remaining.lock() {
+            r.insert(
+                (
+                    subscription.to_string(),
+                    if read { "reads" } else { "writes" },
+                ),
+                remaining,
+            );
         }
     }
 
@@ -111,6 +126,14 @@ impl ArmMetrics {
                 out.push_str(&format!(
                     "kmsroute_effective_route_reads_total{{outcome=\"{outcome}\"}} {}\n",
                     v.get(outcome).copied().unwrap_or(0)
+                ));
+            }
+        }
+        out.push_str("# HELP kmsroute_arm_ratelimit_remaining What ARM last reported as left of a subscription's request budget (x-ms-ratelimit-remaining-subscription-*).\n# TYPE kmsroute_arm_ratelimit_remaining gauge\n");
+        if let Ok(r) = self.remaining.lock() {
+            for ((sub, kind), v) in r.iter() {
+                out.push_str(&format!(
+                    "kmsroute_arm_ratelimit_remaining{{subscription=\"{sub}\",kind=\"{kind}\"}} {v}\n"
                 ));
             }
         }

@@ -323,6 +323,7 @@ impl Policy for ArmPolicy {
                 self.limiter
                     .observe_remaining(&subscription, read, remaining)
                     .await;
+                self.metrics.remaining(&subscription, read, remaining);
             }
             if status.is_success() {
                 return Ok(resp);

@@ -36,7 +36,21 @@ pub struct ControllerMetrics {
     /// Passes queued because the inventory changed, by policy.
     triggered: Mutex<BTreeMap<String, u64>>,
     repair_latency: Mutex<Histogram>,
+    /// The last pass's readiness and counts of each policy.
+    policies: Mutex<BTreeMap<String, (bool, crate::api::Summary)>>,
 }
+
+/// Error classes always rendered (at 0 until they happen), so alerts and panels can use them.
+const ERROR_CLASSES: [&str; 8] = [
+    "needs_user_action",
+    "throttled",
+    "retryable",
+    "conflict",
+    "not_found",
+    "kube",
+    "finalizer",
+    "internal",
+];
 
 impl ControllerMetrics {
     pub fn reconcile_done(&self, result: &str, took: Duration) {
@@ -81,6 +95,19 @@ impl ControllerMetrics {
             r.remove(subscription);
         }
     }
+    /// A policy's readiness and counts after a pass.
+    pub fn set_policy(&self, policy: &str, ready: bool, summary: &crate::api::Summary) {
+        if let Ok(mut p) = self.policies.lock() {
+            p.insert(policy.to_string(), (ready, summary.clone()));
+        }
+    }
+    /// The policy is gone: its series go with it.
+    pub fn forget_policy(&self, policy: &str) {
+        if let Ok(mut p) = self.policies.lock() {
+            p.remove(policy);
+        }
+    }
+
     /// A pass of `policy` queued by a detected change.
     pub fn triggered(&self, policy: &str) {
         if let Ok(mut t) = self.triggered.lock() {
@@ -153,12 +180,20 @@ impl ControllerMetrics {
         }
         out.push_str("# HELP kmsroute_reconcile_errors_total Reconcile errors by class.\n# TYPE kmsroute_reconcile_errors_total counter\n");
         if let Ok(r) = self.errors.lock() {
-            for (k, v) in r.iter() {
+            let mut classes: Vec<&str> = ERROR_CLASSES.to_vec();
+            classes.extend(
+                r.keys()
+                    .map(String::as_str)
+                    .filter(|k| !ERROR_CLASSES.contains(k)),
+            );
+            for k in classes {
                 out.push_str(&format!(
-                    "kmsroute_reconcile_errors_total{{class=\"{k}\"}} {v}\n"
+                    "kmsroute_reconcile_errors_total{{class=\"{k}\"}} {}\n",
+                    r.get(k).copied().unwrap_or(0)
                 ));
             }
         }
+        self.render_policies(&mut out);
         let sum = self.duration_sum.lock().map(|s| *s).unwrap_or(0.0);
         out.push_str(&format!(
             "# HELP kmsroute_reconcile_duration_seconds Time spent reconciling.\n# TYPE kmsroute_reconcile_duration_seconds summary\nkmsroute_reconcile_duration_seconds_sum {sum}\nkmsroute_reconcile_duration_seconds_count {}\n",
@@ -174,6 +209,37 @@ impl ControllerMetrics {
             u8::from(self.is_leader())
         ));
         out
+    }
+
+    fn render_policies(&self, out: &mut String) {
+        out.push_str("# HELP kmsroute_policy_ready Whether the policy's last pass left it Ready (1) or not (0).\n# TYPE kmsroute_policy_ready gauge\n");
+        let Ok(p) = self.policies.lock() else {
+            return;
+        };
+        for (name, (ready, _)) in p.iter() {
+            out.push_str(&format!(
+                "kmsroute_policy_ready{{policy=\"{}\"}} {}\n",
+                escape(name),
+                u8::from(*ready)
+            ));
+        }
+        out.push_str("# HELP kmsroute_policy_subnets Subnets of each policy by state after its last pass.\n# TYPE kmsroute_policy_subnets gauge\n");
+        for (name, (_, s)) in p.iter() {
+            for (state, n) in [
+                ("matched", s.subnets_matched),
+                ("in_sync", s.in_sync),
+                ("repaired", s.repaired),
+                ("conflicts", s.conflicts),
+                ("skipped", s.skipped),
+                ("errors", s.errors),
+                ("released", s.released),
+            ] {
+                out.push_str(&format!(
+                    "kmsroute_policy_subnets{{policy=\"{}\",state=\"{state}\"}} {n}\n",
+                    escape(name)
+                ));
+            }
+        }
     }
 
     fn render_inventory(&self, out: &mut String) {
@@ -223,5 +289,40 @@ impl ControllerMetrics {
         out.push_str(&format!(
             "kmsroute_drift_repair_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nkmsroute_drift_repair_seconds_sum {sum:.3}\nkmsroute_drift_repair_seconds_count {cumulative}\n"
         ));
+    }
+}
+
+/// A label value in the Prometheus text format: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn every_error_class_and_each_policy_is_rendered() {
+        let m = ControllerMetrics::default();
+        let summary = crate::api::Summary {
+            subnets_matched: 5,
+            in_sync: 4,
+            ..Default::default()
+        };
+        m.set_policy("spokes", false, &summary);
+        let text = m.render();
+        assert!(text.contains("kmsroute_reconcile_errors_total{class=\"needs_user_action\"} 0"));
+        assert!(text.contains("kmsroute_policy_ready{policy=\"spokes\"} 0"));
+        assert!(text.contains("kmsroute_policy_subnets{policy=\"spokes\",state=\"in_sync\"} 4"));
+        m.forget_policy("spokes");
+        assert!(!m.render().contains("policy=\"spokes\""));
     }
 }

@@ -565,6 +565,8 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
                 ..KmsRoutePolicyStatus::default()
             };
             write_status(ctx, policy, status).await?;
+            ctx.metrics
+                .set_policy(&name, false, &crate::api::Summary::default());
             ctx.event(policy, EventType::Warning, "InvalidSpec", message)
                 .await;
             // Only an edit can fix it, and an edit triggers a reconcile.
@@ -619,6 +621,8 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
                 problems: old.problems.clone(),
             };
             write_status(ctx, policy, status).await?;
+            ctx.metrics
+                .set_policy(&name, false, &old.summary.clone().unwrap_or_default());
             ctx.event(policy, EventType::Warning, reason, e.to_string())
                 .await;
             return Err(e.into());
@@ -630,6 +634,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     let done = report.writes_done();
     tracing::info!(policy = %name, planned = report.plan.writes.len(), done, failed = report.writes_failed(), in_sync = mine.summary.in_sync, repaired = mine.summary.repaired, "pass complete");
     ctx.metrics.repairs(done as u64);
+    ctx.metrics.set_policy(&name, ready(mine), &mine.summary);
     if let Some(seen) = drift_seen
         && mine.writes_done > 0
     {
@@ -754,6 +759,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     let desired = v.desired;
     if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
         ctx.inventory.release(&name);
+        ctx.metrics.forget_policy(&name);
         ctx.event(
             policy,
             EventType::Normal,
@@ -803,6 +809,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
         });
     }
     ctx.inventory.release(&name);
+    ctx.metrics.forget_policy(&name);
     let count = |f: fn(&crate::plan::Write) -> bool| {
         results
             .iter()
