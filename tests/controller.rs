@@ -1458,3 +1458,70 @@ async fn narrowing_releases_what_left_the_selection_widening_brings_it_back_and_
     assert!(note.contains("deleted 2 route table(s)"), "{note}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_denial_shows_as_policy_denied_with_the_assignment_and_waits_on_the_slow_timer() {
+    let kube = FakeKube::start().await;
+    let mut seed: Seed =
+        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
+    seed.policy_assignments = vec![emulator::PolicyAssignment {
+        name: "deny-udr-internet".into(),
+        display_name: "Deny UDR with next hop Internet".into(),
+        scope: format!("/subscriptions/{S1}/resourceGroups/rg-spoke1"),
+        definition_name: "Deny-UDR-With-Specific-NextHop".into(),
+        definition_display_name: "Deny UDRs with a specific next hop".into(),
+        denied_next_hop_types: vec!["Internet".into()],
+    }];
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let c = start_controller_with(&kube, &em, "a", "t", |s| {
+        s.slow_retry = Duration::from_secs(30);
+        s.resync_cap = None;
+    });
+    create(&kube, &policy("spokes", json!({"resyncInterval": "1h"}))).await;
+    let obj = wait_for("Degraded=PolicyDenied", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Degraded").is_some_and(|c| c.1 == "PolicyDenied"))
+    })
+    .await;
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "False");
+    let event = wait_for("a PolicyDenied Event", Duration::from_secs(10), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "PolicyDenied")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("Deny UDR with next hop Internet"), "{note}");
+    assert_eq!(event["type"], "Warning");
+    wait_for(
+        "the failure counted as needing a human",
+        Duration::from_secs(10),
+        || (c.metrics.errors("needs_user_action") >= 1).then_some(()),
+    )
+    .await;
+    let attempts = em
+        .stats()
+        .by_operation
+        .iter()
+        .filter(|(k, _)| k.ends_with(" 403"))
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    // Ten inventory refreshes later (300 ms each), no pass has tried again.
+    let refreshes = c.metrics.refreshes("unchanged") + c.metrics.refreshes("changed");
+    wait_for("ten more refreshes", Duration::from_secs(20), || {
+        (c.metrics.refreshes("unchanged") + c.metrics.refreshes("changed") >= refreshes + 10)
+            .then_some(())
+    })
+    .await;
+    let later = em
+        .stats()
+        .by_operation
+        .iter()
+        .filter(|(k, _)| k.ends_with(" 403"))
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    assert_eq!(later, attempts, "a denial is not retried in a loop");
+    c.shutdown().await;
+}

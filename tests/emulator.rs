@@ -901,3 +901,81 @@ async fn route_prefixes_are_cidrs_or_known_service_tags() {
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(!names.contains(&"bad-tag"));
 }
+
+fn deny_internet(scope: &str) -> kmsroute::emulator::PolicyAssignment {
+    kmsroute::emulator::PolicyAssignment {
+        name: "deny-udr-internet".into(),
+        display_name: "Deny UDR with next hop Internet".into(),
+        scope: scope.into(),
+        definition_name: "Deny-UDR-With-Specific-NextHop".into(),
+        definition_display_name:
+            "User Defined Routes with 'Next Hop Type' set to 'Internet' should be denied".into(),
+        denied_next_hop_types: vec!["Internet".into()],
+    }
+}
+
+#[tokio::test]
+async fn a_deny_assignment_refuses_internet_routes_with_arms_policy_violation_body() {
+    let seed = Seed {
+        resources: vec![table("rt", json!([]))],
+        policy_assignments: vec![deny_internet(&format!("/subscriptions/{SUB}"))],
+        ..Seed::default()
+    };
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let route = format!("{}/routes/kms", rt_id("rt"));
+    let (status, _, body) = call(
+        &em,
+        "PUT",
+        &route,
+        Some(
+            json!({"properties": {"addressPrefix": "20.118.99.224/32", "nextHopType": "Internet"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "RequestDisallowedByPolicy");
+    let info = &body["error"]["additionalInfo"][0];
+    assert_eq!(info["type"], "PolicyViolation");
+    for (k, v) in [
+        ("policyAssignmentName", "deny-udr-internet"),
+        (
+            "policyAssignmentDisplayName",
+            "Deny UDR with next hop Internet",
+        ),
+        (
+            "policyAssignmentScope",
+            &format!("/subscriptions/{SUB}") as &str,
+        ),
+        ("policyDefinitionName", "Deny-UDR-With-Specific-NextHop"),
+        ("policyDefinitionEffect", "Deny"),
+    ] {
+        assert_eq!(info["info"][k], v, "{k}");
+    }
+    assert!(
+        info["info"]["policyAssignmentId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/policyAssignments/deny-udr-internet")
+    );
+    // Another next hop is allowed; a table PUT carrying an Internet route is denied too.
+    let (status, _, _) = call(
+        &em,
+        "PUT",
+        &format!("{}/routes/nva", rt_id("rt")),
+        Some(json!({"properties": {"addressPrefix": "10.0.0.0/8", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _, body) = call(
+        &em,
+        "PUT",
+        &rt_id("rt2"),
+        Some(json!({"location": "westeurope", "properties": {"routes": [{"name": "kms", "properties": {"addressPrefix": "20.118.99.224/32", "nextHopType": "Internet"}}]}})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "RequestDisallowedByPolicy");
+    assert!(em.dump().resources.iter().all(|r| r["name"] != "rt2"));
+}

@@ -550,3 +550,86 @@ async fn a_policy_that_selects_no_subnet_says_so() {
     assert!(!kmsroute::output::ready(mine));
     assert!(kmsroute::output::problems_text(&report).contains("NothingSelected"));
 }
+
+#[tokio::test]
+async fn a_policy_denied_table_is_named_attempted_once_and_the_rest_converges() {
+    let mut seed = estate();
+    // The landing zone denies next hop Internet in spoke2's resource group only.
+    seed.policy_assignments = vec![kmsroute::emulator::PolicyAssignment {
+        name: "deny-udr-internet".into(),
+        display_name: "Deny UDR with next hop Internet".into(),
+        scope: "/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-spoke2"
+            .into(),
+        definition_name: "Deny-UDR-With-Specific-NextHop".into(),
+        definition_display_name: "Deny UDRs with a specific next hop".into(),
+        denied_next_hop_types: vec!["Internet".into()],
+    }];
+    let (em, api) = setup(Config::default(), seed).await;
+    let policy = example_policy();
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let denied: Vec<&kmsroute::api::Problem> = report.policies[0]
+        .problems
+        .iter()
+        .filter(|p| p.reason == "PolicyDenied")
+        .collect();
+    // Both spoke2 subnets: legacy's table gets its missing routes, private a created table.
+    assert_eq!(denied.len(), 2, "{:?}", report.policies[0].problems);
+    assert!(
+        denied
+            .iter()
+            .any(|p| p.subnet_id.ends_with("/subnets/private"))
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|p| p.subnet_id.ends_with("/subnets/legacy"))
+    );
+    for needle in [
+        "Deny UDR with next hop Internet",
+        "deny-udr-internet",
+        "rg-spoke2",
+        "Deny-UDR-With-Specific-NextHop",
+        "exemption",
+    ] {
+        assert!(
+            denied[0].message.contains(needle),
+            "{needle}: {}",
+            denied[0].message
+        );
+    }
+    assert!(report.has_problems(), "plan/apply exit 3");
+    // Spoke1 converged all the same.
+    let stats = em.stats();
+    let denials = |s: &kmsroute::emulator::Stats| {
+        s.by_operation
+            .iter()
+            .filter(|(op, _)| op.ends_with(" 403"))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let spoke2_writes = report
+        .plan
+        .writes
+        .iter()
+        .filter(|w| w.write.table().subscription().starts_with("2222"))
+        .count() as u64;
+    // Two routes into legacy's table, private's table creation, then its association (not
+    // attempted once the creation was denied).
+    assert_eq!(spoke2_writes, 4, "{:?}", report.plan.writes);
+    assert_eq!(
+        denials(&stats),
+        3,
+        "each denied write attempted once, never retried: {stats:?}"
+    );
+    assert_eq!(report.writes_failed() as u64, spoke2_writes);
+    assert_eq!(report.writes_done(), report.plan.writes.len() - 4);
+    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let still: Vec<&str> = again
+        .plan
+        .writes
+        .iter()
+        .map(|w| w.write.table().name())
+        .collect();
+    assert!(still.iter().all(|t| t.contains("spoke2")), "{still:?}");
+    assert_eq!(denials(&em.stats()), 6, "once per pass");
+}

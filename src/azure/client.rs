@@ -54,6 +54,8 @@ pub struct AzureNetworkApi {
     verification: RateLimiter,
     /// The same limiter the pipeline's policy uses (for [`NetworkApi::read_budget`]).
     limiter: Arc<RateLimiter>,
+    /// Error bodies the policy kept for raw requests (see `ArmPolicy::error_bodies`).
+    error_bodies: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
 }
 
 fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::Error) -> ArmError {
@@ -109,7 +111,9 @@ impl AzureNetworkApi {
     ) -> Result<Self, String> {
         let metrics = Arc::new(ArmMetrics::default());
         let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
+        let error_bodies = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
+            error_bodies: error_bodies.clone(),
             limiter: limiter.clone(),
             metrics: metrics.clone(),
             retry: settings.retry,
@@ -146,6 +150,7 @@ impl AzureNetworkApi {
             lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
             metrics,
             limiter,
+            error_bodies,
             verification: RateLimiter::new(RateLimits {
                 // Only the write-side bucket is used (effective-route reads are POSTs).
                 reads: BucketShape {
@@ -187,6 +192,13 @@ impl AzureNetworkApi {
         headers: &[(&'static str, String)],
     ) -> azure_core::Result<(u16, azure_core::headers::Headers, Vec<u8>)> {
         let mut req = Request::new(url, method);
+        // Marks the request so the policy keeps its error body (ARM's `additionalInfo`).
+        let request_id = format!(
+            "{}{}",
+            super::policy::ERROR_BODY_PREFIX,
+            uuid::Uuid::new_v4().simple()
+        );
+        req.insert_header(azure_core::headers::CLIENT_REQUEST_ID, request_id.clone());
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         let token = self.credential.get_token(&scopes).await?;
         req.insert_header(
@@ -200,7 +212,7 @@ impl AzureNetworkApi {
             req.insert_header("content-type", "application/json");
             req.set_body(serde_json::to_vec(b).unwrap_or_default());
         }
-        match self.pipeline.send(&Context::new(), &mut req).await {
+        let outcome = match self.pipeline.send(&Context::new(), &mut req).await {
             Ok(resp) => {
                 let (status, headers, body) = resp.deconstruct();
                 Ok((u16::from(status), headers, body.collect().await?.to_vec()))
@@ -209,17 +221,29 @@ impl AzureNetworkApi {
             // status (412 means re-read), so give it back with ARM's error body.
             Err(e) => match e.as_http_error() {
                 Some(h) => {
-                    let body =
-                        json!({"error": {"code": h.error_code(), "message": h.error_message()}});
+                    let kept = self
+                        .error_bodies
+                        .lock()
+                        .ok()
+                        .and_then(|mut b| b.remove(&request_id));
+                    let body = kept.unwrap_or_else(|| {
+                        json!({"error": {"code": h.error_code(), "message": h.error_message()}})
+                            .to_string()
+                            .into_bytes()
+                    });
                     Ok((
                         u16::from(h.status()),
                         azure_core::headers::Headers::new(),
-                        body.to_string().into_bytes(),
+                        body,
                     ))
                 }
                 None => Err(e),
             },
+        };
+        if let Ok(mut b) = self.error_bodies.lock() {
+            b.remove(&request_id);
         }
+        outcome
     }
 
     /// Waits for a long-running operation started by a response with these headers.
@@ -468,18 +492,43 @@ pub fn http_error(operation: &'static str, resource: &str, status: u16, body: &[
         .pointer("/error/code")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let mut message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no message")
+        .to_string();
+    if let Some(denial) = policy_violation(&v) {
+        message = denial;
+    }
     ArmError {
         class: ArmError::classify(Some(status), code.as_deref()),
         operation,
         resource: resource.to_string(),
         status: Some(status),
-        message: v
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("no message")
-            .to_string(),
+        message,
         code,
     }
+}
+
+/// For `RequestDisallowedByPolicy`: the Azure Policy assignment and definition that denied the
+/// request (`error.additionalInfo[]` of type `PolicyViolation`), and what to do about it.
+pub fn policy_violation(body: &Value) -> Option<String> {
+    let info = body
+        .pointer("/error/additionalInfo")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|i| i["type"] == "PolicyViolation")?
+        .get("info")?;
+    let field = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("?");
+    Some(format!(
+        "denied by Azure Policy assignment '{}' ({}) at scope {}, definition '{}' ({}, effect {}); ask for a policy exemption covering these route tables, or for the definition's parameters to allow next hop Internet to the KMS addresses",
+        field("policyAssignmentDisplayName"),
+        field("policyAssignmentName"),
+        field("policyAssignmentScope"),
+        field("policyDefinitionDisplayName"),
+        field("policyDefinitionName"),
+        field("policyDefinitionEffect"),
+    ))
 }
 
 #[async_trait::async_trait]
@@ -642,39 +691,31 @@ impl NetworkApi for AzureNetworkApi {
     }
 
     async fn put_route(&self, table: &RouteTableId, route: &model::Route) -> Result<(), ArmError> {
+        // A raw PUT, not the generated client: its error keeps only code and message, and a
+        // denial by Azure Policy is only actionable with `error.additionalInfo` (which
+        // assignment, which definition).
         const OP: &str = "Routes_CreateOrUpdate";
         let resource = format!("{table}/routes/{}", route.name);
-        let next_hop_type: models::RouteNextHopType =
-            serde_json::from_value(json!(route.next_hop_type.to_string())).map_err(|e| {
-                ArmError {
-                    class: ErrorClass::NeedsUserAction,
-                    operation: OP,
-                    resource: resource.clone(),
-                    status: None,
-                    code: None,
-                    message: e.to_string(),
-                }
-            })?;
-        let mut props = models::RoutePropertiesFormat::new(next_hop_type);
-        props.address_prefix = Some(route.address_prefix.clone());
-        props.next_hop_ip_address = route.next_hop_ip_address.clone();
-        let mut body = models::Route::new();
-        body.properties = Some(props);
-        let resp = self
-            .client
-            .routes_client()
-            .create_or_update(
-                table.resource_group(),
-                table.name(),
-                &route.name,
-                body,
-                table.subscription(),
-            )
-            .send()
+        let mut props = json!({"addressPrefix": route.address_prefix, "nextHopType": route.next_hop_type.to_string()});
+        if let Some(ip) = &route.next_hop_ip_address {
+            props["nextHopIpAddress"] = json!(ip);
+        }
+        let url = self.url(&resource).map_err(|m| ArmError {
+            class: ErrorClass::NeedsUserAction,
+            operation: OP,
+            resource: resource.clone(),
+            status: None,
+            code: None,
+            message: m,
+        })?;
+        let (status, headers, body) = self
+            .raw(Method::Put, url, Some(&json!({"properties": props})), &[])
             .await
             .map_err(|e| arm_err(OP, &resource, e))?;
-        self.wait(OP, &resource, resp.as_raw_response().headers())
-            .await
+        if !(200..300).contains(&status) {
+            return Err(http_error(OP, &resource, status, &body));
+        }
+        self.wait(OP, &resource, &headers).await
     }
 
     async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError> {

@@ -74,6 +74,7 @@ impl ArmError {
                 Some(
                     "AnotherOperationInProgress"
                     | "RetryableError"
+                    | "RetryableErrorDueToAnotherOperation"
                     | "ReferencedResourceNotProvisioned",
                 ),
             ) => ErrorClass::Retryable,

@@ -191,7 +191,15 @@ pub struct ArmPolicy {
     /// Caps requests in flight across all subscriptions (a permit per attempt, not held while
     /// waiting for a token, a retry or a long-running operation).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Full error bodies of the client's raw requests, by their `x-ms-client-request-id`
+    /// ([`ERROR_BODY_PREFIX`]): azure_core turns an error response into an `HttpError` that keeps
+    /// only the code and message, and `error.additionalInfo` (which Azure Policy assignment
+    /// denied a write) is needed to tell the user what to do.
+    pub error_bodies: Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>,
 }
+
+/// Request IDs starting with this have their error bodies kept in [`ArmPolicy::error_bodies`].
+pub const ERROR_BODY_PREFIX: &str = "kmsroute-";
 
 /// `subscriptions/{id}` from a request path (lower-cased), or "" for other URLs.
 pub fn subscription_of(path: &str) -> String {
@@ -248,6 +256,34 @@ fn backoff(settings: &RetrySettings, attempt: u32) -> Duration {
     // Full jitter in [capped/2, capped].
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
     capped.mul_f64(jitter)
+}
+
+impl ArmPolicy {
+    /// Keeps the body of a failed raw request (see [`ArmPolicy::error_bodies`]).
+    async fn keep_error_body(
+        &self,
+        request: &Request,
+        resp: Response,
+    ) -> azure_core::Result<Response> {
+        let id = request
+            .headers()
+            .get_optional_str(&azure_core::headers::CLIENT_REQUEST_ID)
+            .filter(|id| id.starts_with(ERROR_BODY_PREFIX))
+            .map(str::to_string);
+        let Some(id) = id.filter(|_| !resp.status().is_success()) else {
+            return Ok(resp);
+        };
+        let (status, headers, body) = resp.deconstruct();
+        let bytes = body.collect().await?;
+        if let Ok(mut kept) = self.error_bodies.lock() {
+            kept.insert(id, bytes.to_vec());
+        }
+        Ok(Response::new(
+            status,
+            headers,
+            Box::pin(azure_core::BytesStream::new(bytes)),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -338,7 +374,7 @@ impl Policy for ArmPolicy {
                     | StatusCode::GatewayTimeout
             );
             if !transient {
-                return Ok(resp);
+                return self.keep_error_body(request, resp).await;
             }
             // Read the body to tell retryable 409/429s from the rest, then rebuild the response.
             let hinted = retry_after(&resp);
@@ -362,13 +398,18 @@ impl Policy for ArmPolicy {
                 _ => true,
             };
             let delay = hinted.unwrap_or_else(|| backoff(&self.retry, attempt));
-            if status == StatusCode::TooManyRequests && code != "RetryableError" {
+            // The Network RP's "another operation is updating this VNet" is a 429 too, but no
+            // throttling: only real throttling pauses the subscription.
+            if status == StatusCode::TooManyRequests
+                && code != "RetryableError"
+                && code != "RetryableErrorDueToAnotherOperation"
+            {
                 self.limiter
                     .pause(&subscription, read, Instant::now() + delay)
                     .await;
             }
             if !retryable || !can_retry(delay) {
-                return Ok(rebuilt);
+                return self.keep_error_body(request, rebuilt).await;
             }
             tracing::debug!(operation = %label, status = u16::from(status), code, attempt, ?delay, "retrying ARM request");
             tokio::time::sleep(delay).await;

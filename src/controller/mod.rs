@@ -325,7 +325,20 @@ fn conditions_for(
     let s = &report.summary;
     let failed = report.writes_failed > 0;
     let drift = report.mode == Mode::Audit && s.in_sync + s.skipped < s.subnets_matched;
-    let (degraded, reason, message) = if failed {
+    let denied = report
+        .problems
+        .iter()
+        .filter(|p| p.reason == "PolicyDenied")
+        .count();
+    let (degraded, reason, message) = if failed && denied > 0 {
+        (
+            true,
+            "PolicyDenied",
+            format!(
+                "Azure Policy denied writes for {denied} subnet(s); see status.problems for the assignment, and ask for an exemption"
+            ),
+        )
+    } else if failed {
         (
             true,
             "PartiallyFailed",
@@ -710,6 +723,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     }
     for reason in [
         "SubscriptionUnreadable",
+        "PolicyDenied",
         "Conflict",
         "WriteFailed",
         "NotVerified",

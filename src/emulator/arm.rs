@@ -209,6 +209,52 @@ fn valid_prefix(p: &str) -> bool {
     }
 }
 
+/// Azure Policy's verdict on a route about to be written at `route_id`: ARM's real
+/// `RequestDisallowedByPolicy` body, naming the assignment and definition, when a Deny
+/// assignment covers the route's scope and next hop.
+fn policy_denial(store: &Store, route_id: &str, props: &Value) -> Option<Reply> {
+    let hop = props["nextHopType"].as_str().unwrap_or_default();
+    let id = lower(route_id);
+    let a = store.policy_assignments.iter().find(|a| {
+        let scope = lower(a.scope.trim_end_matches('/'));
+        (id == scope || id.starts_with(&format!("{scope}/")))
+            && a.denied_next_hop_types
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(hop))
+    })?;
+    let assignment_id = format!(
+        "{}/providers/Microsoft.Authorization/policyAssignments/{}",
+        a.scope.trim_end_matches('/'),
+        a.name
+    );
+    let definition_id = format!(
+        "/providers/Microsoft.Authorization/policyDefinitions/{}",
+        a.definition_name
+    );
+    let body = json!({"error": {
+        "code": "RequestDisallowedByPolicy",
+        "target": route_id.rsplit('/').next().unwrap_or_default(),
+        "message": format!(
+            "Resource '{}' was disallowed by policy. Policy identifiers: '[{{\"policyAssignment\":{{\"name\":\"{}\",\"id\":\"{}\"}},\"policyDefinition\":{{\"name\":\"{}\",\"id\":\"{}\"}}}}]'.",
+            route_id.rsplit('/').next().unwrap_or_default(), a.display_name, assignment_id, a.definition_display_name, definition_id
+        ),
+        "additionalInfo": [{"type": "PolicyViolation", "info": {
+            "evaluationDetails": {"evaluatedExpressions": [{"result": "True", "expressionKind": "Field", "expression": "Microsoft.Network/routeTables/routes/nextHopType", "path": "properties.nextHopType", "expressionValue": hop, "targetValue": a.denied_next_hop_types, "operator": "In"}]},
+            "policyDefinitionId": definition_id,
+            "policyDefinitionName": a.definition_name,
+            "policyDefinitionDisplayName": a.definition_display_name,
+            "policyDefinitionEffect": "Deny",
+            "policyAssignmentId": assignment_id,
+            "policyAssignmentName": a.name,
+            "policyAssignmentDisplayName": a.display_name,
+            "policyAssignmentScope": a.scope,
+            "policyAssignmentParameters": {},
+            "policyExemptionIds": []
+        }}]
+    }});
+    Some(Reply::json(StatusCode::FORBIDDEN, body))
+}
+
 /// Validates a route body; returns the normalised properties or the ARM error.
 fn check_route(name: &str, props: &Value) -> Result<Value, Reply> {
     let bad = |code: &str, msg: String| Err(Reply::error(StatusCode::BAD_REQUEST, code, msg));
@@ -636,6 +682,9 @@ fn put_route_table(
             Ok(p) => p,
             Err(e) => return e,
         };
+        if let Some(denied) = policy_denial(store, &format!("{id}/routes/{rname}"), &rp) {
+            return denied;
+        }
         if let Some(conflict) = route_conflict(&routes, &rname, &rp) {
             return conflict;
         }
@@ -736,6 +785,9 @@ fn route_op(
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            if let Some(denied) = policy_denial(store, &route_id, &props) {
+                return denied;
+            }
             if let Some(conflict) = route_conflict(
                 table["properties"]["routes"]
                     .as_array()

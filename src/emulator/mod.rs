@@ -17,7 +17,7 @@ mod arm;
 mod service_tags;
 pub mod state;
 
-pub use state::{Config, FaultRule, Seed, Stats, Throttle};
+pub use state::{Config, FaultRule, PolicyAssignment, Seed, Stats, Throttle};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};

@@ -138,6 +138,7 @@ pub struct Store {
     unauthorized: std::collections::BTreeSet<String>,
     /// The seed's explicit `subscriptions`, kept for the dump.
     seeded_subscriptions: Vec<String>,
+    pub policy_assignments: Vec<PolicyAssignment>,
 }
 
 /// The seed file and state dump format: ARM resources exactly as a GET returns them.
@@ -156,6 +157,25 @@ pub struct Seed {
     /// `403 AuthorizationFailed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unauthorized_subscriptions: Vec<String>,
+    /// Azure Policy assignments with effect Deny on user-defined routes (like the landing-zone
+    /// definition `Deny-UDR-With-Specific-NextHop`): a route PUT, or a table PUT carrying such a
+    /// route, under `scope` with a denied next hop answers `403 RequestDisallowedByPolicy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_assignments: Vec<PolicyAssignment>,
+}
+
+/// A deny assignment on routes' next hop types.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyAssignment {
+    pub name: String,
+    pub display_name: String,
+    /// `/subscriptions/…`, `/subscriptions/…/resourceGroups/…`, or a management group ID.
+    pub scope: String,
+    pub definition_name: String,
+    pub definition_display_name: String,
+    /// Next hop types the definition denies (e.g. `["Internet"]`).
+    pub denied_next_hop_types: Vec<String>,
 }
 
 /// What the emulator says about a request's subscription.
@@ -220,6 +240,7 @@ impl Store {
         known.extend(store.unauthorized.iter().cloned());
         store.known_subscriptions = (!known.is_empty()).then_some(known);
         store.seeded_subscriptions = seed.subscriptions;
+        store.policy_assignments = seed.policy_assignments;
         Ok(store)
     }
 
@@ -250,6 +271,7 @@ impl Store {
             learned_routes: self.learned_routes.clone(),
             subscriptions: self.seeded_subscriptions.clone(),
             unauthorized_subscriptions: self.unauthorized.iter().cloned().collect(),
+            policy_assignments: self.policy_assignments.clone(),
         }
     }
 

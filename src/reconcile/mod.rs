@@ -19,6 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+/// ARM's code for a write an Azure Policy assignment denied.
+pub const POLICY_DENIED_CODE: &str = "RequestDisallowedByPolicy";
+
 /// What a pass should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
@@ -519,7 +522,7 @@ pub async fn apply(
 
 fn problem_rank(reason: &str) -> u8 {
     match reason {
-        "SubscriptionUnreadable" | "WriteFailed" => 0,
+        "SubscriptionUnreadable" | "PolicyDenied" | "WriteFailed" => 0,
         "Conflict" | "NotVerified" => 2,
         "NoInternetEgress" | "KmsAddressDrift" | "VerificationFailed" | "DnsFailed" => 3,
         "Overlap" | "NoRouteTable" | "WouldRelease" => 4,
@@ -597,7 +600,12 @@ fn summarize(
                         s.errors += 1;
                         problems.push(Problem {
                             subnet_id: v.subnet.to_string(),
-                            reason: "WriteFailed".into(),
+                            // A denial needs an exemption, not a retry: its own reason.
+                            reason: if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
+                                "PolicyDenied".into()
+                            } else {
+                                "WriteFailed".into()
+                            },
                             message: e.to_string(),
                         });
                         continue;
