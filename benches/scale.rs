@@ -220,11 +220,14 @@ async fn naive(url: &str, seed: &Value, subs: usize) -> Run {
 /// The fastest the emulator's configured limits allow: per subscription, writes beyond the
 /// bucket arrive at the refill rate; every operation lasts `LRO_MS`, and the longest chain of
 /// operations that must follow one another (create a table with its routes, then associate
-/// the subnet) cannot be shorter than `chain` operations; subscriptions run in parallel.
+/// the subnet) cannot be shorter than `chain` operations; subscriptions run in parallel. The
+/// Network RP's window (1,000 writes per 5 minutes per subscription) bounds it too.
 fn lower_bound(writes_per_sub: u64, chain: u64) -> Duration {
-    let budget = ((writes_per_sub as f64) - WRITE_BUCKET).max(0.0) / WRITE_REFILL;
+    let arm = ((writes_per_sub as f64) - WRITE_BUCKET).max(0.0) / WRITE_REFILL;
+    let provider = ((writes_per_sub as f64) - PROVIDER_WRITES).max(0.0)
+        / (PROVIDER_WRITES / PROVIDER_WINDOW_SECS);
     let latency = (chain * LRO_MS) as f64 / 1000.0;
-    Duration::from_secs_f64(budget.max(latency))
+    Duration::from_secs_f64(arm.max(provider).max(latency))
 }
 
 struct Row {
@@ -401,7 +404,7 @@ async fn main() {
     let doc = format!(
         "# Benchmarks\n\nReproduce: `cargo bench --bench scale` (release build, about 30 minutes; `KMSROUTE_BENCH_SIZES=100,1000` for fewer estates).\n\
 Machine: {machine}. The ARM emulator runs as a separate process with ARM-shaped throttling (`--throttle arm`: \
-reads {READ_BUCKET} + {READ_REFILL}/s, writes {WRITE_BUCKET} + {WRITE_REFILL}/s per subscription), page size 200, \
+reads {READ_BUCKET} + {READ_REFILL}/s, writes {WRITE_BUCKET} + {WRITE_REFILL}/s per subscription, and the Network RP's windows of 10,000 reads and {PROVIDER_WRITES} writes per {PROVIDER_WINDOW_SECS} s), page size 200, \
 every long-running operation `InProgress` for {LRO_MS} ms, one operation per VNet at a time.\n\n\
 Ours: one `kmsroute apply` process (default `--concurrency 32` per subscription; the executor the controller runs), measured from outside: ARM calls from the emulator's counters, \
 CPU time from the process's rusage, peak RSS from its VmHWM. Naive: per subnet GET subnet, GET its route table, \

@@ -577,3 +577,54 @@ async fn the_example_estate_plans_as_its_story_says() {
     );
     assert_eq!(em.stats().writes, 0, "planning only reads");
 }
+
+#[tokio::test]
+async fn the_client_paces_writes_by_the_network_providers_window_and_gets_no_429() {
+    use kmsroute::azure::policy::{BucketShape, RateLimits};
+    // Provider window: 3 writes, then one more per 0.5 s, on the emulator and in the client.
+    let window = kmsroute::emulator::ProviderWindow {
+        reads: 1000.0,
+        writes: 3.0,
+        window: Duration::from_millis(1500),
+    };
+    let em = emulator(
+        Config {
+            throttle: Some(kmsroute::emulator::Throttle {
+                provider: Some(window),
+                ..kmsroute::emulator::Throttle::ARM
+            }),
+            ..Config::default()
+        },
+        vec![table(SUB, "rt")],
+    )
+    .await;
+    let api = AzureNetworkApi::new(
+        url::Url::parse(&em.url()).unwrap(),
+        Arc::new(StaticToken::new("t")),
+        ClientSettings {
+            retry: quick_retry(),
+            rate_limits: RateLimits {
+                provider_writes: Some(BucketShape {
+                    capacity: 3.0,
+                    refill_per_sec: 2.0,
+                }),
+                ..RateLimits::default()
+            },
+            ..ClientSettings::default()
+        },
+    )
+    .unwrap();
+    let t = RouteTableId::new(SUB, "rg", "rt");
+    for ip in [
+        "20.118.99.224",
+        "40.83.235.53",
+        "23.102.135.246",
+        "52.1.2.3",
+        "52.1.2.4",
+    ] {
+        api.put_route(&t, &kms_route(ip)).await.unwrap();
+    }
+    let stats = em.stats();
+    assert_eq!(stats.throttled, 0, "{stats:?}");
+    assert_eq!(stats.mutations, 5);
+}

@@ -594,6 +594,7 @@ async fn throttling_answers_429_with_retry_after_and_remaining_headers() {
         read_refill: 0.5,
         write_capacity: 1.0,
         write_refill: 0.5,
+        provider: None,
     };
     let em = start(
         Config {
@@ -978,4 +979,54 @@ async fn a_deny_assignment_refuses_internet_routes_with_arms_policy_violation_bo
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "RequestDisallowedByPolicy");
     assert!(em.dump().resources.iter().all(|r| r["name"] != "rt2"));
+}
+
+#[tokio::test]
+async fn the_network_providers_window_throttles_on_top_of_arms_buckets() {
+    // ARM's buckets are roomy here; the provider allows 2 writes per (long) window.
+    let t = Throttle {
+        read_capacity: 100.0,
+        read_refill: 10.0,
+        write_capacity: 100.0,
+        write_refill: 10.0,
+        provider: Some(kmsroute::emulator::ProviderWindow {
+            reads: 1000.0,
+            writes: 2.0,
+            window: Duration::from_secs(3600),
+        }),
+    };
+    let em = start(
+        Config {
+            throttle: Some(t),
+            ..Config::default()
+        },
+        vec![table("rt", json!([]))],
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let (s, h, body) = call(
+            &em,
+            "PUT",
+            &format!("{}/routes/r{i}", rt_id("rt")),
+            Some(json!({"properties": {"addressPrefix": format!("10.{i}.0.0/16"), "nextHopType": "None"}})),
+        )
+        .await;
+        if s == 429 {
+            assert_eq!(body["error"]["code"], "SubscriptionRequestsThrottled");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Microsoft.Network")
+            );
+            let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(wait >= 1000, "a window's worth of wait: {wait}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![201, 201, 429]);
+    // Reads have their own window and still go through.
+    let (s, _, _) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(s, 200);
 }

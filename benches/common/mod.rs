@@ -12,6 +12,9 @@ pub const WRITE_BUCKET: f64 = 200.0;
 pub const WRITE_REFILL: f64 = 10.0;
 pub const READ_BUCKET: f64 = 250.0;
 pub const READ_REFILL: f64 = 25.0;
+/// The Network RP's write window per subscription: 1,000 per 5 minutes.
+pub const PROVIDER_WRITES: f64 = 1_000.0;
+pub const PROVIDER_WINDOW_SECS: f64 = 300.0;
 
 pub fn sub(i: usize) -> String {
     format!("00000000-0000-0000-0000-{:012}", i + 1)

@@ -161,6 +161,8 @@ impl AzureNetworkApi {
                     capacity: 20.0,
                     refill_per_sec: 1.0 / 15.0,
                 }),
+                provider_reads: None,
+                provider_writes: None,
             }),
         })
     }

@@ -46,11 +46,20 @@ pub struct BucketShape {
 /// only an upper bound: every response's `x-ms-ratelimit-remaining-*` lowers our count to what
 /// ARM says is left (other clients share the budget), so 429s stay rare without paying a fixed
 /// safety margin in wall time.
+///
+/// The Network resource provider adds its own windows on top, per subscription: at most 10,000
+/// reads and 1,000 writes/deletes per 5 minutes (`provider_reads` / `provider_writes`, as
+/// buckets that refill the window's budget evenly). A request takes a token from both.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
     pub reads: BucketShape,
     pub writes: BucketShape,
+    pub provider_reads: Option<BucketShape>,
+    pub provider_writes: Option<BucketShape>,
 }
+
+/// The Network RP's window: 5 minutes.
+pub const PROVIDER_WINDOW_SECS: f64 = 300.0;
 
 impl Default for RateLimits {
     fn default() -> Self {
@@ -63,6 +72,14 @@ impl Default for RateLimits {
                 capacity: 200.0,
                 refill_per_sec: 10.0,
             },
+            provider_reads: Some(BucketShape {
+                capacity: 10_000.0,
+                refill_per_sec: 10_000.0 / PROVIDER_WINDOW_SECS,
+            }),
+            provider_writes: Some(BucketShape {
+                capacity: 1_000.0,
+                refill_per_sec: 1_000.0 / PROVIDER_WINDOW_SECS,
+            }),
         }
     }
 }
@@ -78,7 +95,8 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: RateLimits,
-    buckets: Mutex<HashMap<(String, bool), Bucket>>,
+    /// By (subscription, read, tier): tier 0 is ARM's bucket, tier 1 the Network RP's window.
+    buckets: Mutex<HashMap<(String, bool, u8), Bucket>>,
     /// The last `x-ms-ratelimit-remaining-subscription-reads` ARM sent, per subscription (a
     /// plain mutex: read by the inventory's pacing outside any request).
     reported_reads: std::sync::Mutex<HashMap<String, f64>>,
@@ -114,33 +132,53 @@ impl RateLimiter {
         }
     }
 
-    /// One attempt at a token: `None` when taken, else how long until one may be there.
+    fn provider_shape(&self, read: bool) -> Option<BucketShape> {
+        if read {
+            self.limits.provider_reads
+        } else {
+            self.limits.provider_writes
+        }
+    }
+
+    /// One attempt at a token of every tier: `None` when taken, else how long until one may be.
     async fn take(&self, subscription: &str, read: bool) -> Option<Duration> {
-        let shape = self.shape(read);
+        let tiers: Vec<(u8, BucketShape)> = std::iter::once((0, self.shape(read)))
+            .chain(self.provider_shape(read).map(|s| (1, s)))
+            .collect();
         let mut buckets = self.buckets.lock().await;
         let now = Instant::now();
-        let b = buckets
-            .entry((subscription.to_string(), read))
-            .or_insert(Bucket {
-                tokens: shape.capacity,
-                last: now,
-                paused_until: None,
-            });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
-            .min(shape.capacity);
-        b.last = now;
-        match b.paused_until {
-            Some(until) if until > now => Some(until - now),
-            _ if b.tokens >= 1.0 => {
-                b.tokens -= 1.0;
-                None
-            }
-            // A bucket that never refills (a budget of N and no more) waits "forever".
-            _ if shape.refill_per_sec <= 0.0 => Some(Duration::from_secs(3600)),
-            _ => Some(Duration::from_secs_f64(
-                (1.0 - b.tokens) / shape.refill_per_sec,
-            )),
+        let mut wait: Option<Duration> = None;
+        for &(tier, shape) in &tiers {
+            let b = buckets
+                .entry((subscription.to_string(), read, tier))
+                .or_insert(Bucket {
+                    tokens: shape.capacity,
+                    last: now,
+                    paused_until: None,
+                });
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * shape.refill_per_sec)
+                .min(shape.capacity);
+            b.last = now;
+            let need = match b.paused_until {
+                Some(until) if until > now => Some(until - now),
+                _ if b.tokens >= 1.0 => None,
+                // A bucket that never refills (a budget of N and no more) waits "forever".
+                _ if shape.refill_per_sec <= 0.0 => Some(Duration::from_secs(3600)),
+                _ => Some(Duration::from_secs_f64(
+                    (1.0 - b.tokens) / shape.refill_per_sec,
+                )),
+            };
+            wait = wait.max(need);
         }
+        if wait.is_some() {
+            return wait;
+        }
+        for &(tier, _) in &tiers {
+            if let Some(b) = buckets.get_mut(&(subscription.to_string(), read, tier)) {
+                b.tokens -= 1.0;
+            }
+        }
+        None
     }
 
     /// Waits for a token of the subscription's read or write bucket.
@@ -161,7 +199,7 @@ impl RateLimiter {
             m.insert(subscription.to_string(), remaining);
         }
         let mut buckets = self.buckets.lock().await;
-        if let Some(b) = buckets.get_mut(&(subscription.to_string(), read)) {
+        if let Some(b) = buckets.get_mut(&(subscription.to_string(), read, 0)) {
             b.tokens = b.tokens.min(remaining);
         }
     }
@@ -171,7 +209,7 @@ impl RateLimiter {
         let shape = self.shape(read);
         let mut buckets = self.buckets.lock().await;
         let b = buckets
-            .entry((subscription.to_string(), read))
+            .entry((subscription.to_string(), read, 0))
             .or_insert(Bucket {
                 tokens: 0.0,
                 last: Instant::now(),

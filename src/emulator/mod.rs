@@ -17,7 +17,7 @@ mod arm;
 mod service_tags;
 pub mod state;
 
-pub use state::{Config, FaultRule, PolicyAssignment, Seed, Stats, Throttle};
+pub use state::{Config, FaultRule, PolicyAssignment, ProviderWindow, Seed, Stats, Throttle};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -401,6 +401,47 @@ async fn arm_request(
         }
         bucket.tokens -= 1.0;
         throttle_headers.push((header, (bucket.tokens.floor() as u64).to_string()));
+        // The Network RP's own window (inferred code: ARM's throttling code, with Retry-After).
+        if let Some(w) = t.provider {
+            let cap = if is_read { w.reads } else { w.writes };
+            let rate = cap / w.window.as_secs_f64().max(1.0);
+            let b = store
+                .provider_buckets
+                .entry((subscription.clone(), is_read))
+                .or_insert(state::Bucket {
+                    tokens: cap,
+                    last: now,
+                });
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(cap);
+            b.last = now;
+            if b.tokens < 1.0 {
+                let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64;
+                // The ARM token is given back: the request never reached the provider.
+                if let Some(arm) = store.buckets.get_mut(&(subscription.clone(), is_read)) {
+                    arm.tokens += 1.0;
+                }
+                store.stats.throttled += 1;
+                record(
+                    &mut store,
+                    &subscription,
+                    &op,
+                    is_read,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    false,
+                );
+                return Reply::error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "SubscriptionRequestsThrottled",
+                    format!(
+                        "Number of {} requests for subscription '{subscription}' exceeded the Microsoft.Network limit of {cap} per {} seconds. Please try again after '{wait}' seconds.",
+                        if is_read { "read" } else { "write" },
+                        w.window.as_secs()
+                    ),
+                )
+                .header("retry-after", wait.to_string());
+            }
+            b.tokens -= 1.0;
+        }
     }
 
     if let Some(f) = &fault

@@ -37,6 +37,17 @@ pub struct Throttle {
     pub read_refill: f64,
     pub write_capacity: f64,
     pub write_refill: f64,
+    /// The Network resource provider's own limits on top of ARM's buckets.
+    pub provider: Option<ProviderWindow>,
+}
+
+/// The Network RP's per-subscription budget of reads and writes/deletes per window (Azure:
+/// 10,000 and 1,000 per 5 minutes), refilled evenly over the window.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderWindow {
+    pub reads: f64,
+    pub writes: f64,
+    pub window: Duration,
 }
 
 impl Throttle {
@@ -45,6 +56,11 @@ impl Throttle {
         read_refill: 25.0,
         write_capacity: 200.0,
         write_refill: 10.0,
+        provider: Some(ProviderWindow {
+            reads: 10_000.0,
+            writes: 1_000.0,
+            window: Duration::from_secs(300),
+        }),
     };
 }
 
@@ -132,6 +148,8 @@ pub struct Store {
     pub stats: Stats,
     pub faults: Vec<(FaultRule, u64)>,
     pub(crate) buckets: HashMap<(String, bool), Bucket>,
+    /// The Network RP's windows, by (subscription, read).
+    pub(crate) provider_buckets: HashMap<(String, bool), Bucket>,
     /// Lower-cased subscriptions that exist; `None`: every subscription does (empty seed).
     known_subscriptions: Option<std::collections::BTreeSet<String>>,
     /// Lower-cased subscriptions where the caller has no role.
