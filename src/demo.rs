@@ -268,11 +268,24 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let stats = em.stats();
+    let lists = |suffix: &str| -> u64 {
+        stats
+            .by_operation
+            .iter()
+            .filter(|(op, _)| op.contains(suffix))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let egress = lists("NetworkInterfaces_ListAll")
+        + lists("PublicIPAddresses_ListAll")
+        + lists("LoadBalancers_ListAll");
     writeln!(
         out,
-        "  {} write(s) planned; ARM saw {} reads (list calls: 2 per subscription) and {} writes.",
+        "  {} write(s) planned; ARM saw {} reads ({} list calls of VNets and route tables: 2 per subscription; {} of NICs, public IPs and load balancers for the private subnet's egress check) and {} writes.",
         steady.plan.writes.len(),
         stats.reads,
+        stats.reads - egress,
+        egress,
         stats.writes
     )
     .map_err(io)?;

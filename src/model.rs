@@ -81,6 +81,22 @@ pub struct NetworkInterface {
     pub subnet: Option<SubnetId>,
     /// Attached to a virtual machine (effective routes exist only for a running VM's NIC).
     pub attached: bool,
+    /// Lower-cased ID of an instance-level public IP on one of its IP configurations.
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    /// Lower-cased IDs of the load balancer backend pools its IP configurations belong to.
+    #[serde(default)]
+    pub backend_pools: Vec<String>,
+}
+
+/// What gives a NIC a way out to the Internet besides its subnet: public IP addresses that
+/// exist, and backend pools of Standard load balancers that have an outbound rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressFacts {
+    /// Lower-cased IDs of the public IP addresses listed.
+    pub public_ips: BTreeSet<String>,
+    /// Lower-cased IDs of backend pools that a Standard load balancer's outbound rule serves.
+    pub outbound_pools: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -709,7 +709,8 @@ async fn the_run_command_serves_health_reconciles_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_and_egress_show_as_conditions() {
     let kube = FakeKube::start().await;
-    // The demo estate carries one VM NIC, in vnet-spoke1/app; spoke2/private has no egress.
+    // The demo estate carries VM NICs in vnet-spoke1/app and vnet-spoke2/private; one of the
+    // two private-subnet NICs has a public IP, the other no way out.
     let em = estate_emulator().await;
     let c = start_controller(&kube, &em, "a");
     let mut p = policy(
@@ -731,15 +732,29 @@ async fn verification_and_egress_show_as_conditions() {
         "{verified:?}"
     );
     assert_eq!(
-        obj["status"]["summary"]["verified"], 1,
-        "one table has a NIC"
+        obj["status"]["summary"]["verified"], 2,
+        "two tables have a running NIC"
+    );
+    let problem = obj["status"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["reason"] == "NoInternetEgress")
+        .cloned()
+        .unwrap();
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 2 running NIC(s)"),
+        "{problem}"
     );
     let egress = condition(&obj, "EgressReady").unwrap();
     assert_eq!(
         (egress.0.as_str(), egress.1.as_str()),
         ("False", "NoInternetEgress")
     );
-    assert!(egress.2.contains("1 subnet(s)"), "{egress:?}");
+    assert!(egress.2.contains("1 private subnet(s)"), "{egress:?}");
     // The read is counted on the metrics endpoint's counters.
     assert!(c.arm.metrics.verification_count("ok") >= 1);
     c.shutdown().await;

@@ -381,6 +381,9 @@ fn actions_for(operation: &str) -> Vec<&'static str> {
         "DELETE routes" => vec!["Microsoft.Network/routeTables/routes/delete"],
         // Effective-route verification (spec.verification.effectiveRoutes).
         "GET networkInterfaces" => vec!["Microsoft.Network/networkInterfaces/read"],
+        // The private-subnet egress check: a VM's public IP, a load balancer's outbound rule.
+        "GET publicIPAddresses" => vec!["Microsoft.Network/publicIPAddresses/read"],
+        "GET loadBalancers" => vec!["Microsoft.Network/loadBalancers/read"],
         "POST effectiveRouteTable" => {
             vec!["Microsoft.Network/networkInterfaces/effectiveRouteTable/action"]
         }
@@ -446,6 +449,7 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
         .unwrap();
     assert_eq!(nics.len(), 1);
     api.effective_routes(&nics[0].id).await.unwrap();
+    api.egress_facts(&[S.to_string()].into()).await.unwrap();
     let used: BTreeSet<&str> = api
         .metrics
         .operations()

@@ -264,6 +264,12 @@ impl NetworkApi for Gate<'_> {
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
         self.run(self.inner.delete_route_table(table)).await
     }
+    async fn egress_facts(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<kmsroute::model::EgressFacts, ArmError> {
+        self.inner.egress_facts(subscriptions).await
+    }
     fn read_budget(&self, subscription: &str) -> kmsroute::azure::ReadBudget {
         self.inner.read_budget(subscription)
     }

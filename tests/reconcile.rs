@@ -633,3 +633,109 @@ async fn a_policy_denied_table_is_named_attempted_once_and_the_rest_converges() 
     assert!(still.iter().all(|t| t.contains("spoke2")), "{still:?}");
     assert_eq!(denials(&em.stats()), 6, "once per pass");
 }
+
+/// A private subnet whose VMs have every kind of way out but one.
+fn private_estate() -> Seed {
+    let rg = format!("/subscriptions/{S1}/resourceGroups/rg/providers/Microsoft.Network");
+    let subnet = format!("{rg}/virtualNetworks/v/subnets/private");
+    let lb = format!("{rg}/loadBalancers/lb-out");
+    let nic = |name: &str, extra: Value| {
+        let mut props = json!({"privateIPAddress": "10.9.0.4", "subnet": {"id": subnet}});
+        json_merge(&mut props, extra);
+        json!({"id": format!("{rg}/networkInterfaces/{name}"), "location": "westeurope",
+            "properties": {"virtualMachine": {"id": format!("/subscriptions/{S1}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}")},
+                "ipConfigurations": [{"name": "ipconfig1", "properties": props}]}})
+    };
+    Seed {
+        resources: vec![
+            json!({"id": format!("{rg}/virtualNetworks/v"), "location": "westeurope", "tags": {"kms": "enabled"},
+                "properties": {"addressSpace": {"addressPrefixes": ["10.9.0.0/16"]}, "subnets": [
+                    {"id": subnet, "name": "private", "properties": {"addressPrefix": "10.9.0.0/24", "defaultOutboundAccess": false}}]}}),
+            json!({"id": format!("{rg}/publicIPAddresses/pip-1"), "location": "westeurope", "sku": {"name": "Standard"}, "properties": {"publicIPAllocationMethod": "Static"}}),
+            json!({"id": lb, "location": "westeurope", "sku": {"name": "Standard"}, "properties": {
+                "frontendIPConfigurations": [{"id": format!("{lb}/frontendIPConfigurations/fe"), "name": "fe", "properties": {"publicIPAddress": {"id": format!("{rg}/publicIPAddresses/pip-1")}}}],
+                "backendAddressPools": [
+                    {"id": format!("{lb}/backendAddressPools/out"), "name": "out"},
+                    {"id": format!("{lb}/backendAddressPools/in-only"), "name": "in-only"}],
+                "outboundRules": [{"id": format!("{lb}/outboundRules/all"), "name": "all", "properties": {
+                    "protocol": "All", "frontendIPConfigurations": [{"id": format!("{lb}/frontendIPConfigurations/fe")}],
+                    "backendAddressPool": {"id": format!("{lb}/backendAddressPools/out")}}}]}}),
+            nic(
+                "vm-pip",
+                json!({"publicIPAddress": {"id": format!("{rg}/publicIPAddresses/pip-1")}}),
+            ),
+            nic(
+                "vm-lb",
+                json!({"loadBalancerBackendAddressPools": [{"id": format!("{lb}/backendAddressPools/out")}]}),
+            ),
+            nic(
+                "vm-inbound-only",
+                json!({"loadBalancerBackendAddressPools": [{"id": format!("{lb}/backendAddressPools/in-only")}]}),
+            ),
+            nic(
+                "vm-dangling-ip",
+                json!({"publicIPAddress": {"id": format!("{rg}/publicIPAddresses/deleted")}}),
+            ),
+        ],
+        ..Seed::default()
+    }
+}
+
+fn json_merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
+#[tokio::test]
+async fn egress_is_judged_per_nic_on_every_path_and_counted() {
+    let (em, api) = setup(Config::default(), private_estate()).await;
+    let mut policy = example_policy();
+    policy.selector.as_mut().unwrap().subscriptions = BTreeSet::from([S1.to_string()]);
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let mine = &report.policies[0];
+    let egress: Vec<&kmsroute::api::Problem> = mine
+        .problems
+        .iter()
+        .filter(|p| p.reason == "NoInternetEgress")
+        .collect();
+    assert_eq!(egress.len(), 1, "{:?}", mine.problems);
+    // vm-pip (public IP) and vm-lb (outbound rule) get out; vm-inbound-only (a pool with no
+    // outbound rule) and vm-dangling-ip (a deleted public IP) do not.
+    assert!(
+        egress[0].message.starts_with("2 of 4 running NIC(s)"),
+        "{}",
+        egress[0].message
+    );
+    assert_eq!(mine.egress_warnings, 1);
+    // The listing is one call per kind in the one subscription that needed it.
+    let stats = em.stats();
+    for op in [
+        "NetworkInterfaces_ListAll 200",
+        "PublicIPAddresses_ListAll 200",
+        "LoadBalancers_ListAll 200",
+    ] {
+        assert_eq!(stats.by_operation.get(op), Some(&1), "{op}: {stats:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_private_subnet_whose_every_vm_has_a_way_out_gets_no_warning() {
+    let mut seed = private_estate();
+    // Drop the two NICs without a way out.
+    seed.resources.retain(|r| {
+        !r["id"].as_str().unwrap().contains("vm-inbound-only")
+            && !r["id"].as_str().unwrap().contains("vm-dangling-ip")
+    });
+    let (_em, api) = setup(Config::default(), seed).await;
+    let mut policy = example_policy();
+    policy.selector.as_mut().unwrap().subscriptions = BTreeSet::from([S1.to_string()]);
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let mine = &report.policies[0];
+    assert!(
+        mine.problems.iter().all(|p| p.reason != "NoInternetEgress"),
+        "{:?}",
+        mine.problems
+    );
+    assert_eq!(mine.egress_warnings, 0);
+}

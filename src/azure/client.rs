@@ -570,10 +570,28 @@ impl NetworkApi for AzureNetworkApi {
                         .and_then(|p| p.subnet.as_ref())
                         .and_then(|s| s.sub_resource.id.as_deref())
                         .and_then(|s| SubnetId::parse(s).ok());
+                    let configs: Vec<_> = props
+                        .ip_configurations
+                        .iter()
+                        .filter_map(|c| c.properties.as_ref())
+                        .collect();
+                    let public_ip = configs
+                        .iter()
+                        .filter_map(|p| p.public_ip_address.as_ref())
+                        .find_map(|ip| ip.resource.id.as_deref())
+                        .map(str::to_ascii_lowercase);
+                    let backend_pools = configs
+                        .iter()
+                        .flat_map(|p| p.load_balancer_backend_address_pools.iter())
+                        .filter_map(|b| b.sub_resource.id.as_deref())
+                        .map(str::to_ascii_lowercase)
+                        .collect();
                     out.push(model::NetworkInterface {
                         id,
                         subnet,
                         attached: props.virtual_machine.is_some_and(|vm| vm.id.is_some()),
+                        public_ip,
+                        backend_pools,
                     });
                 }
             }
@@ -583,6 +601,66 @@ impl NetworkApi for AzureNetworkApi {
 
     /// Raw POST: the generated poller for this operation sleeps a fixed 30 s between polls
     /// and ignores `Retry-After` (see the module note), so it is sent and waited for here.
+    async fn egress_facts(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<model::EgressFacts, ArmError> {
+        let mut facts = model::EgressFacts::default();
+        for sub in subscriptions {
+            let resource = format!("/subscriptions/{sub}");
+            let mut ips = self
+                .client
+                .public_ip_addresses_client()
+                .list_all(sub.as_str())
+                .into_stream();
+            while let Some(page) = ips.next().await {
+                let page = page.map_err(|e| arm_err("PublicIPAddresses_ListAll", &resource, e))?;
+                facts.public_ips.extend(
+                    page.value
+                        .into_iter()
+                        .filter_map(|ip| ip.resource.id)
+                        .filter(|id| in_subscription(id, sub))
+                        .map(|id| id.to_ascii_lowercase()),
+                );
+            }
+            let mut lbs = self
+                .client
+                .load_balancers_client()
+                .list_all(sub.as_str())
+                .into_stream();
+            while let Some(page) = lbs.next().await {
+                let page = page.map_err(|e| arm_err("LoadBalancers_ListAll", &resource, e))?;
+                for lb in page.value {
+                    // Outbound rules exist only on Standard load balancers.
+                    let standard = lb
+                        .sku
+                        .as_ref()
+                        .and_then(|s| s.name.as_ref())
+                        .is_some_and(|n| matches!(n, models::load_balancer_sku::Name::Standard));
+                    if !standard
+                        || !lb
+                            .resource
+                            .id
+                            .as_deref()
+                            .is_some_and(|id| in_subscription(id, sub))
+                    {
+                        continue;
+                    }
+                    for rule in lb.properties.iter().flat_map(|p| p.outbound_rules.iter()) {
+                        if let Some(pool) = rule
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.backend_address_pool.id.as_deref())
+                        {
+                            facts.outbound_pools.insert(pool.to_ascii_lowercase());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(facts)
+    }
+
     async fn effective_routes(
         &self,
         nic: &str,

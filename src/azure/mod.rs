@@ -135,6 +135,12 @@ pub trait NetworkApi: Send + Sync {
         let _ = subscriptions;
         Ok(Vec::new())
     }
+    /// Public IP addresses and load balancers of these subscriptions, as far as a NIC's egress
+    /// is concerned (the private-subnet check: is there another way out than the subnet's).
+    async fn egress_facts(
+        &self,
+        subscriptions: &BTreeSet<String>,
+    ) -> Result<crate::model::EgressFacts, ArmError>;
     /// `POST {nic}/effectiveRouteTable`, waited for: the routes the NIC's packets follow.
     async fn effective_routes(
         &self,

@@ -134,6 +134,10 @@ pub struct Context {
     /// Policies queued by a detected change, with when it was first seen (the start of the
     /// drift-repair latency), until a pass has looked.
     dirty: Mutex<HashMap<String, std::time::Instant>>,
+    /// Policies whose last pass failed on errors only a human can fix (401/403, a policy
+    /// denial), with that generation and the end of the slow timer. The status that pass wrote
+    /// comes back as a watch event; it must not buy another round of refused writes.
+    held_back: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 fn jitter(d: Duration, spread: f64) -> Duration {
@@ -190,6 +194,17 @@ impl Context {
             })
             .filter(|d| !d.subscriptions().is_disjoint(subscriptions))
             .collect()
+    }
+
+    /// Holds the policy's passes back for the slow timer (see [`Context::held_back`]).
+    async fn hold_back(&self, policy: &str, generation: Option<i64>) {
+        self.held_back.lock().await.insert(
+            policy.to_string(),
+            (
+                generation,
+                std::time::Instant::now() + self.settings.slow_retry,
+            ),
+        );
     }
 
     /// Maps a change of the inventory to the policies that select what changed, marks them
@@ -430,7 +445,7 @@ fn conditions_for(
             false,
             "NoInternetEgress",
             format!(
-                "{} subnet(s) have defaultOutboundAccess=false and no NAT gateway: next hop Internet has no egress path",
+                "{} private subnet(s) have running NICs with no outbound path (no NAT gateway, public IP or load balancer outbound rule): next hop Internet leads nowhere for them; see status.problems",
                 report.egress_warnings
             ),
             generation,
@@ -594,6 +609,14 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     ctx.inventory.want(&name, subscriptions.clone());
     let drift_seen = ctx.dirty.lock().await.remove(&name);
     if drift_seen.is_none()
+        && let Some((g, until)) = ctx.held_back.lock().await.get(&name).copied()
+        && g == generation
+        && until > std::time::Instant::now()
+    {
+        // Waiting on the user-action timer; only an edit or a change in Azure cuts it short.
+        return Ok(Action::requeue(until - std::time::Instant::now()));
+    }
+    if drift_seen.is_none()
         && let Some((g, at)) = ctx.last_pass.lock().await.get(&name)
         && *g == generation
         && at.elapsed() < resync.mul_f64(0.9)
@@ -620,6 +643,9 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     {
         Ok(r) => r,
         Err(e) => {
+            if e.class == ErrorClass::NeedsUserAction {
+                ctx.hold_back(&name, generation).await;
+            }
             let reason = match e.class {
                 ErrorClass::NeedsUserAction => "AzureAuthFailed",
                 ErrorClass::Throttled => "Throttled",
@@ -752,11 +778,15 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
                 .filter_map(|r| r.error.as_ref().map(|e| e.class)),
         )
         .unwrap_or(ErrorClass::Retryable);
+        if class == ErrorClass::NeedsUserAction {
+            ctx.hold_back(&name, generation).await;
+        }
         return Err(Error::WritesFailed {
             class,
             count: mine.writes_failed,
         });
     }
+    ctx.held_back.lock().await.remove(&name);
     ctx.last_pass
         .lock()
         .await
@@ -958,6 +988,7 @@ async fn run_controller(
         passes: std::sync::atomic::AtomicU64::new(0),
         inventory,
         dirty: Mutex::new(HashMap::new()),
+        held_back: Mutex::new(HashMap::new()),
     });
     // Changes → the policies they concern → queued passes. Aborted with this function, so a
     // replica that loses the lease stops refreshing (the loops hold the inventory weakly).

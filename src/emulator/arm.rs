@@ -64,6 +64,8 @@ pub(crate) fn operation_name(method: &Method, segs: &[String]) -> String {
         "networksecuritygroups" => "NetworkSecurityGroups",
         "natgateways" => "NatGateways",
         "networkinterfaces" => "NetworkInterfaces",
+        "publicipaddresses" => "PublicIPAddresses",
+        "loadbalancers" => "LoadBalancers",
         _ => "Unknown",
     };
     let (family, depth) = match (family, segs.len()) {
@@ -404,7 +406,9 @@ pub(crate) fn dispatch(
         | ("virtualnetworks", 8, "GET")
         | ("networksecuritygroups", 8, "GET")
         | ("natgateways", 8, "GET")
-        | ("networkinterfaces", 8, "GET") => match store.resources().get(&key) {
+        | ("networkinterfaces", 8, "GET")
+        | ("publicipaddresses", 8, "GET")
+        | ("loadbalancers", 8, "GET") => match store.resources().get(&key) {
             Some(r) => {
                 let r = store.render(r);
                 let etag = r["etag"].as_str().unwrap_or_default().to_string();

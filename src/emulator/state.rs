@@ -136,7 +136,8 @@ pub(crate) struct Operation {
 #[derive(Debug, Default)]
 pub struct Store {
     /// Top-level resources by lower-cased ID: virtualNetworks (subnets inline), routeTables
-    /// (routes inline), networkSecurityGroups, natGateways, networkInterfaces.
+    /// (routes inline), networkSecurityGroups, natGateways, networkInterfaces,
+    /// publicIPAddresses, loadBalancers (with their outbound rules).
     /// Private so every change goes through [`Store::resource_mut`] and friends, which drop the
     /// derived table→subnets index when a VNet changes.
     resources: BTreeMap<String, Value>,
@@ -424,12 +425,14 @@ pub(crate) fn stamp(r: &mut Value, etag: &str) {
 
 /// The ARM type of a top-level resource ID.
 pub(crate) fn type_of(id: &str) -> Option<&'static str> {
-    const TYPES: [&str; 5] = [
+    const TYPES: [&str; 7] = [
         "Microsoft.Network/virtualNetworks",
         "Microsoft.Network/routeTables",
         "Microsoft.Network/networkSecurityGroups",
         "Microsoft.Network/natGateways",
         "Microsoft.Network/networkInterfaces",
+        "Microsoft.Network/publicIPAddresses",
+        "Microsoft.Network/loadBalancers",
     ];
     let seg = id.split('/').nth(7)?;
     TYPES.into_iter().find(|t| {

@@ -11,8 +11,9 @@ pub mod verify;
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
 use crate::azure::{ArmError, ErrorClass, NetworkApi, execute};
 use crate::dns::Resolver;
+use crate::ids::SubnetId;
 use crate::model::Inventory;
-use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Write, plan};
+use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Warning, Write, egress, plan};
 use futures::StreamExt;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -286,6 +287,7 @@ pub async fn reconcile(
             }
         }
     }
+    refine_egress(api, &mut report, options).await;
     for p in &mut report.policies {
         if let Some(d) = dns.get(&p.name) {
             p.problems.extend(verify::dns_problems(d));
@@ -297,6 +299,74 @@ pub async fn reconcile(
         p.problems.truncate(MAX_PROBLEMS);
     }
     Ok(report)
+}
+
+/// Judges egress per NIC where the planner warned a private subnet (no NAT gateway, default
+/// outbound access off): lists the NICs, public IPs and load balancers of those subnets'
+/// subscriptions once, and keeps `NoInternetEgress` only where some running NIC has no way out,
+/// saying how many. A listing that fails leaves the subnet-level warning as it was.
+async fn refine_egress(api: &dyn NetworkApi, report: &mut Report, options: &Options) {
+    let mine = |p: &str| options.only_policy.as_deref().is_none_or(|n| n == p);
+    let candidates: BTreeMap<String, SubnetId> = report
+        .final_verdicts
+        .iter()
+        .filter(|v| mine(&v.policy) && v.warnings.contains(&Warning::NoInternetEgress))
+        .map(|v| (v.subnet.key().to_string(), v.subnet.clone()))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let subscriptions: BTreeSet<String> = candidates
+        .values()
+        .map(|s| s.subscription().to_ascii_lowercase())
+        .collect();
+    let listed = async {
+        let nics = api.network_interfaces(&subscriptions).await?;
+        let facts = api.egress_facts(&subscriptions).await?;
+        Ok::<_, ArmError>((nics, facts))
+    };
+    let (nics, facts) = match listed.await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not judge egress per NIC; keeping the subnet-level warning");
+            return;
+        }
+    };
+    let counts: HashMap<String, egress::EgressCount> = candidates
+        .into_iter()
+        .map(|(key, id)| {
+            // A candidate is, by the planner's rule, private: no NAT gateway, no default access.
+            let subnet = crate::model::Subnet {
+                id,
+                route_table: None,
+                nat_gateway: false,
+                default_outbound_access: Some(false),
+                delegations: Vec::new(),
+                etag: None,
+            };
+            (key, egress::count(&subnet, &nics, &facts))
+        })
+        .collect();
+    for p in &mut report.policies {
+        let before = p.problems.len();
+        p.problems.retain_mut(|pr| {
+            if pr.reason != "NoInternetEgress" {
+                return true;
+            }
+            match counts.get(&pr.subnet_id.to_ascii_lowercase()) {
+                Some(c) if c.without == 0 => false,
+                Some(c) => {
+                    pr.message = format!(
+                        "{} of {} running NIC(s) have no outbound path for next hop Internet (no NAT gateway, default outbound access off, no public IP, no Standard load balancer outbound rule)",
+                        c.without, c.total
+                    );
+                    true
+                }
+                None => true,
+            }
+        });
+        p.egress_warnings = p.egress_warnings.saturating_sub(before - p.problems.len());
+    }
 }
 
 /// [`reconcile`] once the destinations are final.
@@ -756,6 +826,12 @@ mod tests {
         }
         async fn delete_route_table(&self, _: &RouteTableId) -> Result<(), ArmError> {
             Ok(())
+        }
+        async fn egress_facts(
+            &self,
+            _: &BTreeSet<String>,
+        ) -> Result<crate::model::EgressFacts, ArmError> {
+            Ok(crate::model::EgressFacts::default())
         }
         fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
             crate::azure::ReadBudget {
