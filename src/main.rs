@@ -167,6 +167,11 @@ enum Output {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` sets up its own (format flag, info); every other subcommand logs warnings (retries,
+    // unreachable endpoints) to stderr, and RUST_LOG works for all of them.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(LogFormat::Text, "warn");
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -189,7 +194,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             inventory_refresh,
             inventory_read_share,
         } => {
-            init_logging(log_format);
+            init_logging(log_format, "info");
             run_controller(
                 arm,
                 metrics_addr,
@@ -434,9 +439,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // Whatever RUST_LOG says: azure_core logs every request with its headers at debug (the
     // bearer token included), so the Azure SDK crates never log below info.
     for target in ["azure_core", "azure_identity", "azure_mgmt_network"] {
@@ -444,8 +449,12 @@ fn init_logging(format: LogFormat) {
             filter = filter.add_directive(d);
         }
     }
+    // Colour only on a terminal, and never with NO_COLOR (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

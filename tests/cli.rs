@@ -300,3 +300,45 @@ fn plan_exits_3_naming_a_subscription_that_does_not_exist() {
     assert!(out.contains("SubscriptionNotFound"), "{out}");
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn a_closed_port_fails_fast_naming_the_url_and_the_cause_with_a_line_per_retry() {
+    // Port 1 on loopback: nothing listens there.
+    let started = std::time::Instant::now();
+    let o = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            "http://127.0.0.1:1",
+        ],
+        None,
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains("http://127.0.0.1:1/subscriptions/"), "{err}");
+    assert_eq!(err.matches("retry ").count(), 2, "a line per retry: {err}");
+    // Not written to a terminal here: no colour codes in the log.
+    assert!(!err.contains('\u{1b}'), "{err}");
+    eprintln!("closed port answered in {took:?}");
+}
+
+#[test]
+fn an_unsupported_scheme_is_refused_before_any_request() {
+    let o = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            "ftp://127.0.0.1:21",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
+}

@@ -55,6 +55,7 @@ fn retry() -> RetrySettings {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(100),
         timeout: Duration::from_millis(400),
+        connect_attempts: 4,
     }
 }
 

@@ -69,6 +69,12 @@ pub fn credential(
     cloud: Cloud,
 ) -> Result<Arc<dyn TokenCredential>, String> {
     let loopback = is_loopback(endpoint);
+    if !matches!(endpoint.scheme(), "https" | "http") {
+        return Err(format!(
+            "ARM endpoint {endpoint}: unsupported scheme {:?} (use https, or http on loopback)",
+            endpoint.scheme()
+        ));
+    }
     if !loopback && endpoint.scheme() != "https" {
         return Err(format!(
             "ARM endpoint {endpoint} must use https (plain http is allowed only on loopback)"

@@ -21,6 +21,8 @@ pub struct RetrySettings {
     pub max_delay: Duration,
     /// Per attempt; a request that hangs longer is abandoned (and retried).
     pub timeout: Duration,
+    /// Attempts when the endpoint cannot be reached at all (connection refused, DNS, TLS).
+    pub connect_attempts: u32,
 }
 
 impl Default for RetrySettings {
@@ -31,6 +33,7 @@ impl Default for RetrySettings {
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
+            connect_attempts: 3,
         }
     }
 }
@@ -279,6 +282,21 @@ pub fn operation_label(method: &str, path: &str) -> String {
     format!("{method} {kind}")
 }
 
+/// An error and its sources, outermost first ("failed to execute request: error sending
+/// request: connection refused"), without repeats.
+pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
 fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp
         .headers()
@@ -373,11 +391,29 @@ impl Policy for ArmPolicy {
                 Ok(Err(e)) => {
                     self.metrics.record(&label, "error", t0.elapsed());
                     let delay = backoff(&self.retry, attempt);
-                    if *e.kind() == azure_core::error::ErrorKind::Io && can_retry(delay) {
+                    let cause = cause_chain(&e);
+                    let url = request.url().clone();
+                    // Cannot connect at all (refused, DNS, TLS, proxy): a short, visible budget,
+                    // not the minutes a throttled ARM deserves.
+                    if *e.kind() == azure_core::error::ErrorKind::Io
+                        && attempt < self.retry.connect_attempts
+                        && can_retry(delay)
+                    {
+                        tracing::warn!(
+                            "cannot reach {}: {cause}; retry {attempt} of {} in {delay:.1?}",
+                            url.origin().ascii_serialization(),
+                            self.retry.connect_attempts - 1
+                        );
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    return Err(e);
+                    return Err(azure_core::Error::message(
+                        e.kind().clone(),
+                        format!(
+                            "cannot reach {} ({label}): {cause}",
+                            url.as_str().split('?').next().unwrap_or_default()
+                        ),
+                    ));
                 }
                 Ok(Ok(resp)) => resp,
             };
