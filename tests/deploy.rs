@@ -384,6 +384,8 @@ fn actions_for(operation: &str) -> Vec<&'static str> {
         // The private-subnet egress check: a VM's public IP, a load balancer's outbound rule.
         "GET publicIPAddresses" => vec!["Microsoft.Network/publicIPAddresses/read"],
         "GET loadBalancers" => vec!["Microsoft.Network/loadBalancers/read"],
+        // spec.selector.managementGroups.
+        "GET descendants" => vec!["Microsoft.Management/managementGroups/descendants/read"],
         "POST effectiveRouteTable" => {
             vec!["Microsoft.Network/networkInterfaces/effectiveRouteTable/action"]
         }
@@ -410,6 +412,11 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
                 "ipConfigurations": [{"name": "ipconfig1", "properties": {"subnet": {"id": format!("{rg}/virtualNetworks/v/subnets/s")}}}]}}),
         ],
         learned_routes: vec![],
+        management_groups: vec![kmsroute::emulator::ManagementGroup {
+            name: "corp".into(),
+            parent: None,
+            subscriptions: vec![S.into()],
+        }],
         ..Seed::default()
     };
     let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
@@ -450,6 +457,8 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
     assert_eq!(nics.len(), 1);
     api.effective_routes(&nics[0].id).await.unwrap();
     api.egress_facts(&[S.to_string()].into()).await.unwrap();
+    let under = api.management_group_subscriptions("corp").await.unwrap();
+    assert_eq!(under, BTreeSet::from([S.to_string()]));
     let used: BTreeSet<&str> = api
         .metrics
         .operations()

@@ -1030,3 +1030,100 @@ async fn the_network_providers_window_throttles_on_top_of_arms_buckets() {
     let (s, _, _) = call(&em, "GET", &rt_id("rt"), None).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn management_group_descendants_list_every_level_with_paging() {
+    use kmsroute::emulator::ManagementGroup;
+    let group = |name: &str, parent: Option<&str>, subs: &[&str]| ManagementGroup {
+        name: name.into(),
+        parent: parent.map(str::to_string),
+        subscriptions: subs.iter().map(|s| s.to_string()).collect(),
+    };
+    let seed = Seed {
+        resources: vec![table("rt", json!([]))],
+        management_groups: vec![
+            group("corp", None, &[]),
+            group(
+                "landing-zones",
+                Some("corp"),
+                &["00000000-0000-0000-0000-0000000000a1"],
+            ),
+            group(
+                "online",
+                Some("landing-zones"),
+                &[
+                    "00000000-0000-0000-0000-0000000000a2",
+                    "00000000-0000-0000-0000-0000000000a3",
+                ],
+            ),
+            group("sandbox", None, &["00000000-0000-0000-0000-0000000000b1"]),
+        ],
+        ..Seed::default()
+    };
+    let em = emulator::start(
+        Config {
+            page_size: 2,
+            ..Config::default()
+        },
+        seed,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut url = format!(
+        "{}/providers/Microsoft.Management/managementGroups/corp/descendants?api-version=2020-05-01",
+        em.url()
+    );
+    let mut subs = Vec::new();
+    let mut groups = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page: Value = http()
+            .get(&url)
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        for d in page["value"].as_array().unwrap() {
+            match d["type"].as_str().unwrap() {
+                "Microsoft.Management/managementGroups/subscriptions" => {
+                    subs.push(d["name"].as_str().unwrap().to_string())
+                }
+                "Microsoft.Management/managementGroups" => {
+                    groups.push(d["name"].as_str().unwrap().to_string())
+                }
+                other => panic!("{other}"),
+            }
+        }
+        match page["nextLink"].as_str() {
+            Some(n) => url = n.to_string(),
+            None => break,
+        }
+    }
+    subs.sort();
+    assert_eq!(
+        subs,
+        [
+            "00000000-0000-0000-0000-0000000000a1",
+            "00000000-0000-0000-0000-0000000000a2",
+            "00000000-0000-0000-0000-0000000000a3"
+        ]
+    );
+    groups.sort();
+    assert_eq!(groups, ["landing-zones", "online"]);
+    assert_eq!(pages, 3, "5 entries at 2 a page");
+    // A subscription placed under a group exists (it can be listed); an unknown group is 404.
+    let (s, _, _) = call(&em, "GET", "/subscriptions/00000000-0000-0000-0000-0000000000a2/providers/Microsoft.Network/virtualNetworks", None).await;
+    assert_eq!(s, 200);
+    let missing = http()
+        .get(format!("{}/providers/Microsoft.Management/managementGroups/nope/descendants?api-version=2020-05-01", em.url()))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

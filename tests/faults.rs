@@ -271,6 +271,12 @@ impl NetworkApi for Gate<'_> {
     ) -> Result<kmsroute::model::EgressFacts, ArmError> {
         self.inner.egress_facts(subscriptions).await
     }
+    async fn management_group_subscriptions(
+        &self,
+        group: &str,
+    ) -> Result<BTreeSet<String>, ArmError> {
+        self.inner.management_group_subscriptions(group).await
+    }
     fn read_budget(&self, subscription: &str) -> kmsroute::azure::ReadBudget {
         self.inner.read_budget(subscription)
     }

@@ -116,11 +116,22 @@ async fn the_first_apply_converges_in_one_pass_with_exactly_the_planned_writes()
     assert!(plan_only.plan.writes.is_empty());
     let stats = em.stats();
     assert_eq!(stats.writes, 0, "a steady-state resync is reads only");
+    let calls = |op: &str| stats.by_operation.get(op).copied().unwrap_or(0);
     assert_eq!(
-        stats.reads, 8,
+        calls("VirtualNetworks_ListAll 200") + calls("RouteTables_ListAll 200"),
+        8,
         "2 list calls per subscription per pass: {:?}",
         stats.by_operation
     );
+    // The private subnet's egress check: NICs, public IPs, load balancers of its subscription.
+    for op in [
+        "NetworkInterfaces_ListAll 200",
+        "PublicIPAddresses_ListAll 200",
+        "LoadBalancers_ListAll 200",
+    ] {
+        assert_eq!(calls(op), 2, "{op}: {:?}", stats.by_operation);
+    }
+    assert_eq!(stats.reads, 14, "nothing else: {:?}", stats.by_operation);
     let s = &second.policies[0].summary;
     assert_eq!(
         (
@@ -738,4 +749,61 @@ async fn a_private_subnet_whose_every_vm_has_a_way_out_gets_no_warning() {
         mine.problems
     );
     assert_eq!(mine.egress_warnings, 0);
+}
+
+#[tokio::test]
+async fn a_policy_selecting_a_management_group_covers_every_subscription_under_it() {
+    use kmsroute::emulator::ManagementGroup;
+    let mut seed = estate();
+    seed.management_groups = vec![
+        ManagementGroup {
+            name: "corp".into(),
+            parent: None,
+            subscriptions: vec![],
+        },
+        ManagementGroup {
+            name: "landing-zones".into(),
+            parent: Some("corp".into()),
+            subscriptions: vec![S1.into(), "22222222-2222-2222-2222-222222222222".into()],
+        },
+    ];
+    let (em, api) = setup(Config::default(), seed).await;
+    let by_list = example_policy();
+    let mut by_group = example_policy();
+    let sel = by_group.selector.as_mut().unwrap();
+    sel.subscriptions.clear();
+    sel.management_groups = BTreeSet::from(["corp".to_string()]);
+    let plan_list = pass(&api, std::slice::from_ref(&by_list), RunMode::PlanOnly).await;
+    let plan_group = pass(&api, std::slice::from_ref(&by_group), RunMode::PlanOnly).await;
+    assert_eq!(plan_group.plan.writes, plan_list.plan.writes);
+    assert_eq!(
+        plan_group.policies[0].summary,
+        plan_list.policies[0].summary
+    );
+    let applied = pass(&api, std::slice::from_ref(&by_group), RunMode::Apply).await;
+    assert_eq!(applied.writes_done(), plan_list.plan.writes.len());
+    assert!(
+        em.stats()
+            .by_operation
+            .contains_key("ManagementGroups_GetDescendants 200")
+    );
+    // A group that does not exist is a problem of the policy (exit 3); the rest still counts.
+    let mut typo = by_group.clone();
+    typo.selector
+        .as_mut()
+        .unwrap()
+        .management_groups
+        .insert("crop".into());
+    let r = pass(&api, std::slice::from_ref(&typo), RunMode::PlanOnly).await;
+    assert!(r.has_problems());
+    assert!(
+        r.policies[0]
+            .problems
+            .iter()
+            .any(|p| p.subnet_id.ends_with("/managementGroups/crop")
+                && p.reason == "SubscriptionUnreadable"),
+        "{:?}",
+        r.policies[0].problems
+    );
+    assert_eq!(r.policies[0].summary.subnets_matched, 7);
 }

@@ -1,7 +1,7 @@
 //! `validate()` and policy files: every class of bad input gets a clear error with its field
 //! path, all errors at once, and nothing is accepted that could tear a hole in a forced tunnel.
 
-use kmsroute::api::{FieldError, parse_policies, validate_policy};
+use kmsroute::api::{FieldError, KmsRoutePolicySpec, parse_policies, validate, validate_policy};
 use kmsroute::catalog::Cloud;
 
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
@@ -343,4 +343,58 @@ fn the_example_policies_are_valid() {
             }
         }
     }
+}
+
+#[test]
+fn a_selector_by_management_group_needs_no_subscription_list() {
+    let spec: KmsRoutePolicySpec =
+        serde_yaml::from_str("selector:\n  managementGroups: [corp, landing-zones]\n").unwrap();
+    let v = validate("mg", None, &spec, Cloud::AzurePublic).unwrap();
+    let sel = v.desired.selector.unwrap();
+    assert!(sel.subscriptions.is_empty());
+    assert_eq!(
+        sel.management_groups,
+        ["corp".to_string(), "landing-zones".to_string()].into()
+    );
+}
+
+#[test]
+fn a_selector_with_neither_subscriptions_nor_management_groups_is_refused() {
+    assert_error(
+        "selector:\n  virtualNetworkTags: {kms: enabled}\n",
+        "spec.selector.subscriptions",
+        "management group",
+    );
+}
+
+#[test]
+fn bad_and_repeated_management_group_names_are_refused() {
+    let errs = errors("selector:\n  managementGroups: [\"corp\", \"has space\", \"corp\"]\n");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(
+        paths.contains(&"spec.selector.managementGroups[1]"),
+        "{errs:?}"
+    );
+    assert!(
+        paths.contains(&"spec.selector.managementGroups[2]"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn the_crd_requires_subscriptions_or_management_groups_with_a_cel_rule() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(kmsroute::api::KmsRoutePolicy::crd()).unwrap();
+    let selector = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/selector")
+        .unwrap();
+    let rules = selector["x-kubernetes-validations"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["rule"].as_str().unwrap().contains("managementGroups")
+                && r["rule"].as_str().unwrap().contains("subscriptions")),
+        "{rules:?}"
+    );
+    assert_eq!(selector["properties"]["managementGroups"]["maxItems"], 20);
 }

@@ -156,17 +156,30 @@ impl Default for VerificationSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.subnetNames) || !has(self.excludeSubnetNames) || self.subnetNames.all(n, !(n in self.excludeSubnetNames))",
-     "message": "a subnet name cannot be both included and excluded"}
+     "message": "a subnet name cannot be both included and excluded"},
+    {"rule": "(has(self.subscriptions) && size(self.subscriptions) > 0) || (has(self.managementGroups) && size(self.managementGroups) > 0)",
+     "message": "the selector needs subscriptions, managementGroups, or both"}
 ]))]
 pub struct SubnetSelector {
-    /// Subscription IDs to search (required).
+    /// Subscription IDs to search. With `managementGroups`, these are added to theirs; at
+    /// least one of the two is required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
-        length(min = 1, max = 100),
+        length(max = 100),
         inner(regex(
             pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
         ))
     )]
     pub subscriptions: Vec<String>,
+    /// Management group names (IDs): every subscription under them, at all levels, read with
+    /// ARM's management-group descendants API at every pass (a new landing-zone subscription
+    /// is covered without editing the policy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 20),
+        inner(length(min = 1, max = 90), regex(pattern = r"^[A-Za-z0-9_().-]+$"))
+    )]
+    pub management_groups: Vec<String>,
     /// Only these resource groups (any, when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(length(min = 1, max = 90)))]

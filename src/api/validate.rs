@@ -51,7 +51,11 @@ impl Destination {
 /// A checked selector, names lower-cased for ARM's case-insensitive comparisons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
+    /// Listed subscriptions, plus (once resolved by the executor) those under the management
+    /// groups.
     pub subscriptions: BTreeSet<String>,
+    /// Management group names still to resolve into subscriptions (case as given).
+    pub management_groups: BTreeSet<String>,
     pub resource_groups: BTreeSet<String>,
     /// Tag keys lower-cased (ARM tag names are case-insensitive); values compared exactly.
     pub vnet_tags: BTreeMap<String, String>,
@@ -515,10 +519,41 @@ pub fn validate(
 fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<Selector> {
     let before = errors.len();
     let mut err = |path: String, message: String| errors.push(FieldError { path, message });
-    if sel.subscriptions.is_empty() {
+    if sel.subscriptions.is_empty() && sel.management_groups.is_empty() {
         err(
             "spec.selector.subscriptions".into(),
-            "at least one subscription ID is required".into(),
+            "at least one subscription ID or management group (spec.selector.managementGroups) is required".into(),
+        );
+    }
+    if sel.subscriptions.len() > 100 {
+        err(
+            "spec.selector.subscriptions".into(),
+            format!(
+                "at most 100 subscriptions ({} given); select more with managementGroups",
+                sel.subscriptions.len()
+            ),
+        );
+    }
+    let mut management_groups = BTreeSet::new();
+    for (i, g) in sel.management_groups.iter().enumerate() {
+        let path = format!("spec.selector.managementGroups[{i}]");
+        let valid = !g.is_empty()
+            && g.len() <= 90
+            && g.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_().-".contains(c));
+        if !valid {
+            err(
+                path,
+                format!("{g:?} is not a management group name (1-90 letters, digits, _ ( ) . -)"),
+            );
+        } else if !management_groups.insert(g.clone()) {
+            err(path, format!("{g} is listed twice"));
+        }
+    }
+    if sel.management_groups.len() > 20 {
+        err(
+            "spec.selector.managementGroups".into(),
+            "at most 20 management groups".into(),
         );
     }
     let mut subscriptions = BTreeSet::new();
@@ -578,6 +613,7 @@ fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<
     }
     (errors.len() == before).then_some(Selector {
         subscriptions,
+        management_groups,
         resource_groups,
         vnet_tags,
         subnet_names,

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const API_VERSION: &str = "2024-03-01";
+/// Microsoft.Management's api-version for the descendants of a management group.
+pub const MANAGEMENT_API_VERSION: &str = "2020-05-01";
 
 /// Knobs of the client.
 #[derive(Debug, Clone, Default)]
@@ -601,6 +603,62 @@ impl NetworkApi for AzureNetworkApi {
 
     /// Raw POST: the generated poller for this operation sleeps a fixed 30 s between polls
     /// and ignores `Retry-After` (see the module note), so it is sent and waited for here.
+    async fn management_group_subscriptions(
+        &self,
+        group: &str,
+    ) -> Result<BTreeSet<String>, ArmError> {
+        // A raw GET: azure_mgmt_network has no Microsoft.Management client.
+        const OP: &str = "ManagementGroups_GetDescendants";
+        let resource = format!("/providers/Microsoft.Management/managementGroups/{group}");
+        let bad = |m: String| ArmError {
+            class: ErrorClass::NeedsUserAction,
+            operation: OP,
+            resource: resource.clone(),
+            status: None,
+            code: None,
+            message: m,
+        };
+        let mut url = self.endpoint.clone();
+        url.set_path(&format!("{resource}/descendants"));
+        url.query_pairs_mut()
+            .append_pair("api-version", MANAGEMENT_API_VERSION);
+        let mut out = BTreeSet::new();
+        for _ in 0..10_000 {
+            let (status, _, body) = self
+                .raw(Method::Get, url.clone(), None, &[])
+                .await
+                .map_err(|e| arm_err(OP, &resource, e))?;
+            if status != 200 {
+                return Err(http_error(OP, &resource, status, &body));
+            }
+            let page: Value = serde_json::from_slice(&body)
+                .map_err(|e| bad(format!("unreadable descendants page: {e}")))?;
+            for d in page["value"].as_array().into_iter().flatten() {
+                let is_subscription = d["type"]
+                    .as_str()
+                    .is_some_and(|t| t.to_ascii_lowercase().ends_with("/subscriptions"));
+                if let Some(name) = d["name"].as_str()
+                    && is_subscription
+                    && crate::ids::is_guid(name)
+                {
+                    out.insert(name.to_ascii_lowercase());
+                }
+            }
+            match page["nextLink"].as_str() {
+                Some(next) => {
+                    let next = Url::parse(next).map_err(|e| bad(format!("nextLink: {e}")))?;
+                    // Never follow a link off the ARM endpoint (where the token goes).
+                    if next.origin() != self.endpoint.origin() {
+                        return Err(bad(format!("nextLink {next} leaves the ARM endpoint")));
+                    }
+                    url = next;
+                }
+                None => return Ok(out),
+            }
+        }
+        Err(bad("more than 10,000 pages of descendants".into()))
+    }
+
     async fn egress_facts(
         &self,
         subscriptions: &BTreeSet<String>,

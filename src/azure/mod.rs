@@ -141,6 +141,12 @@ pub trait NetworkApi: Send + Sync {
         &self,
         subscriptions: &BTreeSet<String>,
     ) -> Result<crate::model::EgressFacts, ArmError>;
+    /// Every subscription under a management group, at all levels (ARM's management-group
+    /// descendants API), as lower-cased IDs.
+    async fn management_group_subscriptions(
+        &self,
+        group: &str,
+    ) -> Result<BTreeSet<String>, ArmError>;
     /// `POST {nic}/effectiveRouteTable`, waited for: the routes the NIC's packets follow.
     async fn effective_routes(
         &self,

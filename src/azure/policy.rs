@@ -261,6 +261,11 @@ pub fn operation_label(method: &str, path: &str) -> String {
         .any(|s| s.eq_ignore_ascii_case("operations") || s.eq_ignore_ascii_case("operationResults"))
     {
         "operation"
+    } else if segs
+        .last()
+        .is_some_and(|s| s.eq_ignore_ascii_case("descendants"))
+    {
+        "descendants"
     } else {
         // Types sit at odd positions after the provider namespace; take the last type name.
         let provider = segs

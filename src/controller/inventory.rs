@@ -137,6 +137,11 @@ impl SharedInventory {
         }
     }
 
+    /// The subscriptions `policy` needed at its last pass.
+    pub fn wanted_by(&self, policy: &str) -> Option<BTreeSet<String>> {
+        self.wants.lock().ok().and_then(|w| w.get(policy).cloned())
+    }
+
     /// The subscriptions that have a refresh loop now.
     pub fn watched(&self) -> BTreeSet<String> {
         self.loops

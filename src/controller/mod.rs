@@ -192,7 +192,14 @@ impl Context {
                     .ok()
                     .map(|v| v.desired)
             })
-            .filter(|d| !d.subscriptions().is_disjoint(subscriptions))
+            // A policy selecting by management group may cover these subscriptions too; the pass
+            // resolves its groups before deciding overlaps.
+            .filter(|d| {
+                !d.subscriptions().is_disjoint(subscriptions)
+                    || d.selector
+                        .as_ref()
+                        .is_some_and(|s| !s.management_groups.is_empty())
+            })
             .collect()
     }
 
@@ -219,7 +226,13 @@ impl Context {
             let Ok(v) = validate_policy(&p, self.settings.cloud) else {
                 continue;
             };
-            let desired = v.desired;
+            let mut desired = v.desired;
+            // Subscriptions that came from management groups are known from the last pass.
+            if let (Some(sel), Some(wanted)) =
+                (desired.selector.as_mut(), self.inventory.wanted_by(&name))
+            {
+                sel.subscriptions.extend(wanted);
+            }
             if !desired.subscriptions().contains(&change.subscription)
                 || !change
                     .subnets
@@ -605,6 +618,17 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         .settings
         .resync_cap
         .map_or(desired.resync, |cap| desired.resync.min(cap));
+    // Management groups decide the subscriptions (re-read every pass, so a new landing-zone
+    // subscription is covered at the next one).
+    let (desired, group_errors) = {
+        let (mut resolved, mut errors) =
+            reconcile::resolve_management_groups(ctx.arm.as_ref(), std::slice::from_ref(&desired))
+                .await;
+        (
+            resolved.pop().unwrap_or(desired),
+            errors.remove(&name).unwrap_or_default(),
+        )
+    };
     let subscriptions = desired.subscriptions();
     ctx.inventory.want(&name, subscriptions.clone());
     let drift_seen = ctx.dirty.lock().await.remove(&name);
@@ -667,6 +691,11 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             return Err(e.into());
         }
     };
+    let mut report = report;
+    match report.policies.iter_mut().find(|p| p.name == name) {
+        Some(mine) => reconcile::report_group_errors(mine, &group_errors),
+        None => return Err(Error::NoReport(name)),
+    }
     let Some(mine) = report.policies.iter().find(|p| p.name == name) else {
         return Err(Error::NoReport(name));
     };

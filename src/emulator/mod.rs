@@ -17,7 +17,9 @@ mod arm;
 mod service_tags;
 pub mod state;
 
-pub use state::{Config, FaultRule, PolicyAssignment, ProviderWindow, Seed, Stats, Throttle};
+pub use state::{
+    Config, FaultRule, ManagementGroup, PolicyAssignment, ProviderWindow, Seed, Stats, Throttle,
+};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -274,6 +276,12 @@ async fn arm_request(
             "InvalidAuthenticationToken",
             "The access token is invalid.",
         );
+    }
+    if let Some(rest) = path
+        .to_ascii_lowercase()
+        .strip_prefix("/providers/microsoft.management/managementgroups/")
+    {
+        return management_groups(app, method, path, rest, query, headers);
     }
     match query_param(query, "api-version") {
         None => {
@@ -555,6 +563,80 @@ fn pick_fault(store: &mut Store, method: &Method, path: &str) -> Option<FaultRul
         }
     }
     None
+}
+
+/// Microsoft.Management's descendants API: `GET …/managementGroups/{name}/descendants`, paged
+/// like ARM (`nextLink` with a `$skiptoken`), api-version 2020-05-01.
+fn management_groups(
+    app: &App,
+    method: &Method,
+    path: &str,
+    rest: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Reply {
+    const VERSION: &str = "2020-05-01";
+    if query_param(query, "api-version").as_deref() != Some(VERSION) {
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            format!("The api-version is invalid. The supported versions are '{VERSION}'."),
+        );
+    }
+    let Some(group) = rest
+        .strip_suffix("/descendants")
+        .filter(|g| !g.contains('/'))
+    else {
+        return Reply::error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            format!("No route for {path}"),
+        );
+    };
+    if *method != Method::GET {
+        return Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} {path}"),
+        );
+    }
+    let mut store = app.lock();
+    let Some(all) = store.descendants(group) else {
+        // inferred code
+        let reply = Reply::error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "The management group '{group}' could not be found, or the caller has no access to it."
+            ),
+        );
+        store.stats.reads += 1;
+        return reply;
+    };
+    store.stats.reads += 1;
+    *store
+        .stats
+        .by_operation
+        .entry("ManagementGroups_GetDescendants 200".into())
+        .or_insert(0) += 1;
+    let skip: usize = query_param(query, "$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let end = (skip + app.config.page_size).min(all.len());
+    let mut body = json!({"value": all.get(skip..end).unwrap_or_default()});
+    if end < all.len() {
+        let base = format!(
+            "http://{}",
+            headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1")
+        );
+        body["nextLink"] = json!(format!(
+            "{base}{path}?api-version={VERSION}&$skiptoken={end}"
+        ));
+    }
+    Reply::json(StatusCode::OK, body)
 }
 
 fn control(app: &App, method: &Method, rest: &str, body: &[u8]) -> Reply {

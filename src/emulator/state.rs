@@ -158,6 +158,7 @@ pub struct Store {
     /// The seed's explicit `subscriptions`, kept for the dump.
     seeded_subscriptions: Vec<String>,
     pub policy_assignments: Vec<PolicyAssignment>,
+    pub management_groups: Vec<ManagementGroup>,
 }
 
 /// The seed file and state dump format: ARM resources exactly as a GET returns them.
@@ -181,6 +182,19 @@ pub struct Seed {
     /// route, under `scope` with a denied next hop answers `403 RequestDisallowedByPolicy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_assignments: Vec<PolicyAssignment>,
+    /// The management-group hierarchy, served by the descendants API
+    /// (`/providers/Microsoft.Management/managementGroups/{name}/descendants`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub management_groups: Vec<ManagementGroup>,
+}
+
+/// One management group: its parent (`None` under the tenant root) and its own subscriptions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ManagementGroup {
+    pub name: String,
+    pub parent: Option<String>,
+    pub subscriptions: Vec<String>,
 }
 
 /// A deny assignment on routes' next hop types.
@@ -260,7 +274,53 @@ impl Store {
         store.known_subscriptions = (!known.is_empty()).then_some(known);
         store.seeded_subscriptions = seed.subscriptions;
         store.policy_assignments = seed.policy_assignments;
+        // A subscription placed under a management group exists.
+        let in_groups: Vec<String> = seed
+            .management_groups
+            .iter()
+            .flat_map(|g| g.subscriptions.iter().map(|s| lower(s)))
+            .collect();
+        if let Some(k) = store.known_subscriptions.as_mut() {
+            k.extend(in_groups);
+        } else if !in_groups.is_empty() {
+            store.known_subscriptions = Some(in_groups.into_iter().collect());
+        }
+        store.management_groups = seed.management_groups;
         Ok(store)
+    }
+
+    /// Every descendant of a management group, depth first: child groups and subscriptions,
+    /// as ARM's `descendants` API lists them. `None` when there is no such group.
+    pub fn descendants(&self, group: &str) -> Option<Vec<Value>> {
+        let root = self
+            .management_groups
+            .iter()
+            .find(|g| g.name.eq_ignore_ascii_case(group))?;
+        let mut out = Vec::new();
+        let mut stack = vec![root.name.clone()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(name) = stack.pop() {
+            if !seen.insert(lower(&name)) {
+                continue; // a cycle in a hand-written seed
+            }
+            let parent = format!("/providers/Microsoft.Management/managementGroups/{name}");
+            if let Some(g) = self.management_groups.iter().find(|g| g.name == name) {
+                for sub in &g.subscriptions {
+                    out.push(json!({"id": format!("{parent}/subscriptions/{sub}"), "type": "Microsoft.Management/managementGroups/subscriptions", "name": sub,
+                        "properties": {"displayName": sub, "parent": {"id": parent}}}));
+                }
+            }
+            for child in self.management_groups.iter().filter(|c| {
+                c.parent
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(&name))
+            }) {
+                out.push(json!({"id": format!("/providers/Microsoft.Management/managementGroups/{}", child.name), "type": "Microsoft.Management/managementGroups", "name": child.name,
+                    "properties": {"displayName": child.name, "parent": {"id": parent}}}));
+                stack.push(child.name.clone());
+            }
+        }
+        Some(out)
     }
 
     /// Whether a request in `subscription` (lower-cased) reaches a subscription the caller may use.
@@ -291,6 +351,7 @@ impl Store {
             subscriptions: self.seeded_subscriptions.clone(),
             unauthorized_subscriptions: self.unauthorized.iter().cloned().collect(),
             policy_assignments: self.policy_assignments.clone(),
+            management_groups: self.management_groups.clone(),
         }
     }
 

@@ -739,6 +739,7 @@ fn the_selector_filters_by_resource_group_vnet_tags_and_subnet_names() {
                 virtual_network_tags: [("env".to_string(), "prod".to_string())].into(),
                 subnet_names: vec![],
                 exclude_subnet_names: vec!["DB".into()],
+                management_groups: vec![],
             })
         })],
         &e.0,

@@ -213,6 +213,70 @@ fn stale_view(e: &ArmError) -> bool {
         || e.code.as_deref() == Some("RouteConflict")
 }
 
+/// Management groups that could not be read, by policy: (group, why).
+pub type GroupErrors = BTreeMap<String, Vec<(String, ArmError)>>;
+
+/// Resolves every policy's `selector.managementGroups` into subscriptions (one descendants read
+/// per group, shared by the policies naming it) and adds them to `selector.subscriptions`; the
+/// groups are then cleared, so a resolved policy is not resolved again. A group that cannot be
+/// read is reported for the policies naming it; their other subscriptions still count.
+pub async fn resolve_management_groups(
+    api: &dyn NetworkApi,
+    policies: &[DesiredState],
+) -> (Vec<DesiredState>, GroupErrors) {
+    let mut cache: BTreeMap<String, Result<BTreeSet<String>, ArmError>> = BTreeMap::new();
+    let mut errors: GroupErrors = BTreeMap::new();
+    let mut out = Vec::with_capacity(policies.len());
+    for p in policies {
+        let mut p = p.clone();
+        if let Some(sel) = p.selector.as_mut() {
+            for group in std::mem::take(&mut sel.management_groups) {
+                let key = group.to_ascii_lowercase();
+                if !cache.contains_key(&key) {
+                    let found = api.management_group_subscriptions(&group).await;
+                    cache.insert(key.clone(), found);
+                }
+                match &cache[&key] {
+                    Ok(subs) => sel.subscriptions.extend(subs.iter().cloned()),
+                    Err(e) => errors
+                        .entry(p.name.clone())
+                        .or_default()
+                        .push((group.clone(), e.clone())),
+                }
+            }
+        }
+        out.push(p);
+    }
+    (out, errors)
+}
+
+/// Adds the management groups a policy could not read to its report (problems, and the
+/// unreadable list that degrades it and makes `plan`/`apply` exit 3).
+pub fn report_group_errors(p: &mut PolicyReport, errors: &[(String, ArmError)]) {
+    for (group, e) in errors {
+        p.problems.push(Problem {
+            subnet_id: format!("/providers/Microsoft.Management/managementGroups/{group}"),
+            reason: "SubscriptionUnreadable".into(),
+            message: format!(
+                "management group {group} cannot be read ({}{}): its subscriptions are not covered; check the name and the identity's Microsoft.Management/managementGroups/descendants/read there",
+                e.code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default(),
+                e.message
+            ),
+        });
+        p.unreadable_subscriptions
+            .push(format!("management group {group}"));
+    }
+}
+
+/// True when some policy still names management groups to resolve.
+fn has_groups(policies: &[DesiredState]) -> bool {
+    policies.iter().any(|p| {
+        p.selector
+            .as_ref()
+            .is_some_and(|s| !s.management_groups.is_empty())
+    })
+}
+
 /// One reconcile pass over a set of policies.
 pub async fn reconcile(
     api: &dyn NetworkApi,
@@ -221,6 +285,14 @@ pub async fn reconcile(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
     // KMS names first: with routeResolvedAddresses the answers become destinations.
+    // Management groups first: they decide which subscriptions the policies cover.
+    let (grouped, group_errors) = if has_groups(policies) {
+        let (resolved, errors) = resolve_management_groups(api, policies).await;
+        (Cow::Owned(resolved), errors)
+    } else {
+        (Cow::Borrowed(policies), BTreeMap::new())
+    };
+    let policies: &[DesiredState] = &grouped;
     // Only the policy this pass writes for resolves names (another policy's DNS is its own
     // pass's business); the others keep their listed addresses for overlap decisions.
     let mine = |p: &DesiredState| options.only_policy.as_ref().is_none_or(|n| &p.name == n);
@@ -288,6 +360,11 @@ pub async fn reconcile(
         }
     }
     refine_egress(api, &mut report, options).await;
+    for p in &mut report.policies {
+        if let Some(errors) = group_errors.get(&p.name) {
+            report_group_errors(p, errors);
+        }
+    }
     for p in &mut report.policies {
         if let Some(d) = dns.get(&p.name) {
             p.problems.extend(verify::dns_problems(d));
@@ -832,6 +909,12 @@ mod tests {
             _: &BTreeSet<String>,
         ) -> Result<crate::model::EgressFacts, ArmError> {
             Ok(crate::model::EgressFacts::default())
+        }
+        async fn management_group_subscriptions(
+            &self,
+            _: &str,
+        ) -> Result<BTreeSet<String>, ArmError> {
+            Ok(BTreeSet::new())
         }
         fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
             crate::azure::ReadBudget {
