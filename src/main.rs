@@ -15,6 +15,8 @@ const EXIT_CHANGES_PENDING: u8 = 1;
 const EXIT_INVALID_INPUT: u8 = 2;
 const EXIT_PROBLEMS: u8 = 3;
 const EXIT_AZURE_FAILED: u8 = 4;
+/// Ctrl-C during `apply` (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Where and how to reach ARM.
 #[derive(clap::Args)]
@@ -83,11 +85,15 @@ enum Command {
         file: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: PlanOutput,
+        /// Counts per policy and the first 10 problems, instead of every subnet and write.
+        #[arg(long)]
+        summary: bool,
         #[command(flatten)]
         arm: ArmArgs,
     },
-    /// Reconcile the policies in FILE once, without a cluster. Exit 0 converged, 2 invalid input,
-    /// 3 conflicts/errors remain, 4 Azure failed.
+    /// Reconcile the policies in FILE once, without a cluster. Exit 0 converged, 1 not approved,
+    /// 2 invalid input (or no terminal to confirm on without --yes), 3 conflicts/errors remain,
+    /// 4 Azure failed, 130 interrupted (Ctrl-C: in-flight writes finish, no new ones start).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: String,
@@ -215,7 +221,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             kmsroute::demo::run(&mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { file, output, arm } => {
+        Command::Plan {
+            file,
+            output,
+            summary,
+            arm,
+        } => {
             let Some(policies) = load_policies(&file, arm.cloud)? else {
                 return Ok(ExitCode::from(EXIT_INVALID_INPUT));
             };
@@ -236,6 +247,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let doc = serde_json::json!({"plan": report.plan, "policies": report.policies});
             match output {
+                PlanOutput::Table if summary => {
+                    println!("{} write(s) planned.", report.plan.writes.len());
+                    print!("{}", status_table(&report));
+                    print!("{}", kmsroute::output::problems_text_limited(&report, 10));
+                }
                 PlanOutput::Table => {
                     print!("{}", plan_table(&report.plan));
                     print!("{}", problems_text(&report));
@@ -256,6 +272,23 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 return Ok(ExitCode::from(EXIT_INVALID_INPUT));
             };
             let api = connect(&arm)?;
+            // Ctrl-C stops issuing writes; those in flight finish. A second one aborts.
+            let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let interrupt = interrupt.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
+                        eprintln!(
+                            "\ninterrupted: finishing the writes in flight, starting no more (Ctrl-C again to abort)"
+                        );
+                        if tokio::signal::ctrl_c().await.is_ok() {
+                            std::process::exit(130);
+                        }
+                    }
+                });
+            }
+            let mut approved: Option<std::sync::Arc<Vec<kmsroute::plan::PlannedWrite>>> = None;
             if !yes {
                 let preview = match reconcile(
                     &api,
@@ -283,47 +316,69 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     print!("{}", problems_text(&preview));
                     return Ok(exit_for(&preview, false));
                 }
-                if !std::io::stdin().is_terminal() {
-                    eprintln!(
-                        "error: refusing to write without confirmation: stdin is not a terminal; pass --yes"
-                    );
-                    return Ok(ExitCode::from(EXIT_INVALID_INPUT));
-                }
-                print!(
-                    "Apply {} write(s) to Azure? [y/N] ",
-                    preview.plan.writes.len()
-                );
-                std::io::stdout().flush().map_err(|e| e.to_string())?;
-                let mut answer = String::new();
-                std::io::stdin()
-                    .read_line(&mut answer)
-                    .map_err(|e| e.to_string())?;
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                if !confirm(preview.plan.writes.len())? {
                     println!("Nothing written.");
                     return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
                 }
+                approved = Some(std::sync::Arc::new(preview.plan.writes));
             }
             let tty = std::io::stderr().is_terminal();
-            let progress = move |p: Progress| show_progress(p, tty);
-            let report = match reconcile(
-                &api,
-                &policies,
-                &Options {
-                    mode: RunMode::Apply,
-                    concurrency: arm.concurrency,
-                    only_policy: None,
-                    resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
-                    ..Options::default()
-                },
-                &progress,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitCode::from(EXIT_AZURE_FAILED));
+            let report = loop {
+                let progress = move |p: Progress| show_progress(p, tty);
+                let report = match reconcile(
+                    &api,
+                    &policies,
+                    &Options {
+                        mode: RunMode::Apply,
+                        concurrency: arm.concurrency,
+                        only_policy: None,
+                        resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+                        approved: approved.clone(),
+                        interrupt: Some(interrupt.clone()),
+                        ..Options::default()
+                    },
+                    &progress,
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(EXIT_AZURE_FAILED));
+                    }
+                };
+                if !report.approval_stale {
+                    break report;
                 }
+                // Azure changed between the preview and now: show what differs, ask again.
+                let before: Vec<String> = approved
+                    .as_deref()
+                    .map(|w| w.iter().map(|w| w.write.to_string()).collect())
+                    .unwrap_or_default();
+                let now: Vec<String> = report
+                    .plan
+                    .writes
+                    .iter()
+                    .map(|w| w.write.to_string())
+                    .collect();
+                println!(
+                    "Azure changed since the plan you approved; nothing was written. The plan now:"
+                );
+                for w in before.iter().filter(|w| !now.contains(w)) {
+                    println!("  - {w}");
+                }
+                for w in now.iter().filter(|w| !before.contains(w)) {
+                    println!("  + {w}");
+                }
+                if report.plan.writes.is_empty() {
+                    println!("Nothing left to write.");
+                    break report;
+                }
+                if !confirm(report.plan.writes.len())? {
+                    println!("Nothing written.");
+                    return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
+                }
+                approved = Some(std::sync::Arc::new(report.plan.writes.clone()));
             };
             if tty {
                 eprintln!();
@@ -335,6 +390,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             );
             print!("{}", status_table(&report));
             print!("{}", problems_text(&report));
+            if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+                println!(
+                    "interrupted after {} of {} writes; run again to continue",
+                    report.writes_done(),
+                    report.plan.writes.len()
+                );
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
             Ok(exit_for(&report, false))
         }
         Command::Emulator {
@@ -460,6 +523,22 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Asks to go ahead with `writes` writes; refuses (an error) when stdin is not a terminal.
+fn confirm(writes: usize) -> Result<bool, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "refusing to write without confirmation: stdin is not a terminal; pass --yes".into(),
+        );
+    }
+    print!("Apply {writes} write(s) to Azure? [y/N] ");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {

@@ -115,13 +115,22 @@ pub struct RouteTable {
     pub etag: Option<String>,
 }
 
+/// Serialized in ARM's own casing (`addressPrefix`, `nextHopType`), like every JSON/YAML
+/// output of kmsroute; the snake_case names are still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     pub name: String,
     /// As ARM holds it: a CIDR, or a service tag such as `AzureCloud`.
+    #[serde(alias = "address_prefix")]
     pub address_prefix: String,
+    #[serde(alias = "next_hop_type")]
     pub next_hop_type: NextHopType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "next_hop_ip_address"
+    )]
     pub next_hop_ip_address: Option<String>,
 }
 

@@ -127,6 +127,11 @@ pub fn status_table(report: &Report) -> String {
 
 /// The problems of every policy, as `kubectl describe` would list them.
 pub fn problems_text(report: &Report) -> String {
+    problems_text_limited(report, usize::MAX)
+}
+
+/// [`problems_text`] with at most `limit` problems per policy (`plan --summary`).
+pub fn problems_text_limited(report: &Report, limit: usize) -> String {
     let mut out = String::new();
     for p in &report.policies {
         if p.nothing_selected() {
@@ -139,8 +144,18 @@ pub fn problems_text(report: &Report) -> String {
         if p.problems.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "{}: {} problem(s)", p.name, p.problems.len());
-        for pr in &p.problems {
+        let total = p.problems_total.max(p.problems.len());
+        let shown = p.problems.len().min(limit);
+        if shown < total {
+            let _ = writeln!(
+                out,
+                "{}: {total} problem(s), showing {shown} of {total} (the most serious first)",
+                p.name
+            );
+        } else {
+            let _ = writeln!(out, "{}: {total} problem(s)", p.name);
+        }
+        for pr in p.problems.iter().take(limit) {
             let id = pr
                 .subnet_id
                 .split("/virtualNetworks/")
@@ -151,4 +166,65 @@ pub fn problems_text(report: &Report) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Mode, Problem, Summary};
+
+    fn report(problems: usize, total: usize) -> Report {
+        Report {
+            plan: Plan::default(),
+            results: Vec::new(),
+            final_verdicts: Vec::new(),
+            policies: vec![PolicyReport {
+                name: "spokes".into(),
+                mode: Mode::Enforce,
+                summary: Summary {
+                    subnets_matched: 5,
+                    ..Summary::default()
+                },
+                problems: (0..problems)
+                    .map(|i| Problem {
+                        subnet_id: format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s{i}"),
+                        reason: "Conflict".into(),
+                        message: "a foreign route".into(),
+                    })
+                    .collect(),
+                destinations: Vec::new(),
+                writes_planned: 0,
+                writes_done: 0,
+                writes_failed: 0,
+                egress_warnings: 0,
+                verification: None,
+                dns: None,
+                unreadable_subscriptions: Vec::new(),
+                problems_total: total,
+            }],
+            approval_stale: false,
+        }
+    }
+
+    #[test]
+    fn a_cut_problem_list_says_how_many_it_shows_of_how_many() {
+        let text = problems_text(&report(50, 2812));
+        assert!(
+            text.starts_with("spokes: 2812 problem(s), showing 50 of 2812"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 51);
+    }
+
+    #[test]
+    fn the_summary_shows_the_first_ten() {
+        let text = problems_text_limited(&report(50, 50), 10);
+        assert!(
+            text.starts_with("spokes: 50 problem(s), showing 10 of 50"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 11);
+        let all = problems_text(&report(3, 3));
+        assert!(all.starts_with("spokes: 3 problem(s)\n"), "{all}");
+    }
 }

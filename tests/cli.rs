@@ -342,3 +342,133 @@ fn an_unsupported_scheme_is_refused_before_any_request() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
 }
+
+#[test]
+fn ctrl_c_during_apply_finishes_in_flight_writes_and_exits_130() {
+    let (_rt, em) = estate_emulator();
+    // Slow writes, so the interrupt lands mid-plan.
+    em.add_fault(kmsroute::emulator::FaultRule {
+        method: Some("PUT".into()),
+        latency_ms: Some(300),
+        ..Default::default()
+    });
+    let file = policy_without_conflict();
+    let child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args([
+            "apply",
+            "--yes",
+            "--concurrency",
+            "1",
+            "--arm-endpoint",
+            &em.url(),
+            "-f",
+        ])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while em.stats().writes < 1 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no write started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("interrupted after "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with("writes; run again to continue"), "{line}");
+    let done: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(done < 9, "stopped before the end: {line}");
+    // Every write that was started finished: what ARM changed is what was reported done.
+    assert_eq!(em.stats().mutations, done);
+    // Running again converges.
+    let again = kmsroute(
+        &[
+            "apply",
+            "--yes",
+            "--arm-endpoint",
+            &em.url(),
+            "-f",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn json_output_is_camel_case_throughout() {
+    let (_rt, em) = estate_emulator();
+    let o = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            &em.url(),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    out.push(k.clone());
+                    keys(x, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| keys(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    keys(&doc, &mut all);
+    let snake: Vec<&String> = all.iter().filter(|k| k.contains('_')).collect();
+    assert!(snake.is_empty(), "{snake:?}");
+    assert!(all.iter().any(|k| k == "addressPrefix"));
+}
+
+#[test]
+fn plan_summary_prints_counts_not_every_subnet() {
+    let (_rt, em) = estate_emulator();
+    let o = kmsroute(
+        &[
+            "plan",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            &em.url(),
+            "--summary",
+        ],
+        None,
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.starts_with("11 write(s) planned.\nNAME"), "{out}");
+    assert!(
+        !out.contains("route table rt-spoke1-shared"),
+        "no per-table listing: {out}"
+    );
+    assert!(out.contains("Conflict"), "{out}");
+}

@@ -807,3 +807,43 @@ async fn a_policy_selecting_a_management_group_covers_every_subscription_under_i
     );
     assert_eq!(r.policies[0].summary.subnets_matched, 7);
 }
+
+#[tokio::test]
+async fn a_stale_approval_writes_nothing_and_says_so() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let policy = example_policy();
+    let preview = pass(&api, std::slice::from_ref(&policy), RunMode::PlanOnly).await;
+    // Someone repairs one of the routes by hand after the user approved the preview.
+    let mut approved = preview.plan.writes.clone();
+    approved.pop();
+    let report = reconcile(
+        &api,
+        std::slice::from_ref(&policy),
+        &Options {
+            mode: RunMode::Apply,
+            approved: Some(Arc::new(approved)),
+            ..Options::default()
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.approval_stale);
+    assert_eq!(report.writes_done(), 0);
+    assert_eq!(em.stats().writes, 0);
+    // The approved plan, unchanged, runs.
+    let report = reconcile(
+        &api,
+        std::slice::from_ref(&policy),
+        &Options {
+            mode: RunMode::Apply,
+            approved: Some(Arc::new(preview.plan.writes.clone())),
+            ..Options::default()
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(!report.approval_stale);
+    assert_eq!(report.writes_done(), preview.plan.writes.len());
+}

@@ -661,6 +661,8 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             .passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         inventory: Some(source),
+        approved: None,
+        interrupt: None,
     };
     let report: Report = match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {})
         .await
@@ -856,6 +858,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
         &plan.writes,
         ctx.settings.concurrency,
         &|_| {},
+        None,
     )
     .await;
     let failed: Vec<String> = results

@@ -52,6 +52,11 @@ pub struct Options {
     /// listing per subscription per run); the controller passes its shared inventory, so a pass
     /// lists nothing itself and re-reads only the subscriptions it wrote to.
     pub inventory: Option<Arc<dyn InventorySource>>,
+    /// The writes a user approved (`apply` without `--yes`): when the plan made now differs,
+    /// nothing is written and the report says so (`Report::approval_stale`).
+    pub approved: Option<Arc<Vec<PlannedWrite>>>,
+    /// Set (by Ctrl-C) to stop issuing writes; in-flight ones finish.
+    pub interrupt: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A source of observed Azure state for a pass.
@@ -83,6 +88,7 @@ impl std::fmt::Debug for Options {
             .field("resolver", &self.resolver.is_some())
             .field("round", &self.round)
             .field("inventory", &self.inventory.is_some())
+            .field("approved", &self.approved.as_ref().map(|a| a.len()))
             .finish()
     }
 }
@@ -96,6 +102,8 @@ impl Default for Options {
             resolver: None,
             round: 0,
             inventory: None,
+            approved: None,
+            interrupt: None,
         }
     }
 }
@@ -147,6 +155,8 @@ pub struct PolicyReport {
     pub dns: Option<verify::DnsReport>,
     /// Selected subscriptions ARM refused to list (each also a problem naming the ARM code).
     pub unreadable_subscriptions: Vec<String>,
+    /// Problems found before `problems` was cut to the first [`MAX_PROBLEMS`].
+    pub problems_total: usize,
 }
 
 impl PolicyReport {
@@ -165,6 +175,8 @@ pub struct Report {
     /// Verdicts after the writes (the plan's own verdicts when nothing was written).
     pub final_verdicts: Vec<SubnetVerdict>,
     pub policies: Vec<PolicyReport>,
+    /// The plan made now is not the one approved: nothing was written.
+    pub approval_stale: bool,
 }
 
 impl Report {
@@ -265,6 +277,7 @@ pub fn report_group_errors(p: &mut PolicyReport, errors: &[(String, ArmError)]) 
         });
         p.unreadable_subscriptions
             .push(format!("management group {group}"));
+        p.problems_total += 1;
     }
 }
 
@@ -373,6 +386,7 @@ pub async fn reconcile(
         p.problems.sort_by(|a, b| {
             (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
         });
+        p.problems_total = p.problems.len();
         p.problems.truncate(MAX_PROBLEMS);
     }
     Ok(report)
@@ -475,7 +489,11 @@ async fn reconcile_resolved(
         writes: first.writes.len(),
     });
     let unreadable = std::mem::take(&mut inventory.unreadable);
-    if options.mode == RunMode::PlanOnly || first.writes.is_empty() {
+    let approval_stale = options
+        .approved
+        .as_ref()
+        .is_some_and(|a| a.as_slice() != first.writes.as_slice());
+    if options.mode == RunMode::PlanOnly || first.writes.is_empty() || approval_stale {
         let final_verdicts = first.verdicts.clone();
         let policies = summarize(policies, &first, &[], &final_verdicts, false, &unreadable);
         return Ok(Report {
@@ -483,13 +501,15 @@ async fn reconcile_resolved(
             results: Vec::new(),
             final_verdicts,
             policies,
+            approval_stale,
         });
     }
     // The plan carries everything the writes need: free the observation before the writes and
     // the re-read, so a pass never holds two inventories (peak memory at 10,000 subnets).
     drop(inventory);
     let concurrency = options.concurrency.max(1);
-    let mut results = apply(api, &first.writes, concurrency, progress).await;
+    let interrupt = options.interrupt.as_deref();
+    let mut results = apply(api, &first.writes, concurrency, progress, interrupt).await;
     let mut written: BTreeSet<String> = first
         .writes
         .iter()
@@ -522,7 +542,7 @@ async fn reconcile_resolved(
                 .iter()
                 .map(|w| w.write.table().subscription().to_ascii_lowercase()),
         );
-        results.extend(apply(api, &second.writes, concurrency, progress).await);
+        results.extend(apply(api, &second.writes, concurrency, progress, interrupt).await);
     }
     // Re-read what was written: the verdicts users see describe Azure after the pass.
     let after = match &options.inventory {
@@ -548,6 +568,7 @@ async fn reconcile_resolved(
         results,
         final_verdicts,
         policies,
+        approval_stale: false,
     })
 }
 
@@ -579,6 +600,7 @@ pub async fn apply(
     writes: &[PlannedWrite],
     concurrency: usize,
     progress: &(dyn Fn(Progress) + Sync),
+    interrupt: Option<&std::sync::atomic::AtomicBool>,
 ) -> Vec<WriteResult> {
     let total = writes.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -591,7 +613,18 @@ pub async fn apply(
             let mut out = Vec::new();
             let mut blocked: Option<ArmError> = None;
             for (index, w) in lane {
-                let error = if let Some(cause) = &blocked {
+                let stopped =
+                    interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::SeqCst));
+                let error = if stopped {
+                    Some(ArmError {
+                        class: ErrorClass::Retryable,
+                        operation: "interrupted",
+                        resource: w.write.table().to_string(),
+                        status: None,
+                        code: Some("Interrupted".into()),
+                        message: "not attempted: the run was interrupted".into(),
+                    })
+                } else if let Some(cause) = &blocked {
                     Some(ArmError {
                         message: format!(
                             "not attempted: an earlier write to this route table failed ({})",
@@ -798,11 +831,7 @@ fn summarize(
                     });
                 }
             }
-            problems.sort_by(|a, b| {
-                (problem_rank(&a.reason), &a.subnet_id)
-                    .cmp(&(problem_rank(&b.reason), &b.subnet_id))
-            });
-            problems.truncate(MAX_PROBLEMS);
+            // Sorted and cut to MAX_PROBLEMS once, at the end of the pass, which counts them all.
             for r in first.released.iter().filter(|r| r.policy == p.name) {
                 s.released += r.subnets.len() as i64;
                 if p.mode == Mode::Audit {
@@ -841,6 +870,7 @@ fn summarize(
                 verification: None,
                 dns: None,
                 unreadable_subscriptions,
+                problems_total: 0,
             }
         })
         .collect()
@@ -956,7 +986,7 @@ mod tests {
         // The timeout only turns a deadlock into a failure; it is not a speed assertion.
         let results = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            apply(&api, &writes, 1, &|_| {}),
+            apply(&api, &writes, 1, &|_| {}, None),
         )
         .await
         .expect("subscription b's writes ran while a's were stalled");
