@@ -628,3 +628,60 @@ async fn the_client_paces_writes_by_the_network_providers_window_and_gets_no_429
     assert_eq!(stats.throttled, 0, "{stats:?}");
     assert_eq!(stats.mutations, 5);
 }
+
+#[tokio::test]
+async fn a_policy_denial_comes_back_naming_the_assignment_as_needing_a_human() {
+    let seed = Seed {
+        resources: vec![table(SUB, "rt")],
+        policy_assignments: vec![kmsroute::emulator::PolicyAssignment {
+            name: "deny-udr-internet".into(),
+            display_name: "Deny UDR with next hop Internet".into(),
+            scope: format!("/subscriptions/{SUB}"),
+            definition_name: "Deny-UDR-With-Specific-NextHop".into(),
+            definition_display_name: "Deny UDRs with a specific next hop".into(),
+            denied_next_hop_types: vec!["Internet".into()],
+        }],
+        ..Seed::default()
+    };
+    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = client(&em, quick_retry());
+    let t = RouteTableId::new(SUB, "rg", "rt");
+    let e = api
+        .put_route(&t, &kms_route("20.118.99.224"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::NeedsUserAction);
+    assert_eq!(e.status, Some(403));
+    assert_eq!(e.code.as_deref(), Some("RequestDisallowedByPolicy"));
+    for needle in [
+        "'Deny UDR with next hop Internet' (deny-udr-internet)",
+        &format!("at scope /subscriptions/{SUB}"),
+        "'Deny UDRs with a specific next hop' (Deny-UDR-With-Specific-NextHop, effect Deny)",
+        "exemption",
+    ] {
+        assert!(e.message.contains(needle), "{needle}: {}", e.message);
+    }
+    // Attempted once: a denial is not retried.
+    assert_eq!(
+        em.stats().by_operation.get("Routes_CreateOrUpdate 403"),
+        Some(&1)
+    );
+    // The same table creation, with its routes inline, is denied the same way.
+    let created = api
+        .create_route_table(
+            &RouteTableId::new(SUB, "rg", "rt2"),
+            "westeurope",
+            &BTreeMap::new(),
+            false,
+            &[kms_route("20.118.99.224")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        created.message.contains("deny-udr-internet"),
+        "{}",
+        created.message
+    );
+}

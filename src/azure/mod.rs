@@ -99,7 +99,9 @@ pub struct ReadBudget {
     pub remaining: Option<f64>,
 }
 
-/// The port: everything kmsroute asks of ARM.
+/// The port: everything kmsroute asks of ARM. No method has a default: a wrapper or a test
+/// double that forgets one does not compile (a default once hid that the fault campaign's
+/// wrapper skipped verification).
 #[async_trait::async_trait]
 pub trait NetworkApi: Send + Sync {
     /// VNets (subnets inline) and route tables (routes inline) of each subscription, by listing.
@@ -131,10 +133,7 @@ pub trait NetworkApi: Send + Sync {
     async fn network_interfaces(
         &self,
         subscriptions: &BTreeSet<String>,
-    ) -> Result<Vec<crate::model::NetworkInterface>, ArmError> {
-        let _ = subscriptions;
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<crate::model::NetworkInterface>, ArmError>;
     /// Public IP addresses and load balancers of these subscriptions, as far as a NIC's egress
     /// is concerned (the private-subnet check: is there another way out than the subnet's).
     async fn egress_facts(
@@ -151,16 +150,7 @@ pub trait NetworkApi: Send + Sync {
     async fn effective_routes(
         &self,
         nic: &str,
-    ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
-        Err(ArmError {
-            class: ErrorClass::NeedsUserAction,
-            operation: "NetworkInterfaces_GetEffectiveRouteTable",
-            resource: nic.to_string(),
-            status: None,
-            code: None,
-            message: "this port cannot read effective routes".into(),
-        })
-    }
+    ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError>;
 }
 
 /// Carries out one planned write through the port.

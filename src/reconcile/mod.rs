@@ -946,6 +946,25 @@ mod tests {
         ) -> Result<BTreeSet<String>, ArmError> {
             Ok(BTreeSet::new())
         }
+        async fn network_interfaces(
+            &self,
+            _: &BTreeSet<String>,
+        ) -> Result<Vec<crate::model::NetworkInterface>, ArmError> {
+            Ok(Vec::new())
+        }
+        async fn effective_routes(
+            &self,
+            nic: &str,
+        ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
+            Err(ArmError {
+                class: ErrorClass::NeedsUserAction,
+                operation: "NetworkInterfaces_GetEffectiveRouteTable",
+                resource: nic.to_string(),
+                status: None,
+                code: None,
+                message: "not used by this test".into(),
+            })
+        }
         fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
             crate::azure::ReadBudget {
                 capacity: 250.0,
