@@ -398,3 +398,24 @@ fn the_crd_requires_subscriptions_or_management_groups_with_a_cel_rule() {
     );
     assert_eq!(selector["properties"]["managementGroups"]["maxItems"], 20);
 }
+
+#[test]
+fn a_key_given_twice_is_an_error_not_a_silent_overwrite() {
+    let text = format!(
+        "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: a\nspec:\n  selector:\n    subscriptions: [\"{SUB}\"]\n  conflictPolicy: Report\n  conflictPolicy: Replace\n"
+    );
+    let e = parse_policies(&text).unwrap_err();
+    assert!(e.contains("duplicate key \"conflictPolicy\""), "{e}");
+}
+
+#[test]
+fn two_documents_with_one_name_are_an_error() {
+    let doc = format!(
+        "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: same\nspec:\n  selector:\n    subscriptions: [\"{SUB}\"]\n"
+    );
+    let docs = parse_policies(&format!("{doc}---\n{doc}")).unwrap();
+    assert!(docs[0].policy.is_ok());
+    let errs = docs[1].policy.as_ref().unwrap_err();
+    assert_eq!(errs[0].path, "metadata.name");
+    assert!(errs[0].message.contains("document 1"), "{errs:?}");
+}

@@ -17,28 +17,103 @@ pub struct Document {
     pub policy: Result<KmsRoutePolicy, Vec<FieldError>>,
 }
 
-/// Parses every non-empty document in `text`.
+/// Parses every non-empty document in `text`. A key given twice in one mapping is an error
+/// (YAML parsers keep the last one silently), and so is a `metadata.name` that an earlier
+/// document already used (one of the two would overwrite the other in a cluster).
 pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
     let schema = spec_schema();
-    let mut docs = Vec::new();
+    let mut docs: Vec<Document> = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let value = match Value::deserialize(de) {
-            Ok(Value::Null) => continue,
-            Ok(v) => v,
+        let value = match StrictValue::deserialize(de) {
+            Ok(StrictValue(Value::Null)) => continue,
+            Ok(StrictValue(v)) => v,
             Err(e) => return Err(format!("document {index}: not valid YAML: {e}")),
         };
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let mut policy = parse_one(value, schema);
+        if let Some(n) = &name
+            && let Some(first) = docs.iter().find(|d| d.name.as_deref() == Some(n))
+        {
+            policy = Err(vec![FieldError {
+                path: "metadata.name".into(),
+                message: format!("{n:?} is also the name of document {}", first.index),
+            }]);
+        }
         docs.push(Document {
             index,
             name,
-            policy: parse_one(value, schema),
+            policy,
         });
     }
     Ok(docs)
+}
+
+/// A JSON value read from YAML that refuses a mapping with the same key twice.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if out.insert(key.clone(), v).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:?} (YAML would keep only the last one)"
+                )));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec<FieldError>> {

@@ -667,9 +667,14 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
         plan_group(group, &mut writes, &mut verdicts);
     }
     let selected = selected_anywhere(&ordered, &idx);
-    let mut released = Vec::new();
+    let mut released: Vec<Release> = Vec::new();
     for &policy in &ordered {
         for (release, release_writes) in releases(policy, &idx, &selected, &groups) {
+            // One table is released once: by the oldest policy whose marks it carries (two
+            // policies sharing the route-name prefix would otherwise both write to it).
+            if released.iter().any(|r| r.table == release.table) {
+                continue;
+            }
             if policy.mode == Mode::Enforce {
                 writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
                     policy: policy.name.clone(),

@@ -1075,3 +1075,29 @@ fn deletion_removes_what_the_policy_owns_outside_its_current_selection() {
     assert_eq!(tables, BTreeSet::from([&ta, &tb]));
     assert_eq!(p.writes.len(), 6);
 }
+
+#[test]
+fn a_table_two_policies_could_release_is_released_once_by_the_older() {
+    let mut e = Estate::new();
+    let v = e.vnet("spoke", "westeurope");
+    let gone = e.subnet(&v, "gone");
+    e.subnet(&v, "kept");
+    let t = e.table("spoke-gone-kms", "westeurope");
+    e.associate(&gone, &t);
+    e.kms_routes(&t);
+    e.table_mut(&t).tags.insert(TAG_POLICY.into(), "p1".into());
+    e.table_mut(&t)
+        .tags
+        .insert(TAG_MANAGED_BY.into(), "kmsroute".into());
+    let only_kept = |name: &str, secs| {
+        desired_at(name, secs, |s| {
+            s.selector.as_mut().unwrap().subnet_names = vec!["kept".into()]
+        })
+    };
+    let p = plan(&[only_kept("p1", 0), only_kept("p2", 10)], &e.0);
+    assert_eq!(p.released.len(), 1, "{:?}", p.released);
+    assert_eq!(p.released[0].policy, "p1");
+    let w: Vec<&PlannedWrite> = p.writes.iter().filter(|w| w.write.table() == &t).collect();
+    assert!(w.iter().all(|w| w.policy == "p1"), "{w:?}");
+    simulate::apply(&e.0, writes(&p)).expect("no write to a table already deleted");
+}
