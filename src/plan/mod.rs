@@ -668,11 +668,30 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     }
     let selected = selected_anywhere(&ordered, &idx);
     let mut released: Vec<Release> = Vec::new();
+    // What earlier (older) policies' releases already do: two policies whose route-name
+    // prefixes overlap must not both delete one route, nor touch a table being deleted.
+    let mut deleted_tables: BTreeSet<String> = BTreeSet::new();
+    let mut deleted_routes: BTreeSet<(String, String)> = BTreeSet::new();
     for &policy in &ordered {
         for (release, release_writes) in releases(policy, &idx, &selected, &groups) {
-            // One table is released once: by the oldest policy whose marks it carries (two
-            // policies sharing the route-name prefix would otherwise both write to it).
-            if released.iter().any(|r| r.table == release.table) {
+            let table = release.table.key().to_string();
+            if deleted_tables.contains(&table) {
+                continue;
+            }
+            let release_writes: Vec<Write> = release_writes
+                .into_iter()
+                .filter(|w| match w {
+                    Write::DeleteRoute { name, .. } => {
+                        deleted_routes.insert((table.clone(), name.to_ascii_lowercase()))
+                    }
+                    Write::DeleteRouteTable { .. } => {
+                        deleted_tables.insert(table.clone());
+                        true
+                    }
+                    _ => true,
+                })
+                .collect();
+            if release_writes.is_empty() {
                 continue;
             }
             if policy.mode == Mode::Enforce {
