@@ -485,6 +485,7 @@ mod tests {
     use super::*;
     use crate::ids::{RouteTableId, VnetId};
     use crate::model::{NextHopType, Route, VirtualNetwork};
+    use std::sync::Arc;
 
     const SUB: &str = "00000000-0000-0000-0000-00000000000a";
 
@@ -612,6 +613,110 @@ mod tests {
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(changes.iter().any(|(_, t)| t.is_empty()));
         assert!(changes.iter().any(|(_, t)| t.contains_key("kms")));
+    }
+
+    /// A port that only answers `read_budget` (pacing needs nothing else).
+    struct Budget(crate::azure::ReadBudget);
+
+    #[async_trait::async_trait]
+    impl NetworkApi for Budget {
+        async fn inventory(&self, _: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+            Ok(Inventory::default())
+        }
+        async fn create_route_table(
+            &self,
+            _: &RouteTableId,
+            _: &str,
+            _: &BTreeMap<String, String>,
+            _: bool,
+            _: &[Route],
+        ) -> Result<(), ArmError> {
+            Ok(())
+        }
+        async fn put_route(&self, _: &RouteTableId, _: &Route) -> Result<(), ArmError> {
+            Ok(())
+        }
+        async fn delete_route(&self, _: &RouteTableId, _: &str) -> Result<(), ArmError> {
+            Ok(())
+        }
+        async fn set_subnet_route_table(
+            &self,
+            _: &SubnetId,
+            _: Option<&RouteTableId>,
+            _: Option<&RouteTableId>,
+        ) -> Result<(), ArmError> {
+            Ok(())
+        }
+        async fn delete_route_table(&self, _: &RouteTableId) -> Result<(), ArmError> {
+            Ok(())
+        }
+        fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
+            self.0
+        }
+        async fn network_interfaces(
+            &self,
+            _: &BTreeSet<String>,
+        ) -> Result<Vec<crate::model::NetworkInterface>, ArmError> {
+            Ok(Vec::new())
+        }
+        async fn egress_facts(
+            &self,
+            _: &BTreeSet<String>,
+        ) -> Result<crate::model::EgressFacts, ArmError> {
+            Ok(Default::default())
+        }
+        async fn management_group_subscriptions(
+            &self,
+            _: &str,
+        ) -> Result<BTreeSet<String>, ArmError> {
+            Ok(BTreeSet::new())
+        }
+        async fn effective_routes(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn paced(remaining: Option<f64>, pages: u64) -> Duration {
+        let api = Arc::new(Budget(crate::azure::ReadBudget {
+            capacity: 250.0,
+            refill_per_sec: 25.0,
+            remaining,
+        }));
+        let (inv, _rx) = SharedInventory::new(
+            api,
+            InventorySettings::default(),
+            Arc::new(ControllerMetrics::default()),
+        );
+        inv.next_delay(SUB, pages)
+    }
+
+    #[test]
+    fn refreshes_come_every_15_s_with_jitter_when_the_budget_is_healthy() {
+        for _ in 0..50 {
+            let d = paced(Some(240.0), 2).as_secs_f64();
+            assert!((13.5..=16.5).contains(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_listing_of_many_pages_is_refreshed_less_often_to_stay_in_its_share() {
+        // 100 pages at 5 % of 25 reads/s (1.25/s): at least 80 s apart.
+        let d = paced(None, 100).as_secs_f64();
+        assert!(d >= 80.0, "{d}");
+    }
+
+    #[test]
+    fn refreshes_slow_down_while_arm_reports_the_budget_low() {
+        let half = paced(Some(100.0), 2).as_secs_f64();
+        assert!(
+            (27.0..=33.0).contains(&half),
+            "under half the bucket: 2x, {half}"
+        );
+        let low = paced(Some(10.0), 2).as_secs_f64();
+        assert!((54.0..=66.0).contains(&low), "under a fifth: 4x, {low}");
     }
 
     #[test]
