@@ -419,3 +419,17 @@ fn two_documents_with_one_name_are_an_error() {
     assert_eq!(errs[0].path, "metadata.name");
     assert!(errs[0].message.contains("document 1"), "{errs:?}");
 }
+
+#[test]
+fn a_wrong_enum_value_names_its_field() {
+    let text = format!(
+        "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: a\nspec:\n  selector:\n    subscriptions: [\"{SUB}\"]\n  conflictPolicy: replace\n"
+    );
+    let docs = parse_policies(&text).unwrap();
+    let errs = docs[0].policy.as_ref().unwrap_err();
+    assert_eq!(errs[0].path, "spec.conflictPolicy", "{errs:?}");
+    assert!(
+        errs[0].message.contains("unknown variant `replace`"),
+        "{errs:?}"
+    );
+}

@@ -144,7 +144,16 @@ fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    serde_json::from_value::<KmsRoutePolicy>(value).map_err(|e| err("spec", format!("{e}")))
+    // The path of the offending field (`spec.conflictPolicy`), not just `spec`.
+    serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path.is_empty() || path == "." {
+            "spec".to_string()
+        } else {
+            path
+        };
+        err(&path, e.into_inner().to_string())
+    })
 }
 
 /// The CRD's OpenAPI schema for `spec`, generated once (schema generation dominated the cost
