@@ -372,83 +372,58 @@ async fn arm_request(
             (t.write_capacity, t.write_refill)
         };
         let now = Instant::now();
-        let bucket = store
-            .buckets
-            .entry((subscription.clone(), is_read))
-            .or_insert(state::Bucket {
-                tokens: cap,
-                last: now,
-            });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(cap);
-        bucket.last = now;
+        let key = (subscription.clone(), is_read);
         let header = if is_read {
             "x-ms-ratelimit-remaining-subscription-reads"
         } else {
             "x-ms-ratelimit-remaining-subscription-writes"
         };
-        if bucket.tokens < 1.0 {
-            let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
-            let remaining = bucket.tokens.max(0.0).floor() as u64;
+        let kind = if is_read { "read" } else { "write" };
+        let throttled = |store: &mut Store, message: String, wait: u64| {
             store.stats.throttled += 1;
             record(
-                &mut store,
+                store,
                 &subscription,
                 &op,
                 is_read,
                 StatusCode::TOO_MANY_REQUESTS,
                 false,
             );
-            return Reply::error(
+            Reply::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "SubscriptionRequestsThrottled",
-                format!("Number of {} requests for subscription '{subscription}' exceeded the limit. Please try again after '{wait}' seconds.", if is_read { "read" } else { "write" }),
+                message,
             )
             .header("retry-after", wait.to_string())
-            .header(header, remaining.to_string());
-        }
-        bucket.tokens -= 1.0;
-        throttle_headers.push((header, (bucket.tokens.floor() as u64).to_string()));
+        };
+        let left = match state::take_token(&mut store.buckets, key.clone(), cap, rate, now) {
+            Ok(left) => left,
+            Err((wait, left)) => {
+                let message = format!(
+                    "Number of {kind} requests for subscription '{subscription}' exceeded the limit. Please try again after '{wait}' seconds."
+                );
+                return throttled(&mut store, message, wait)
+                    .header(header, (left.floor() as u64).to_string());
+            }
+        };
+        throttle_headers.push((header, (left.floor() as u64).to_string()));
         // The Network RP's own window (inferred code: ARM's throttling code, with Retry-After).
         if let Some(w) = t.provider {
             let cap = if is_read { w.reads } else { w.writes };
             let rate = cap / w.window.as_secs_f64().max(1.0);
-            let b = store
-                .provider_buckets
-                .entry((subscription.clone(), is_read))
-                .or_insert(state::Bucket {
-                    tokens: cap,
-                    last: now,
-                });
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(cap);
-            b.last = now;
-            if b.tokens < 1.0 {
-                let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64;
+            if let Err((wait, _)) =
+                state::take_token(&mut store.provider_buckets, key.clone(), cap, rate, now)
+            {
                 // The ARM token is given back: the request never reached the provider.
-                if let Some(arm) = store.buckets.get_mut(&(subscription.clone(), is_read)) {
+                if let Some(arm) = store.buckets.get_mut(&key) {
                     arm.tokens += 1.0;
                 }
-                store.stats.throttled += 1;
-                record(
-                    &mut store,
-                    &subscription,
-                    &op,
-                    is_read,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    false,
+                let message = format!(
+                    "Number of {kind} requests for subscription '{subscription}' exceeded the Microsoft.Network limit of {cap} per {} seconds. Please try again after '{wait}' seconds.",
+                    w.window.as_secs()
                 );
-                return Reply::error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "SubscriptionRequestsThrottled",
-                    format!(
-                        "Number of {} requests for subscription '{subscription}' exceeded the Microsoft.Network limit of {cap} per {} seconds. Please try again after '{wait}' seconds.",
-                        if is_read { "read" } else { "write" },
-                        w.window.as_secs()
-                    ),
-                )
-                .header("retry-after", wait.to_string());
+                return throttled(&mut store, message, wait);
             }
-            b.tokens -= 1.0;
         }
     }
 

@@ -70,6 +70,29 @@ pub(crate) struct Bucket {
     pub last: Instant,
 }
 
+/// Takes a token from the `key` bucket (full at `cap`, refilled at `rate` per second): `Ok` with
+/// the tokens left, or `Err((seconds to wait, tokens left))` when it is empty.
+pub(crate) fn take_token(
+    buckets: &mut HashMap<(String, bool), Bucket>,
+    key: (String, bool),
+    cap: f64,
+    rate: f64,
+    now: Instant,
+) -> Result<f64, (u64, f64)> {
+    let b = buckets.entry(key).or_insert(Bucket {
+        tokens: cap,
+        last: now,
+    });
+    b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(cap);
+    b.last = now;
+    if b.tokens < 1.0 {
+        let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64;
+        return Err((wait, b.tokens.max(0.0)));
+    }
+    b.tokens -= 1.0;
+    Ok(b.tokens)
+}
+
 /// A fault to inject into matching requests.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
