@@ -231,11 +231,7 @@ async fn ours(em: &Emulator, vnets: usize, events: usize, steady_secs: u64) -> O
     }
     let dir = std::env::temp_dir().join(format!("kmsroute-heal-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
-        kube.addr
-    )).unwrap();
+    let kubeconfig = kube.write_kubeconfig(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -203,6 +203,16 @@ fn table_routes(em: &EmulatorHandle, table: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits for `kms-20-118-99-224` to be back in the table (after the other writer deleted it).
+async fn wait_route_back(em: &EmulatorHandle, table: &str, limit: Duration) {
+    wait_for(&format!("the kms route back in {table}"), limit, || {
+        table_routes(em, table)
+            .contains(&"kms-20-118-99-224".to_string())
+            .then_some(())
+    })
+    .await;
+}
+
 /// How often an Event reason was reported: kube's recorder folds repeats of a reason into an
 /// events.k8s.io series (`series.count`) instead of new objects.
 fn occurrences(kube: &FakeKube, reason: &str) -> u64 {
@@ -281,16 +291,7 @@ async fn drift_is_repaired_within_one_resync_and_an_event_says_so() {
         route: "kms-20-118-99-224".into(),
     })
     .unwrap();
-    wait_for(
-        "the deleted route to come back",
-        Duration::from_secs(10),
-        || {
-            table_routes(&em, "rt-spoke1-shared")
-                .contains(&"kms-20-118-99-224".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(10)).await;
     let repaired = wait_for("two Repaired occurrences", Duration::from_secs(10), || {
         let n = occurrences(&kube, "Repaired");
         (n >= 2).then_some(n)
@@ -596,11 +597,7 @@ impl Drop for RunProc {
 async fn spawn_run(kube: &FakeKube, arm_url: &str, name: &str, env: &[(&str, &str)]) -> RunProc {
     let dir = std::env::temp_dir().join(format!("kmsroute-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
-        kube.addr
-    )).unwrap();
+    let kubeconfig = kube.write_kubeconfig(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -803,16 +800,7 @@ async fn an_unavailable_api_server_stalls_status_not_the_controller() {
     )
     .await;
     kube.set_unavailable(false);
-    wait_for(
-        "the repair after the API server is back",
-        Duration::from_secs(20),
-        || {
-            table_routes(&em, "rt-spoke1-shared")
-                .contains(&"kms-20-118-99-224".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(20)).await;
     wait_for("a fresh status", Duration::from_secs(20), || {
         kube.policy("spokes")
             .filter(|o| o["status"]["lastSyncTime"] != synced)
@@ -991,16 +979,7 @@ async fn a_foreign_deletion_is_repaired_from_the_inventory_without_any_resync() 
         route: "kms-20-118-99-224".into(),
     })
     .unwrap();
-    wait_for(
-        "the deleted route to come back",
-        Duration::from_secs(15),
-        || {
-            table_routes(&em, "rt-spoke1-shared")
-                .contains(&"kms-20-118-99-224".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     wait_for("the repair to be timed", Duration::from_secs(5), || {
         (c.metrics.drift_repairs_timed() == 1).then_some(())
     })
@@ -1101,16 +1080,7 @@ async fn changes_queue_only_the_policies_that_select_them() {
         route: "kms-20-118-99-224".into(),
     })
     .unwrap();
-    wait_for(
-        "the spoke1 route to come back",
-        Duration::from_secs(15),
-        || {
-            table_routes(&em, "rt-spoke1-shared")
-                .contains(&"kms-20-118-99-224".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     assert!(c.metrics.triggered_passes(Some("both")) >= 1);
     // The private subnet's created table (S2) loses a route: s2-all owns that subnet (older).
     let private_table = format!(
@@ -1121,16 +1091,7 @@ async fn changes_queue_only_the_policies_that_select_them() {
         route: "kms-20-118-99-224".into(),
     })
     .unwrap();
-    wait_for(
-        "the private route to come back",
-        Duration::from_secs(15),
-        || {
-            table_routes(&em, "vnet-spoke2-private-kms")
-                .contains(&"kms-20-118-99-224".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_route_back(&em, "vnet-spoke2-private-kms", Duration::from_secs(15)).await;
     assert!(c.metrics.triggered_passes(Some("s2-all")) > s2_before);
     // Neither change touched app or data: that policy was never queued.
     assert_eq!(c.metrics.triggered_passes(Some("s1-app-data")), s1_before);

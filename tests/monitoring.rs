@@ -188,11 +188,7 @@ async fn a_real_prometheus_scraping_kmsroute_run_has_every_metric_the_dashboard_
     .unwrap();
     let dir = std::env::temp_dir().join(format!("kmsroute-monitoring-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
-        kube.addr
-    )).unwrap();
+    let kubeconfig = kube.write_kubeconfig(&dir);
     let metrics_port = free_port();
     let _run = Process(
         Command::new(env!("CARGO_BIN_EXE_kmsroute"))

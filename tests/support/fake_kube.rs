@@ -228,6 +228,18 @@ impl FakeKube {
         FakeKube { addr, state }
     }
 
+    /// Writes a kubeconfig pointing at this server into `dir` (for a `kmsroute run` process)
+    /// and returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
+            self.addr
+        ))
+        .unwrap();
+        path
+    }
+
     /// A kube `Client` talking to this server over HTTP.
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
