@@ -54,8 +54,11 @@ fn parse_segments(
             if seg.is_empty() {
                 return Err(err("has an empty name segment".into()));
             }
-            if seg.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(err(format!("segment {seg:?} contains whitespace")));
+            // As the CRD's pattern says it: no space, no ASCII control character.
+            if seg.chars().any(|c| c == ' ' || c.is_ascii_control()) {
+                return Err(err(format!(
+                    "segment {seg:?} contains a space or a control character"
+                )));
             }
             values.push((*seg).to_string());
         } else if !seg.eq_ignore_ascii_case(pat) {

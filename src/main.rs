@@ -1,7 +1,7 @@
 //! The `kmsroute` command line: thin wiring over the library's layers.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kmsroute::api::{self, DesiredState, validate_policy};
+use kmsroute::api::{self, DesiredState};
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::credential::{AuthMode, credential};
 use kmsroute::catalog::Cloud;
@@ -472,7 +472,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("document {}", doc.index));
-                let result = doc.policy.and_then(|p| validate_policy(&p, cloud));
+                let result = doc.check(cloud);
                 match result {
                     Ok(v) => {
                         println!(
@@ -658,7 +658,7 @@ fn load_policies(file: &str, cloud: Cloud) -> Result<Option<Vec<DesiredState>>, 
             .name
             .clone()
             .unwrap_or_else(|| format!("document {}", doc.index));
-        match doc.policy.and_then(|p| validate_policy(&p, cloud)) {
+        match doc.check(cloud) {
             Ok(v) => {
                 for w in v.warnings {
                     eprintln!("warning: {label}: {w}");

@@ -1,9 +1,11 @@
 //! Reading policies from text: multi-document YAML (or JSON), as `kubectl apply -f` takes it.
-//! Unknown fields are reported (an API server would silently prune a typo such as
-//! `conflictPolicyy`), by walking each document against the CRD's own OpenAPI schema.
+//! Unknown fields are reported (an API server would prune a typo such as `conflictPolicyy`,
+//! `kubectl apply` refuses it), by walking each document against the CRD's own OpenAPI schema,
+//! and the rest of the document is still read and checked: every error at once.
 
-use super::{FieldError, KmsRoutePolicy};
-use kube::CustomResourceExt;
+use super::schema::{self, spec_schema};
+use super::{FieldError, KmsRoutePolicy, Validated, validate_policy};
+use crate::catalog::Cloud;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -14,7 +16,33 @@ pub struct Document {
     pub index: usize,
     /// `metadata.name` when it could be read.
     pub name: Option<String>,
+    /// The policy, or why the document is not one (unknown fields, wrong types).
     pub policy: Result<KmsRoutePolicy, Vec<FieldError>>,
+    /// The policy read with unknown fields pruned, when that much could be read: what
+    /// [`Document::check`] validates so the other errors are not hidden behind those.
+    read: Option<KmsRoutePolicy>,
+}
+
+impl Document {
+    /// Every error in this document: those found reading it and those `validate_policy` finds
+    /// in what could be read (one per field path; the more specific message wins).
+    pub fn check(&self, cloud: Cloud) -> Result<Validated, Vec<FieldError>> {
+        match (&self.policy, &self.read) {
+            (Ok(p), _) => validate_policy(p, cloud),
+            (Err(e), None) => Err(e.clone()),
+            (Err(e), Some(p)) => {
+                let mut errors = e.clone();
+                if let Err(more) = validate_policy(p, cloud) {
+                    for m in more {
+                        if !errors.iter().any(|x| x.path == m.path) {
+                            errors.push(m);
+                        }
+                    }
+                }
+                Err(errors)
+            }
+        }
+    }
 }
 
 /// Parses every non-empty document in `text`. A key given twice in one mapping is an error
@@ -34,7 +62,7 @@ pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let mut policy = parse_one(value, schema);
+        let (mut policy, mut read) = parse_one(value, schema);
         if let Some(n) = &name
             && let Some(first) = docs.iter().find(|d| d.name.as_deref() == Some(n))
         {
@@ -42,11 +70,13 @@ pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
                 path: "metadata.name".into(),
                 message: format!("{n:?} is also the name of document {}", first.index),
             }]);
+            read = None;
         }
         docs.push(Document {
             index,
             name,
             policy,
+            read,
         });
     }
     Ok(docs)
@@ -116,7 +146,14 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec<FieldError>> {
+/// The policy (or why not), and the policy read with unknown fields pruned.
+fn parse_one(
+    mut value: Value,
+    schema: Option<&Value>,
+) -> (
+    Result<KmsRoutePolicy, Vec<FieldError>>,
+    Option<KmsRoutePolicy>,
+) {
     let err = |path: &str, message: String| {
         vec![FieldError {
             path: path.into(),
@@ -129,23 +166,32 @@ fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec
         .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     if kind != "KmsRoutePolicy" {
-        return Err(err("kind", format!("{kind:?} is not KmsRoutePolicy")));
+        return (
+            Err(err("kind", format!("{kind:?} is not KmsRoutePolicy"))),
+            None,
+        );
     }
     if api_version != "kmsroute.io/v1alpha1" {
-        return Err(err(
-            "apiVersion",
-            format!("{api_version:?} is not kmsroute.io/v1alpha1"),
-        ));
+        return (
+            Err(err(
+                "apiVersion",
+                format!("{api_version:?} is not kmsroute.io/v1alpha1"),
+            )),
+            None,
+        );
     }
     let mut unknown = Vec::new();
-    if let (Some(spec), Some(schema)) = (value.get("spec"), schema) {
-        unknown_fields(spec, schema, "spec", &mut unknown);
-    }
-    if !unknown.is_empty() {
-        return Err(unknown);
+    if let (Some(spec), Some(schema)) = (value.get_mut("spec"), schema) {
+        let mut all = Vec::new();
+        schema::check(spec, schema, "spec", &mut all);
+        unknown.extend(
+            all.into_iter()
+                .filter(|e| e.message.starts_with("unknown field")),
+        );
+        schema::prune_unknown(spec, schema);
     }
     // The path of the offending field (`spec.conflictPolicy`), not just `spec`.
-    serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {
+    let typed = serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path.is_empty() || path == "." {
             "spec".to_string()
@@ -153,49 +199,13 @@ fn parse_one(value: Value, schema: Option<&Value>) -> Result<KmsRoutePolicy, Vec
             path
         };
         err(&path, e.into_inner().to_string())
-    })
-}
-
-/// The CRD's OpenAPI schema for `spec`, generated once (schema generation dominated the cost
-/// of parsing a small policy: 41 inputs/s under the fuzzer).
-fn spec_schema() -> Option<&'static Value> {
-    static SCHEMA: std::sync::OnceLock<Option<Value>> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let crd = serde_json::to_value(KmsRoutePolicy::crd()).ok()?;
-            crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
-                .cloned()
-        })
-        .as_ref()
-}
-
-fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<FieldError>) {
-    match value {
-        Value::Object(map) => {
-            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
-                return; // a free-form map (tags)
-            };
-            for (k, v) in map {
-                let p = format!("{path}.{k}");
-                match props.get(k) {
-                    Some(s) => unknown_fields(v, s, &p, out),
-                    None => out.push(FieldError {
-                        path: p,
-                        message: format!(
-                            "unknown field; known fields here: {}",
-                            props.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    }),
-                }
-            }
+    });
+    match typed {
+        Ok(p) if unknown.is_empty() => (Ok(p), None),
+        Ok(p) => (Err(unknown), Some(p)),
+        Err(mut e) => {
+            unknown.append(&mut e);
+            (Err(unknown), None)
         }
-        Value::Array(items) => {
-            if let Some(s) = schema.get("items") {
-                for (i, v) in items.iter().enumerate() {
-                    unknown_fields(v, s, &format!("{path}[{i}]"), out);
-                }
-            }
-        }
-        _ => {}
     }
 }

@@ -6,9 +6,12 @@
 //! validate/plan/apply` read files that never met an API server. No I/O here.
 
 mod file;
+pub mod rules;
+mod schema;
 mod validate;
 
 pub use file::{Document, parse_policies};
+pub use schema::{check as check_schema, spec_schema};
 pub use validate::{
     DesiredState, Destination, FieldError, Selector, Validated, check_host_address, parse_duration,
     route_name_for, validate, validate_policy,
@@ -57,19 +60,14 @@ pub const DEFAULT_RESYNC: &str = "10m";
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "(has(self.subnets) && size(self.subnets) > 0) || has(self.selector)",
      "message": "at least one of spec.subnets or spec.selector is required"}
-]))]
+]), transform = rules::spec)]
 pub struct KmsRoutePolicySpec {
     /// Which KMS endpoints to route.
     #[serde(default)]
     pub kms: KmsSpec,
     /// Explicit ARM subnet IDs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 5000),
-        inner(regex(
-            pattern = r"^/[Ss][Uu][Bb][Ss][Cc][Rr][Ii][Pp][Tt][Ii][Oo][Nn][Ss]/[^/]+/[Rr][Ee][Ss][Oo][Uu][Rr][Cc][Ee][Gg][Rr][Oo][Uu][Pp][Ss]/[^/]+/[Pp][Rr][Oo][Vv][Ii][Dd][Ee][Rr][Ss]/[Mm][Ii][Cc][Rr][Oo][Ss][Oo][Ff][Tt]\.[Nn][Ee][Tt][Ww][Oo][Rr][Kk]/[Vv][Ii][Rr][Tt][Uu][Aa][Ll][Nn][Ee][Tt][Ww][Oo][Rr][Kk][Ss]/[^/]+/[Ss][Uu][Bb][Nn][Ee][Tt][Ss]/[^/]+$"
-        ))
-    )]
+    #[schemars(length(max = 5000), inner(regex(pattern = rules::SUBNET_ID_PATTERN)))]
     pub subnets: Vec<String>,
     /// Discovery of subnets by subscription, resource group, VNet tags and subnet name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,7 +93,7 @@ pub struct KmsRoutePolicySpec {
     pub deletion_policy: DeletionPolicy,
     /// How often Azure is re-read to repair drift (Go duration: `30s`, `10m`, `1h`).
     #[serde(default = "default_resync")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub resync_interval: String,
     /// Effective-route verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +102,7 @@ pub struct KmsRoutePolicySpec {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::kms)]
 pub struct KmsSpec {
     /// The cloud whose KMS addresses are routed; defaults to the controller's cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,7 +111,10 @@ pub struct KmsSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
-        inner(regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$"))
+        inner(
+            length(max = 18),
+            regex(pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/32)?$")
+        )
     )]
     pub additional_addresses: Vec<String>,
     /// Resolve the cloud's KMS host names each pass and report addresses they resolve to that
@@ -135,7 +137,7 @@ pub struct VerificationSpec {
     /// Most effective-route reads per pass for this policy; tables beyond it are checked in
     /// later passes (the sample rotates).
     #[serde(default = "default_max_nics_per_pass")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = 1, max = 100), extend("format" = "int32"))]
     pub max_nics_per_pass: u32,
 }
 
@@ -155,20 +157,21 @@ impl Default for VerificationSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.subnetNames) || !has(self.excludeSubnetNames) || self.subnetNames.all(n, !(n in self.excludeSubnetNames))",
-     "message": "a subnet name cannot be both included and excluded"},
     {"rule": "(has(self.subscriptions) && size(self.subscriptions) > 0) || (has(self.managementGroups) && size(self.managementGroups) > 0)",
      "message": "the selector needs subscriptions, managementGroups, or both"}
-]))]
+]), transform = rules::selector)]
 pub struct SubnetSelector {
     /// Subscription IDs to search. With `managementGroups`, these are added to theirs; at
     /// least one of the two is required.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 100),
-        inner(regex(
-            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-        ))
+        inner(
+            length(max = 36),
+            regex(
+                pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+            )
+        )
     )]
     pub subscriptions: Vec<String>,
     /// Management group names (IDs): every subscription under them, at all levels, read with
@@ -182,23 +185,34 @@ pub struct SubnetSelector {
     pub management_groups: Vec<String>,
     /// Only these resource groups (any, when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(length(min = 1, max = 90)))]
+    #[schemars(
+        length(max = 100),
+        inner(length(min = 1, max = 90), regex(pattern = rules::RESOURCE_GROUP_PATTERN))
+    )]
     pub resource_groups: Vec<String>,
-    /// VNet tags that must all match.
+    /// VNet tags that must all match (names case-insensitive, values exact; Azure allows 50
+    /// tags of 256-character values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub virtual_network_tags: BTreeMap<String, String>,
     /// Only subnets with these names (any, when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(length(min = 1, max = 80)))]
+    #[schemars(
+        length(max = 100),
+        inner(length(min = 1, max = 80), regex(pattern = rules::SUBNET_NAME_PATTERN))
+    )]
     pub subnet_names: Vec<String>,
     /// Never subnets with these names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(length(min = 1, max = 80)))]
+    #[schemars(
+        length(max = 100),
+        inner(length(min = 1, max = 80), regex(pattern = rules::SUBNET_NAME_PATTERN))
+    )]
     pub exclude_subnet_names: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::route_table)]
 pub struct RouteTableSpec {
     /// Create and associate a route table for selected subnets that have none.
     #[serde(default = "default_true")]

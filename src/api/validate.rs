@@ -261,17 +261,9 @@ pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
     let ip: Ipv4Addr = addr
         .parse()
         .map_err(|_| format!("{input:?} is not an IPv4 address"))?;
-    let o = ip.octets();
-    let not_public = ip.is_unspecified()
-        || ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_multicast()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 shared address space
-        || o[0] == 0
-        || o[0] >= 240;
+    let not_public = super::rules::NON_PUBLIC
+        .iter()
+        .any(|cidr| in_cidr(ip, cidr));
     if not_public {
         return Err(format!(
             "{ip} is not a public address; KMS servers have public Azure addresses and a route with next hop Internet to {ip} would misroute it"
@@ -280,11 +272,25 @@ pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
+/// True when `ip` is inside `cidr` (`a.b.c.d/n`, from [`super::rules::NON_PUBLIC`]).
+fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// The CRD's resource group rule ([`super::rules::RESOURCE_GROUP_PATTERN`], 1-90 characters)
+/// with a message that says it in words.
 fn check_resource_group(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'));
-    if name.is_empty() || name.len() > 90 || !ok_chars || name.ends_with('.') {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| regex::Regex::new(super::rules::RESOURCE_GROUP_PATTERN).ok());
+    let ok = re.as_ref().is_some_and(|re| re.is_match(name));
+    if !ok || name.chars().count() > 90 {
         return Err(format!(
             "{name:?} is not a valid resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')"
         ));
@@ -319,7 +325,20 @@ pub fn validate_policy(
             ),
         });
     }
-    match validate(&name, created, &policy.spec, default_cloud) {
+    let semantic = validate(&name, created, &policy.spec, default_cloud);
+    // The CRD's own bounds (maxItems, patterns, lengths), as the API server applies them; a
+    // field `validate` already faulted keeps its more specific message.
+    let mut bounds = Vec::new();
+    if let (Ok(spec), Some(schema)) = (serde_json::to_value(&policy.spec), super::spec_schema()) {
+        super::schema::check(&spec, schema, "spec", &mut bounds);
+    }
+    let known = |e: &FieldError| match &semantic {
+        Err(s) => s.iter().any(|x| x.path == e.path),
+        Ok(_) => false,
+    };
+    bounds.retain(|e| !known(e));
+    errors.append(&mut bounds);
+    match semantic {
         Ok(v) if errors.is_empty() => Ok(v),
         Ok(_) => Err(errors),
         Err(mut e) => {
@@ -410,12 +429,12 @@ pub fn validate(
                 ),
             ),
             Ok(id) => {
+                // Harmless (the entry counts once), and the CRD cannot afford to compare
+                // 5,000 IDs pairwise, so a warning on both sides.
                 if let Some(dup) = subnets.get(&id) {
-                    err(
-                        &mut errors,
-                        path,
-                        format!("duplicates {dup} (ARM IDs are case-insensitive)"),
-                    );
+                    warnings.push(format!(
+                        "{path}: duplicates {dup} (ARM IDs are case-insensitive); counted once"
+                    ));
                 } else {
                     subnets.insert(id);
                 }
@@ -427,7 +446,7 @@ pub fn validate(
     let selector = spec
         .selector
         .as_ref()
-        .map(|sel| check_selector(sel, &mut errors));
+        .map(|sel| check_selector(sel, &mut errors, &mut warnings));
     if spec.subnets.is_empty() && spec.selector.is_none() {
         err(
             &mut errors,
@@ -516,7 +535,11 @@ pub fn validate(
     })
 }
 
-fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<Selector> {
+fn check_selector(
+    sel: &SubnetSelector,
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<String>,
+) -> Option<Selector> {
     let before = errors.len();
     let mut err = |path: String, message: String| errors.push(FieldError { path, message });
     if sel.subscriptions.is_empty() && sel.management_groups.is_empty() {
@@ -546,8 +569,15 @@ fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<
                 path,
                 format!("{g:?} is not a management group name (1-90 letters, digits, _ ( ) . -)"),
             );
-        } else if !management_groups.insert(g.clone()) {
-            err(path, format!("{g} is listed twice"));
+        } else if !management_groups.insert(g.clone())
+            || sel.management_groups[..i]
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(g))
+        {
+            err(
+                path,
+                format!("{g} is listed twice (names are case-insensitive)"),
+            );
         }
     }
     if sel.management_groups.len() > 20 {
@@ -596,19 +626,17 @@ fn check_selector(sel: &SubnetSelector, errors: &mut Vec<FieldError>) -> Option<
     }
     let mut vnet_tags = BTreeMap::new();
     for (k, v) in &sel.virtual_network_tags {
-        if k.is_empty() || k.len() > 512 {
+        if k.is_empty() || k.chars().count() > 512 {
             err(
                 format!("spec.selector.virtualNetworkTags[{k}]"),
                 "tag names are 1-512 characters".into(),
             );
-        } else if vnet_tags
-            .insert(k.to_ascii_lowercase(), v.clone())
-            .is_some()
-        {
-            err(
-                format!("spec.selector.virtualNetworkTags[{k}]"),
-                "tag names are case-insensitive in Azure; this one is given twice".into(),
-            );
+        } else if let Some(other) = vnet_tags.insert(k.to_ascii_lowercase(), v.clone()) {
+            // Surely a mistake, but it widens nothing. The CRD cannot compare map keys within
+            // its cost budget, so a warning on both sides.
+            warnings.push(format!(
+                "spec.selector.virtualNetworkTags[{k}]: tag names are case-insensitive in Azure; given twice, so {v:?} is matched and {other:?} ignored"
+            ));
         }
     }
     (errors.len() == before).then_some(Selector {
