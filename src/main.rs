@@ -262,7 +262,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ),
                 PlanOutput::Yaml => print!(
                     "{}",
-                    serde_yaml::to_string(&doc).map_err(|e| e.to_string())?
+                    serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?
                 ),
             }
             Ok(exit_for(&report, true))

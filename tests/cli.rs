@@ -25,8 +25,8 @@ fn stdout(o: &Output) -> String {
 fn crd_prints_the_checked_in_crd() {
     let o = kmsroute(&["crd"], None);
     assert!(o.status.success());
-    let printed: serde_json::Value = serde_yaml::from_str(&stdout(&o)).unwrap();
-    let file: serde_json::Value = serde_yaml::from_str(
+    let printed: serde_json::Value = serde_saphyr::from_str(&stdout(&o)).unwrap();
+    let file: serde_json::Value = serde_saphyr::from_str(
         &std::fs::read_to_string("crds/kmsroutepolicies.kmsroute.io.yaml").unwrap(),
     )
     .unwrap();

@@ -329,11 +329,13 @@ async fn an_invalid_policy_gets_invalid_spec_with_field_paths_and_no_azure_write
             && message.contains("spec.resyncInterval"),
         "{message}"
     );
-    let event = kube
-        .events()
-        .into_iter()
-        .find(|e| e["reason"] == "InvalidSpec")
-        .unwrap();
+    // The Event is recorded after the status write: wait for it rather than race it.
+    let event = wait_for("the InvalidSpec event", Duration::from_secs(20), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "InvalidSpec")
+    })
+    .await;
     // Where `kubectl describe krp bad` looks for a cluster-scoped object's Events.
     assert_eq!(event["metadata"]["namespace"], "default");
     assert_eq!(event["regarding"]["name"], "bad");
@@ -1425,11 +1427,12 @@ async fn narrowing_releases_what_left_the_selection_widening_brings_it_back_and_
     })
     .await;
     assert_eq!(owned_leftovers(&em), Vec::<String>::new());
-    let cleaned = kube
-        .events()
-        .into_iter()
-        .find(|e| e["reason"] == "CleanedUp")
-        .unwrap();
+    let cleaned = wait_for("the CleanedUp event", Duration::from_secs(20), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "CleanedUp")
+    })
+    .await;
     let note = cleaned["note"].as_str().unwrap();
     assert!(note.contains("deleted 2 route table(s)"), "{note}");
     c.shutdown().await;

@@ -407,7 +407,7 @@ fn validate_and_the_api_server_agree_on_every_policy_of_the_corpus() {
     let mut disagreements = Vec::new();
     for (name, spec, fault) in &corpus {
         if cel_only.contains(name) {
-            let object: Value = serde_yaml::from_str(&document(spec)).unwrap();
+            let object: Value = serde_saphyr::from_str(&document(spec)).unwrap();
             let mut bounds = Vec::new();
             check_schema(&object["spec"], spec_schema().unwrap(), "spec", &mut bounds);
             assert!(
@@ -418,7 +418,7 @@ fn validate_and_the_api_server_agree_on_every_policy_of_the_corpus() {
             assert!(cel.is_err(), "{name}: the CEL rules pass it");
         }
         let text = document(spec);
-        let object: Value = serde_yaml::from_str(&text).unwrap();
+        let object: Value = serde_saphyr::from_str(&text).unwrap();
         let server = api_server(&object, &schema);
         let docs = parse_policies(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ours = docs[0].check(Cloud::AzurePublic);

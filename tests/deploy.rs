@@ -51,9 +51,10 @@ fn render(helm: &PathBuf, sets: &[&str]) -> Result<Vec<Value>, String> {
 }
 
 fn docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &Value| !v.is_null())
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+        .into_iter()
+        .filter(|v| !v.is_null())
         .collect()
 }
 
@@ -69,7 +70,7 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 
 #[test]
 fn the_chart_ships_the_generated_crd() {
-    let file: Value = serde_yaml::from_str(
+    let file: Value = serde_saphyr::from_str(
         &std::fs::read_to_string("charts/kmsroute/crds/kmsroutepolicies.kmsroute.io.yaml").unwrap(),
     )
     .unwrap();
@@ -512,7 +513,7 @@ fn the_dashboard_and_the_alerts_render_from_the_chart_only_when_enabled() {
     assert_eq!(rendered, shipped);
     let rule = find(&on, "PrometheusRule").unwrap();
     assert_eq!(rule["metadata"]["labels"]["release"], "prom");
-    let rules: Value = serde_yaml::from_str(
+    let rules: Value = serde_saphyr::from_str(
         &std::fs::read_to_string("deploy/monitoring/kmsroute.rules.yaml").unwrap(),
     )
     .unwrap();

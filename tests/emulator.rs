@@ -708,6 +708,27 @@ async fn a_table_lists_its_subnets_after_every_change() {
     assert_eq!(status, 200);
     let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
     assert_eq!(users(&t), 1, "association shows after a cached read");
+    // A second VNet's subnet on the same table adds to it; moving it to another table
+    // moves it, and the first VNet's entry stays (the index is kept per VNet).
+    let (status, _, _) = call(
+        &em,
+        "PUT",
+        &rt_id("rt2"),
+        Some(json!({"location": "westeurope", "properties": {}})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status}");
+    let (status, _, _) = call(&em, "PUT", &vnet_id("w"), Some(json!({"location": "westeurope", "properties": {"addressSpace": {"addressPrefixes": ["10.1.0.0/16"]}, "subnets": [{"name": "db", "properties": {"addressPrefix": "10.1.1.0/24", "routeTable": {"id": rt_id("rt")}}}]}}))).await;
+    assert!(status == 200 || status == 201, "{status}");
+    let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(users(&t), 2, "{t}");
+    let other = format!("{}/subnets/db", vnet_id("w"));
+    let (status, _, _) = call(&em, "PUT", &other, Some(json!({"properties": {"addressPrefix": "10.1.1.0/24", "routeTable": {"id": rt_id("rt2")}}}))).await;
+    assert_eq!(status, 200);
+    let (_, _, t) = call(&em, "GET", &rt_id("rt"), None).await;
+    assert_eq!(users(&t), 1, "{t}");
+    let (_, _, t2) = call(&em, "GET", &rt_id("rt2"), None).await;
+    assert_eq!(users(&t2), 1, "{t2}");
     let (status, _, _) = call(
         &em,
         "PUT",

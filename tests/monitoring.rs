@@ -35,7 +35,7 @@ fn tool(name: &str) -> Option<PathBuf> {
 }
 
 fn rules() -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(RULES).unwrap()).unwrap()
+    serde_saphyr::from_str(&std::fs::read_to_string(RULES).unwrap()).unwrap()
 }
 
 fn dashboard() -> Value {

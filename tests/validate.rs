@@ -353,7 +353,7 @@ fn the_example_policies_are_valid() {
 #[test]
 fn a_selector_by_management_group_needs_no_subscription_list() {
     let spec: KmsRoutePolicySpec =
-        serde_yaml::from_str("selector:\n  managementGroups: [corp, landing-zones]\n").unwrap();
+        serde_saphyr::from_str("selector:\n  managementGroups: [corp, landing-zones]\n").unwrap();
     let v = validate("mg", None, &spec, Cloud::AzurePublic).unwrap();
     let sel = v.desired.selector.unwrap();
     assert!(sel.subscriptions.is_empty());
@@ -410,7 +410,8 @@ fn a_key_given_twice_is_an_error_not_a_silent_overwrite() {
         "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: a\nspec:\n  selector:\n    subscriptions: [\"{SUB}\"]\n  conflictPolicy: Report\n  conflictPolicy: Replace\n"
     );
     let e = parse_policies(&text).unwrap_err();
-    assert!(e.contains("duplicate key \"conflictPolicy\""), "{e}");
+    assert!(e.contains("duplicate mapping key: conflictPolicy"), "{e}");
+    assert!(e.contains("line 9"), "the error says where: {e}");
 }
 
 #[test]

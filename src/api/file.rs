@@ -51,13 +51,15 @@ impl Document {
 pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
     let schema = spec_schema();
     let mut docs: Vec<Document> = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // The parser refuses a key given twice in one mapping (YAML parsers often keep the
+    // last one silently); `StrictValue` says so too, for any other source of a value.
+    let values = serde_saphyr::from_multiple::<StrictValue>(text)
+        .map_err(|e| format!("not valid YAML: {e}"))?;
+    for (i, StrictValue(value)) in values.into_iter().enumerate() {
         let index = i + 1;
-        let value = match StrictValue::deserialize(de) {
-            Ok(StrictValue(Value::Null)) => continue,
-            Ok(StrictValue(v)) => v,
-            Err(e) => return Err(format!("document {index}: not valid YAML: {e}")),
-        };
+        if value.is_null() {
+            continue;
+        }
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)

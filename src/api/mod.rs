@@ -338,7 +338,7 @@ fn default_true() -> bool {
 }
 
 /// The CRD as YAML, exactly what `kmsroute crd` prints and `crds/` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&KmsRoutePolicy::crd())
+    serde_saphyr::to_string(&KmsRoutePolicy::crd())
 }

@@ -14,7 +14,9 @@ use time::OffsetDateTime;
 /// How to authenticate to ARM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
-    /// Static token on loopback endpoints; otherwise workload identity, managed identity, client secret, Azure CLI.
+    /// The first that applies: a static token on a loopback endpoint; workload identity
+    /// (AZURE_FEDERATED_TOKEN_FILE); client secret (AZURE_CLIENT_SECRET); managed identity
+    /// (IDENTITY_ENDPOINT, MSI_ENDPOINT or AZURE_CLIENT_ID); Azure CLI.
     Auto,
     WorkloadIdentity,
     ManagedIdentity,
@@ -62,6 +64,22 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// What `Auto` means here, in the order `AuthMode::Auto`'s help text gives.
+fn resolve(mode: AuthMode, loopback: bool, set: impl Fn(&str) -> bool) -> AuthMode {
+    match mode {
+        AuthMode::Auto if loopback => AuthMode::StaticToken,
+        AuthMode::Auto if set("AZURE_FEDERATED_TOKEN_FILE") => AuthMode::WorkloadIdentity,
+        AuthMode::Auto if set("AZURE_CLIENT_SECRET") => AuthMode::ClientSecret,
+        AuthMode::Auto
+            if set("IDENTITY_ENDPOINT") || set("MSI_ENDPOINT") || set("AZURE_CLIENT_ID") =>
+        {
+            AuthMode::ManagedIdentity
+        }
+        AuthMode::Auto => AuthMode::AzureCli,
+        m => m,
+    }
+}
+
 /// The credential for `mode` against `endpoint`, or why there is none.
 pub fn credential(
     mode: AuthMode,
@@ -83,20 +101,8 @@ pub fn credential(
     let mut options = TokenCredentialOptions::default();
     options.set_authority_host(cloud.endpoints().authority_host.to_string());
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mode = match mode {
-        AuthMode::Auto if loopback => AuthMode::StaticToken,
-        AuthMode::Auto if env("AZURE_FEDERATED_TOKEN_FILE").is_some() => AuthMode::WorkloadIdentity,
-        AuthMode::Auto if env("AZURE_CLIENT_SECRET").is_some() => AuthMode::ClientSecret,
-        AuthMode::Auto
-            if env("IDENTITY_ENDPOINT").is_some()
-                || env("MSI_ENDPOINT").is_some()
-                || env("AZURE_CLIENT_ID").is_some() =>
-        {
-            AuthMode::ManagedIdentity
-        }
-        AuthMode::Auto => AuthMode::AzureCli,
-        m => m,
-    };
+    let mode = resolve(mode, loopback, |k| env(k).is_some());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let err = |e: azure_core::Error| format!("{mode:?} credential: {e}");
     Ok(match mode {
         AuthMode::StaticToken if !loopback => {
@@ -163,5 +169,58 @@ mod tests {
         let t = c.get_token(&["x"]).await.unwrap();
         assert!(!t.token.secret().is_empty());
         assert!(!format!("{c:?}").contains(t.token.secret()));
+    }
+
+    /// The help text of `--auth auto` lists the credentials in the order `resolve` tries them.
+    #[test]
+    fn auto_tries_credentials_in_the_order_its_help_text_gives() {
+        use clap::ValueEnum;
+        let all = [
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_CLIENT_SECRET",
+            "IDENTITY_ENDPOINT",
+            "MSI_ENDPOINT",
+            "AZURE_CLIENT_ID",
+        ];
+        let mut order = vec![resolve(AuthMode::Auto, true, |_| true)];
+        let mut unset: Vec<&str> = Vec::new();
+        for k in all {
+            order.push(resolve(AuthMode::Auto, false, |v| {
+                all.contains(&v) && !unset.contains(&v)
+            }));
+            unset.push(k);
+        }
+        order.push(resolve(AuthMode::Auto, false, |_| false));
+        order.dedup();
+        assert_eq!(
+            order,
+            [
+                AuthMode::StaticToken,
+                AuthMode::WorkloadIdentity,
+                AuthMode::ClientSecret,
+                AuthMode::ManagedIdentity,
+                AuthMode::AzureCli
+            ]
+        );
+        let help = AuthMode::Auto
+            .to_possible_value()
+            .and_then(|v| v.get_help().map(|h| h.to_string()))
+            .unwrap_or_default();
+        let at = |s: &str| {
+            help.find(s)
+                .unwrap_or_else(|| panic!("{s:?} not in {help:?}"))
+        };
+        let positions = [
+            at("static token"),
+            at("workload identity"),
+            at("client secret"),
+            at("managed identity"),
+            at("Azure CLI"),
+        ];
+        assert!(positions.is_sorted(), "{help}");
+        assert_eq!(
+            resolve(AuthMode::AzureCli, true, |_| true),
+            AuthMode::AzureCli
+        );
     }
 }

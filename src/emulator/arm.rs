@@ -161,12 +161,16 @@ fn lro(
     reply: Reply,
 ) -> Reply {
     let id = uuid::Uuid::new_v4().to_string();
+    let done_at = Instant::now() + ctx.lro;
+    if let Some(v) = &vnet {
+        let until = store.vnet_busy_until.entry(v.clone()).or_insert(done_at);
+        *until = (*until).max(done_at);
+    }
     store.operations.insert(
         id.clone(),
         Operation {
-            done_at: Instant::now() + ctx.lro,
+            done_at,
             failure: ctx.lro_failure.clone(),
-            vnet,
             result: None,
         },
     );
@@ -538,23 +542,20 @@ fn upsert_child(store: &mut Store, key: &str, child: &str, value: Value) -> Resu
 /// One page of a subscription or resource group listing: only the page is rendered.
 fn list_top(store: &Store, ctx: &Ctx, path: &str, prefix: &str, kind: &str) -> Reply {
     let matching: Vec<&Value> = store
-        .resources()
-        .iter()
-        .filter(|(k, r)| {
-            k.starts_with(prefix)
-                && r.get("id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| is_type(id, kind))
+        .resources_under(prefix)
+        .filter(|(_, r)| {
+            r.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| is_type(id, kind))
         })
         .map(|(_, r)| r)
         .collect();
     let end = (ctx.skip + ctx.page_size).min(matching.len());
-    let users = store.table_users();
     let value: Vec<Value> = matching
         .get(ctx.skip..end)
         .unwrap_or_default()
         .iter()
-        .map(|r| store.render_with(r, users))
+        .map(|r| store.render(r))
         .collect();
     let mut body = json!({"value": value});
     if end < matching.len() {
@@ -904,12 +905,10 @@ fn put_subnet(
     }
     // One write per VNet at a time, as the Network RP enforces.
     let now = Instant::now();
-    if let Some(busy) = store
-        .operations
-        .values()
-        .filter(|o| o.vnet.as_deref() == Some(vnet_key) && o.done_at > now)
-        .map(|o| o.done_at)
-        .max()
+    if let Some(&busy) = store
+        .vnet_busy_until
+        .get(vnet_key)
+        .filter(|&&done| done > now)
     {
         let wait = busy.duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
         return Reply::json(StatusCode::TOO_MANY_REQUESTS, json!({"error": {"code": "RetryableError", "message": format!("A retryable error occurred. Operation on virtual network {vnet_name} is in progress."), "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": format!("Operation PutSubnetOperation (in progress) is updating {vnet_id}.")}]}}))
@@ -1273,12 +1272,12 @@ fn effective_route_table(
         table.map(|_| (user.as_slice(), disable)),
     );
     let id = uuid::Uuid::new_v4().to_string();
+    let done_at = Instant::now() + ctx.lro;
     store.operations.insert(
         id.clone(),
         Operation {
-            done_at: Instant::now() + ctx.lro,
+            done_at,
             failure: None,
-            vnet: None,
             result: Some(json!({ "value": routes })),
         },
     );

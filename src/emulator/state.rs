@@ -149,10 +149,19 @@ pub(crate) struct Operation {
     pub done_at: Instant,
     /// `None` while it succeeds; `Some(status)` for `Failed`/`Canceled`.
     pub failure: Option<String>,
-    /// Lower-cased VNet ID the operation holds (subnet writes).
-    pub vnet: Option<String>,
     /// The body a finished POST action returns from its `Location` (effective routes).
     pub result: Option<Value>,
+}
+
+/// The derived table→subnets index (see [`Store::subnets_using`]).
+#[derive(Debug, Default)]
+struct TableIndex {
+    /// Lower-cased table ID → (lower-cased subnet ID → subnet ID as stored).
+    by_table: HashMap<String, BTreeMap<String, String>>,
+    /// Lower-cased VNet key → the (table, subnet) pairs it contributed.
+    by_vnet: HashMap<String, Vec<(String, String)>>,
+    /// VNets changed since they were last indexed.
+    dirty: std::collections::HashSet<String>,
 }
 
 /// Everything the emulator holds.
@@ -164,9 +173,12 @@ pub struct Store {
     /// Private so every change goes through [`Store::resource_mut`] and friends, which drop the
     /// derived table→subnets index when a VNet changes.
     resources: BTreeMap<String, Value>,
-    /// [`Store::table_users`], built on first use after a change (a page of a listing or one
-    /// route table GET must not scan every subnet of a 10,000-subnet estate).
-    users_cache: std::sync::OnceLock<HashMap<String, Vec<String>>>,
+    /// Which subnets use which route table, kept up to date VNet by VNet: a change to a VNet
+    /// marks it, and the next lookup re-indexes that VNet alone. No request scans the estate
+    /// (a full rebuild per subnet write made the write rate fall as the estate grew).
+    index: std::sync::Mutex<TableIndex>,
+    /// Lower-cased VNet ID → when the subnet write holding it finishes (one per VNet at a time).
+    pub(crate) vnet_busy_until: HashMap<String, Instant>,
     pub learned_routes: Vec<Value>,
     pub(crate) operations: HashMap<String, Operation>,
     pub stats: Stats,
@@ -279,7 +291,7 @@ impl Store {
                 p.remove("subnets");
             }
             stamp(&mut r, &new_etag());
-            store.resources.insert(lower(&id), r);
+            store.insert_resource(lower(&id), r);
         }
         store.learned_routes = seed.learned_routes;
         let mut known: std::collections::BTreeSet<String> = store
@@ -363,13 +375,8 @@ impl Store {
 
     /// The state in the seed format, derived fields computed.
     pub fn dump(&self) -> Seed {
-        let users = self.table_users();
         Seed {
-            resources: self
-                .resources
-                .values()
-                .map(|r| self.render_with(r, users))
-                .collect(),
+            resources: self.resources.values().map(|r| self.render(r)).collect(),
             learned_routes: self.learned_routes.clone(),
             subscriptions: self.seeded_subscriptions.clone(),
             unauthorized_subscriptions: self.unauthorized.iter().cloned().collect(),
@@ -381,6 +388,20 @@ impl Store {
     /// The resources, read-only.
     pub fn resources(&self) -> &BTreeMap<String, Value> {
         &self.resources
+    }
+
+    /// The resources whose lower-cased ID starts with `prefix` (a subscription's or a resource
+    /// group's): a range of the ordered map, not a scan of the estate.
+    pub fn resources_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
+        self.resources
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     /// One resource, for a change. A change to a VNet (its subnets' `routeTable`) forgets the
@@ -402,78 +423,64 @@ impl Store {
 
     fn touch(&mut self, key: &str) {
         if is_type(key, "virtualNetworks") {
-            self.users_cache = std::sync::OnceLock::new();
+            let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+            index.dirty.insert(key.to_string());
         }
     }
 
     /// A resource as a GET returns it (route tables gain their `subnets`).
     pub fn render(&self, r: &Value) -> Value {
-        self.render_with(r, self.table_users())
-    }
-
-    /// `render` with the [`Store::table_users`] index in hand.
-    pub fn render_with(&self, r: &Value, users: &HashMap<String, Vec<String>>) -> Value {
         let mut out = r.clone();
         let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
-        if is_type(id, "routeTables")
-            && let Some(list) = users.get(&lower(id))
-        {
-            out["properties"]["subnets"] =
-                json!(list.iter().map(|s| json!({"id": s})).collect::<Vec<_>>());
+        if is_type(id, "routeTables") {
+            let users = self.subnets_using(id);
+            if !users.is_empty() {
+                out["properties"]["subnets"] =
+                    json!(users.iter().map(|s| json!({"id": s})).collect::<Vec<_>>());
+            }
         }
         out
     }
 
-    /// Subnet IDs by the lower-cased ID of the route table they use: derived from the subnets,
-    /// never stored, and built once per change of the store.
-    pub fn table_users(&self) -> &HashMap<String, Vec<String>> {
-        self.users_cache.get_or_init(|| {
-            let mut users: HashMap<String, Vec<String>> = HashMap::new();
-            self.each_subnet_table(|table, subnet| {
-                users
-                    .entry(lower(table))
-                    .or_default()
-                    .push(subnet.to_string());
-            });
-            users
-        })
-    }
-
-    /// IDs of subnets whose `routeTable` points at `table_id`.
+    /// IDs of subnets whose `routeTable` points at `table_id`, sorted by ID: derived from the
+    /// subnets, never stored; only VNets changed since the last lookup are re-read.
     pub fn subnets_using(&self, table_id: &str) -> Vec<String> {
-        self.table_users()
-            .get(&lower(table_id))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Calls `f(route table ID, subnet ID)` for every subnet that has a route table.
-    fn each_subnet_table(&self, mut f: impl FnMut(&str, &str)) {
-        for (key, v) in &self.resources {
-            if !is_type(key, "virtualNetworks") {
-                continue;
-            }
-            // Plain `get`s, not `pointer`: this loop runs over every subnet of the store and
-            // `pointer` allocates per path segment (it was half the emulator's time at 10k).
-            let Some(subnets) = v
-                .get("properties")
-                .and_then(|p| p.get("subnets"))
-                .and_then(Value::as_array)
-            else {
-                continue;
-            };
-            for s in subnets {
-                if let (Some(t), Some(id)) = (
-                    s.get("properties")
-                        .and_then(|p| p.get("routeTable"))
-                        .and_then(|t| t.get("id"))
-                        .and_then(Value::as_str),
-                    s.get("id").and_then(Value::as_str),
-                ) {
-                    f(t, id);
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let dirty: Vec<String> = index.dirty.drain().collect();
+        for vnet in dirty {
+            for (table, subnet) in index.by_vnet.remove(&vnet).unwrap_or_default() {
+                if let Some(users) = index.by_table.get_mut(&table) {
+                    users.remove(&subnet);
+                    if users.is_empty() {
+                        index.by_table.remove(&table);
+                    }
                 }
             }
+            let mut pairs = Vec::new();
+            if let Some(v) = self.resources.get(&vnet) {
+                subnet_tables(v, |t, id| {
+                    pairs.push((lower(t), id.to_string()));
+                });
+            }
+            let mut contributed = Vec::with_capacity(pairs.len());
+            for (table, id) in pairs {
+                let key = lower(&id);
+                index
+                    .by_table
+                    .entry(table.clone())
+                    .or_default()
+                    .insert(key.clone(), id);
+                contributed.push((table, key));
+            }
+            if !contributed.is_empty() {
+                index.by_vnet.insert(vnet, contributed);
+            }
         }
+        index
+            .by_table
+            .get(&lower(table_id))
+            .map(|u| u.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Gives a top-level resource and all its children a new etag.
@@ -482,6 +489,29 @@ impl Store {
         let r = self.resources.get_mut(key)?;
         stamp(r, &etag);
         Some(etag)
+    }
+}
+
+/// Calls `f(route table ID, subnet ID)` for every subnet of `vnet` that has a route table.
+fn subnet_tables(vnet: &Value, mut f: impl FnMut(&str, &str)) {
+    // Plain `get`s, not `pointer`: `pointer` allocates per path segment.
+    let Some(subnets) = vnet
+        .get("properties")
+        .and_then(|p| p.get("subnets"))
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for s in subnets {
+        if let (Some(t), Some(id)) = (
+            s.get("properties")
+                .and_then(|p| p.get("routeTable"))
+                .and_then(|t| t.get("id"))
+                .and_then(Value::as_str),
+            s.get("id").and_then(Value::as_str),
+        ) {
+            f(t, id);
+        }
     }
 }
 

@@ -376,7 +376,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
     }
     let parsed_body = || -> Result<Value, Response<Body>> {
         if content_type.contains("yaml") {
-            serde_yaml::from_slice(&body)
+            serde_saphyr::from_slice(&body)
                 .map_err(|e| status_error(400, "BadRequest", e.to_string()))
         } else {
             serde_json::from_slice(&body)
