@@ -20,10 +20,24 @@ pub fn sub(i: usize) -> String {
     format!("00000000-0000-0000-0000-{:012}", i + 1)
 }
 
+/// How an estate departs from the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// A drifted 10%: tables missing a KMS route, subnets missing their table.
+    TenPercent,
+    /// A landing zone nobody routed yet: every subnet has its table, no table has a KMS route
+    /// (3 route writes per table, 15 per VNet).
+    Unrouted,
+}
+
 /// An estate of `subnets` subnets over `subs` subscriptions: VNets of 10 subnets (one
-/// GatewaySubnet, pairs sharing a table, tables with foreign routes, some subnets bare), in
-/// sync except a drifted 10% (tables missing their KMS routes, subnets missing their table).
+/// GatewaySubnet, pairs sharing a table, tables with foreign routes), in sync except for
+/// `drift`. Returns the seed and the number of drifted subnets.
 pub fn estate(subnets: usize, subs: usize) -> (Value, usize) {
+    estate_with(subnets, subs, Drift::TenPercent)
+}
+
+pub fn estate_with(subnets: usize, subs: usize, kind: Drift) -> (Value, usize) {
     let mut resources = Vec::new();
     let vnets = subnets.div_ceil(10);
     let mut drifted = 0;
@@ -46,13 +60,14 @@ pub fn estate(subnets: usize, subs: usize) -> (Value, usize) {
             } else {
                 format!("s{i}")
             };
-            let drift = n % 10 == 5; // 10% of subnets
+            let drift = kind == Drift::TenPercent && n % 10 == 5; // 10% of subnets
             let table_name = format!("vnet{v}-t{}", i / 2);
             let mut props = json!({"addressPrefix": format!("10.{}.{}.0/24", v % 250, i)});
             if i > 0 {
-                if drift {
+                if drift || kind == Drift::Unrouted {
                     drifted += 1;
-                } else {
+                }
+                if !drift {
                     props["routeTable"] = json!({"id": format!("{rg}/routeTables/{table_name}")});
                 }
             }
@@ -63,11 +78,11 @@ pub fn estate(subnets: usize, subs: usize) -> (Value, usize) {
             let mut routes = vec![
                 json!({"name": "default-to-fw", "properties": {"addressPrefix": "0.0.0.0/0", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}),
             ];
-            for ip in KMS {
+            for ip in KMS.iter().filter(|_| kind != Drift::Unrouted) {
                 routes.push(json!({"name": format!("kms-{}", ip.replace('.', "-")), "properties": {"addressPrefix": format!("{ip}/32"), "nextHopType": "Internet"}}));
             }
             // A drifted table: one KMS route deleted by hand.
-            if (v * 5 + t) % 10 == 3 {
+            if kind == Drift::TenPercent && (v * 5 + t) % 10 == 3 {
                 routes.pop();
             }
             resources.push(json!({"id": format!("{rg}/routeTables/vnet{v}-t{t}"), "location": "westeurope", "properties": {"routes": routes}}));
