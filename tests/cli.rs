@@ -76,6 +76,42 @@ fn validate_reads_stdin_and_reports_every_problem_with_its_path() {
     assert!(out.contains("spec.kms.additionalAddresses[0]:"), "{out}");
 }
 
+/// What the API server refuses, `validate` refuses, all at once and beside an unknown field;
+/// what it only warns about, `validate` accepts with the warning.
+#[test]
+fn validate_reports_the_crd_bounds_and_cel_rules_all_at_once() {
+    let subnets: Vec<String> = (0..5001)
+        .map(|i| format!("\"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s{i}\""))
+        .collect();
+    let names: Vec<String> = (0..101).map(|i| format!("n{i}")).collect();
+    let bad = format!(
+        "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: bad\nspec:\n  conflictPolicyy: Replace\n  resyncInterval: 25h\n  subnets: [{}]\n  kms:\n    additionalAddresses: [\"999.1.1.1\"]\n  selector:\n    subscriptions: [\"00000000-0000-0000-0000-000000000001\"]\n    subnetNames: [{}]\n    excludeSubnetNames: [n1, N2]\n",
+        subnets.join(", "),
+        names.join(", ")
+    );
+    let o = kmsroute(&["validate", "-f", "-"], Some(&bad));
+    assert_eq!(o.status.code(), Some(2));
+    let out = stdout(&o);
+    for path in [
+        "spec.conflictPolicyy: unknown field",
+        "spec.resyncInterval:",
+        "spec.subnets: must have at most 5000 items (5001 given)",
+        "spec.kms.additionalAddresses[0]:",
+        "spec.selector.subnetNames: must have at most 100 items (101 given)",
+        "spec.selector.excludeSubnetNames:",
+    ] {
+        assert!(out.contains(path), "{path} missing in:\n{out}");
+    }
+    let warned = "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: warned\nspec:\n  selector:\n    subscriptions: [\"00000000-0000-0000-0000-000000000001\"]\n    virtualNetworkTags: {env: a, Env: b}\n";
+    let o = kmsroute(&["validate", "-f", "-"], Some(warned));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("warning: spec.selector.virtualNetworkTags"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[test]
 fn validate_fails_on_a_missing_file_or_an_empty_one() {
     assert_eq!(
