@@ -353,12 +353,22 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut rows = Vec::new();
     for &(n, subs, kind) in &sizes {
-        let (seed, drifted) = estate_with(n, subs, kind);
+        let (mut seed, drifted) = estate_with(n, subs, kind);
+        let subscriptions: Vec<String> = (0..subs).map(sub).collect();
+        // A policy lists at most 100 subscriptions: beyond that the estate is a landing zone
+        // under a management group, selected by it (one policy, resolved by ARM's
+        // descendants API).
+        let selector = if subs > 100 {
+            seed["managementGroups"] =
+                json!([{"name": "landing-zones", "parent": null, "subscriptions": subscriptions}]);
+            json!({"managementGroups": ["landing-zones"], "virtualNetworkTags": {"kms": "enabled"}})
+        } else {
+            json!({"subscriptions": subscriptions, "virtualNetworkTags": {"kms": "enabled"}})
+        };
         let seed_file = dir.join(format!("estate-{n}x{subs}.json"));
         std::fs::write(&seed_file, seed.to_string()).unwrap();
-        let subscriptions: Vec<String> = (0..subs).map(sub).collect();
         let policy = json!({"apiVersion": "kmsroute.io/v1alpha1", "kind": "KmsRoutePolicy", "metadata": {"name": "bench"},
-            "spec": {"selector": {"subscriptions": subscriptions, "virtualNetworkTags": {"kms": "enabled"}}, "routeTable": {"nameTemplate": "{vnet}-{subnet}-kms"}}});
+            "spec": {"selector": selector, "routeTable": {"nameTemplate": "{vnet}-{subnet}-kms"}}});
         let policy_file = dir.join("policy.yaml");
         std::fs::write(&policy_file, policy.to_string()).unwrap();
         // KMSROUTE_BENCH_SEED_OUT=DIR: only write the estates and the policy (to profile by
@@ -413,6 +423,10 @@ async fn main() {
             row.naive = Some((f, s));
             println!("{HEADER}{}", row_lines(row));
         }
+    }
+    if std::env::var("KMSROUTE_BENCH_SEED_OUT").is_ok() {
+        println!("KMSROUTE_BENCH_SEED_OUT: estates written, nothing measured");
+        return;
     }
     let table: String = rows.iter().map(row_lines).collect();
     let bounds: String = rows.iter().map(bound_line).collect();

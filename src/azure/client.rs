@@ -106,6 +106,17 @@ fn next_hop(n: &models::RouteNextHopType) -> NextHopType {
 }
 
 impl AzureNetworkApi {
+    /// Runs one write: takes its token from the subscription's write budget first, then builds
+    /// and sends the request (the pipeline's policy does not take a second one). Waiting for a
+    /// token before anything is built keeps a queue of writes small: at 500 subscriptions,
+    /// 16,000 writes waited with their requests built, 125 MB of a 508 MB peak.
+    async fn paced<T>(&self, subscription: &str, write: impl std::future::Future<Output = T>) -> T {
+        self.limiter.acquire(subscription, false).await;
+        crate::azure::policy::PREPAID_WRITE
+            .scope(std::cell::Cell::new(true), write)
+            .await
+    }
+
     pub fn new(
         endpoint: Url,
         credential: Arc<dyn TokenCredential>,
@@ -387,6 +398,7 @@ impl AzureNetworkApi {
                 .extend(page.value.into_iter().filter_map(|t| convert_table(t, sub)));
         }
         inv.subscriptions.insert(sub.to_ascii_lowercase());
+        inv.share_ids();
         Ok(())
     }
 }
@@ -792,6 +804,7 @@ impl NetworkApi for AzureNetworkApi {
         disable_bgp_route_propagation: bool,
         routes: &[model::Route],
     ) -> Result<(), ArmError> {
+        self.paced(table.subscription(), async {
         const OP: &str = "RouteTables_CreateOrUpdate";
         let routes: Vec<Value> = routes
             .iter()
@@ -826,9 +839,12 @@ impl NetworkApi for AzureNetworkApi {
             return Err(e);
         }
         self.wait(OP, table.as_str(), &headers).await
+        })
+        .await
     }
 
     async fn put_route(&self, table: &RouteTableId, route: &model::Route) -> Result<(), ArmError> {
+        self.paced(table.subscription(), async {
         // A raw PUT, not the generated client: its error keeps only code and message, and a
         // denial by Azure Policy is only actionable with `error.additionalInfo` (which
         // assignment, which definition).
@@ -854,25 +870,30 @@ impl NetworkApi for AzureNetworkApi {
             return Err(http_error(OP, &resource, status, &body));
         }
         self.wait(OP, &resource, &headers).await
+        })
+        .await
     }
 
     async fn delete_route(&self, table: &RouteTableId, name: &str) -> Result<(), ArmError> {
-        const OP: &str = "Routes_Delete";
-        let resource = format!("{table}/routes/{name}");
-        let resp = self
-            .client
-            .routes_client()
-            .delete(
-                table.resource_group(),
-                table.name(),
-                name,
-                table.subscription(),
-            )
-            .send()
-            .await
-            .map_err(|e| arm_err(OP, &resource, e))?;
-        self.wait(OP, &resource, resp.as_raw_response().headers())
-            .await
+        self.paced(table.subscription(), async {
+            const OP: &str = "Routes_Delete";
+            let resource = format!("{table}/routes/{name}");
+            let resp = self
+                .client
+                .routes_client()
+                .delete(
+                    table.resource_group(),
+                    table.name(),
+                    name,
+                    table.subscription(),
+                )
+                .send()
+                .await
+                .map_err(|e| arm_err(OP, &resource, e))?;
+            self.wait(OP, &resource, resp.as_raw_response().headers())
+                .await
+        })
+        .await
     }
 
     async fn set_subnet_route_table(
@@ -881,6 +902,7 @@ impl NetworkApi for AzureNetworkApi {
         expected: Option<&RouteTableId>,
         new: Option<&RouteTableId>,
     ) -> Result<(), ArmError> {
+        self.paced(subnet.subscription(), async {
         const OP: &str = "Subnets_CreateOrUpdate";
         let resource = subnet.as_str();
         let bad_url = |m: String| ArmError {
@@ -964,19 +986,24 @@ impl NetworkApi for AzureNetworkApi {
             code: Some("PreconditionFailed".into()),
             message: "the subnet kept changing between read and write (5 attempts)".into(),
         })
+        })
+        .await
     }
 
     async fn delete_route_table(&self, table: &RouteTableId) -> Result<(), ArmError> {
-        const OP: &str = "RouteTables_Delete";
-        let resp = self
-            .client
-            .route_tables_client()
-            .delete(table.resource_group(), table.name(), table.subscription())
-            .send()
-            .await
-            .map_err(|e| arm_err(OP, table.as_str(), e))?;
-        self.wait(OP, table.as_str(), resp.as_raw_response().headers())
-            .await
+        self.paced(table.subscription(), async {
+            const OP: &str = "RouteTables_Delete";
+            let resp = self
+                .client
+                .route_tables_client()
+                .delete(table.resource_group(), table.name(), table.subscription())
+                .send()
+                .await
+                .map_err(|e| arm_err(OP, table.as_str(), e))?;
+            self.wait(OP, table.as_str(), resp.as_raw_response().headers())
+                .await
+        })
+        .await
     }
 }
 

@@ -347,6 +347,12 @@ impl ArmPolicy {
     }
 }
 
+tokio::task_local! {
+    /// Set by the client when it took this write's token before building the request (see
+    /// `AzureNetworkApi::paced`): the first attempt of the next write in the task uses it.
+    pub static PREPAID_WRITE: std::cell::Cell<bool>;
+}
+
 #[async_trait::async_trait]
 impl Policy for ArmPolicy {
     async fn send(
@@ -364,7 +370,14 @@ impl Policy for ArmPolicy {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            self.limiter.acquire(&subscription, read).await;
+            let prepaid = attempt == 1
+                && !read
+                && PREPAID_WRITE
+                    .try_with(|p| p.replace(false))
+                    .unwrap_or(false);
+            if !prepaid {
+                self.limiter.acquire(&subscription, read).await;
+            }
             // The semaphore is never closed; a closed one would only mean "no cap".
             let permit = self.in_flight.acquire().await.ok();
             let t0 = Instant::now();

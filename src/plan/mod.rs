@@ -544,6 +544,12 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     let ordered = by_seniority(policies);
     let mut verdicts = Vec::new();
     let owned = claim(&ordered, &idx, &mut verdicts);
+    // Each policy's subscriptions, once: built per subnet it was 500 set inserts per subnet of
+    // a 500-subscription policy (most of a 100,000-subnet pass).
+    let subscriptions_of: BTreeMap<&str, BTreeSet<String>> = policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.subscriptions()))
+        .collect();
 
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (policy, vnet, subnet) in owned {
@@ -579,9 +585,9 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                 if !table_id
                     .subscription()
                     .eq_ignore_ascii_case(subnet.id.subscription())
-                    || !policy
-                        .subscriptions()
-                        .contains(&table_id.subscription().to_ascii_lowercase()) =>
+                    || !subscriptions_of
+                        .get(policy.name.as_str())
+                        .is_some_and(|s| s.contains(&table_id.subscription().to_ascii_lowercase())) =>
             {
                 verdicts.push(error(
                     ErrorReason::RouteTableOutOfScope,
