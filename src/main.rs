@@ -45,6 +45,16 @@ struct ArmArgs {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text or JSON, in every subcommand (levels from RUST_LOG; default
+    /// info for `run`, warn for the others).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "KMSROUTE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -122,8 +132,6 @@ enum Command {
         /// lease refuses to run.
         #[arg(long)]
         identity: Option<String>,
-        #[arg(long, value_enum, env = "KMSROUTE_LOG_FORMAT", default_value = "text")]
-        log_format: LogFormat,
         /// Cap on every policy's resyncInterval (e.g. `2m`).
         #[arg(long, value_parser = parse_duration_arg)]
         max_resync: Option<std::time::Duration>,
@@ -197,11 +205,14 @@ fn limit_malloc_arenas() {
 
 async fn async_main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` sets up its own (format flag, info); every other subcommand logs warnings (retries,
-    // unreachable endpoints) to stderr, and RUST_LOG works for all of them.
-    if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(LogFormat::Text, "warn");
-    }
+    // `run` logs at info; every other subcommand logs warnings (retries, unreachable
+    // endpoints) to stderr; RUST_LOG and --log-format work for all of them.
+    let level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, level);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -219,12 +230,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             leader_election_namespace,
             lease_name,
             identity,
-            log_format,
             max_resync,
             inventory_refresh,
             inventory_read_share,
         } => {
-            init_logging(log_format, "info");
             run_controller(
                 arm,
                 metrics_addr,

@@ -364,6 +364,31 @@ fn a_closed_port_fails_fast_naming_the_url_and_the_cause_with_a_line_per_retry()
     eprintln!("closed port answered in {took:?}");
 }
 
+/// `--log-format json` works outside `run` too: each retry line is a JSON object.
+#[test]
+fn log_format_json_applies_to_plan() {
+    let o = kmsroute(
+        &[
+            "plan",
+            "--log-format",
+            "json",
+            "-f",
+            "examples/kmsroutepolicy.yaml",
+            "--arm-endpoint",
+            "http://127.0.0.1:1",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    let json_lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(json_lines.len(), 2, "a JSON line per retry: {err}");
+    assert!(json_lines.iter().all(|l| l["level"] == "WARN"), "{err}");
+}
+
 #[test]
 fn an_unsupported_scheme_is_refused_before_any_request() {
     let o = kmsroute(
