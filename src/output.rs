@@ -201,6 +201,7 @@ mod tests {
                 dns: None,
                 unreadable_subscriptions: Vec::new(),
                 problems_total: total,
+                problems_dropped: 0,
             }],
             approval_stale: false,
         }

@@ -157,6 +157,37 @@ pub struct PolicyReport {
     pub unreadable_subscriptions: Vec<String>,
     /// Problems found before `problems` was cut to the first [`MAX_PROBLEMS`].
     pub problems_total: usize,
+    /// Problems the summary counted but did not keep (beyond the first [`MAX_PROBLEMS`] in
+    /// report order): a pass over 90,000 drifted subnets builds 50 problems, not 90,000.
+    #[serde(skip)]
+    pub problems_dropped: usize,
+}
+
+/// The first [`MAX_PROBLEMS`] problems in report order (rank, then subnet), and how many were
+/// offered; a problem that would not be kept is never built.
+#[derive(Default)]
+struct TopProblems {
+    kept: Vec<Problem>,
+    offered: usize,
+}
+
+impl TopProblems {
+    fn offer(&mut self, reason: &str, subnet_id: &str, build: impl FnOnce() -> Problem) {
+        self.offered += 1;
+        let key = (problem_rank(reason), subnet_id);
+        let at = self
+            .kept
+            .partition_point(|p| (problem_rank(&p.reason), p.subnet_id.as_str()) <= key);
+        if at >= MAX_PROBLEMS {
+            return;
+        }
+        self.kept.insert(at, build());
+        self.kept.truncate(MAX_PROBLEMS);
+    }
+    fn push(&mut self, p: Problem) {
+        let (reason, subnet) = (p.reason.clone(), p.subnet_id.clone());
+        self.offer(&reason, &subnet, || p);
+    }
 }
 
 impl PolicyReport {
@@ -386,7 +417,7 @@ pub async fn reconcile(
         p.problems.sort_by(|a, b| {
             (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
         });
-        p.problems_total = p.problems.len();
+        p.problems_total = p.problems.len() + p.problems_dropped;
         p.problems.truncate(MAX_PROBLEMS);
     }
     Ok(report)
@@ -770,7 +801,7 @@ fn summarize(
                 subnets_matched: verdicts.len() as i64,
                 ..Summary::default()
             };
-            let mut problems: Vec<Problem> = Vec::new();
+            let mut problems = TopProblems::default();
             let mut unreadable_subscriptions = Vec::new();
             for sub in p.subscriptions() {
                 if let Some(e) = unreadable.get(&sub) {
@@ -790,14 +821,15 @@ fn summarize(
                 match (&v.verdict, failed) {
                     (_, Some(e)) => {
                         s.errors += 1;
-                        problems.push(Problem {
+                        // A denial needs an exemption, not a retry: its own reason.
+                        let reason = if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
+                            "PolicyDenied"
+                        } else {
+                            "WriteFailed"
+                        };
+                        problems.offer(reason, v.subnet.as_str(), || Problem {
                             subnet_id: v.subnet.to_string(),
-                            // A denial needs an exemption, not a retry: its own reason.
-                            reason: if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
-                                "PolicyDenied".into()
-                            } else {
-                                "WriteFailed".into()
-                            },
+                            reason: reason.into(),
                             message: e.to_string(),
                         });
                         continue;
@@ -826,9 +858,10 @@ fn summarize(
                         }
                 );
                 if reportable {
-                    problems.push(Problem {
+                    let reason = v.verdict.reason();
+                    problems.offer(reason, v.subnet.as_str(), || Problem {
                         subnet_id: v.subnet.to_string(),
-                        reason: v.verdict.reason().into(),
+                        reason: reason.into(),
                         message: v.verdict.message(),
                     });
                 }
@@ -836,7 +869,7 @@ fn summarize(
                     if matches!(w, crate::plan::Warning::NoInternetEgress) {
                         egress_warnings += 1;
                     }
-                    problems.push(Problem {
+                    problems.offer(w.code(), v.subnet.as_str(), || Problem {
                         subnet_id: v.subnet.to_string(),
                         reason: w.code().into(),
                         message: w.message().into(),
@@ -867,7 +900,8 @@ fn summarize(
                 name: p.name.clone(),
                 mode: p.mode,
                 summary: s,
-                problems,
+                problems_dropped: problems.offered - problems.kept.len(),
+                problems: problems.kept,
                 destinations: p.destinations.iter().map(|d| d.prefix()).collect(),
                 writes_planned: first.writes.iter().filter(|w| mine(w)).count(),
                 writes_done: results
@@ -897,6 +931,42 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Notify;
+
+    /// The bounded collector keeps exactly what sorting everything and cutting would keep,
+    /// counts everything offered, and builds only what it keeps.
+    #[test]
+    fn top_problems_keeps_the_first_in_report_order_and_builds_no_more() {
+        let reasons = [
+            "Drift",
+            "WriteFailed",
+            "Conflict",
+            "NoRouteTable",
+            "Overlap",
+        ];
+        let all: Vec<Problem> = (0..400)
+            .map(|i| Problem {
+                subnet_id: format!("/s/{:03}", (i * 37) % 400),
+                reason: reasons[i % reasons.len()].into(),
+                message: String::new(),
+            })
+            .collect();
+        let built = std::cell::Cell::new(0);
+        let mut top = TopProblems::default();
+        for p in &all {
+            top.offer(&p.reason, &p.subnet_id, || {
+                built.set(built.get() + 1);
+                p.clone()
+            });
+        }
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| {
+            (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
+        });
+        sorted.truncate(MAX_PROBLEMS);
+        assert_eq!(top.kept, sorted);
+        assert_eq!(top.offered, 400);
+        assert!(built.get() < 400, "built {} of 400", built.get());
+    }
 
     /// A port whose writes to subscription "a" wait until every write to subscription "b" is
     /// done: with one shared pool of lanes, "a" would hold the only slot and never finish.
