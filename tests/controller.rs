@@ -530,11 +530,13 @@ async fn azure_auth_failures_show_as_conditions_and_metrics() {
     )
     .await;
     assert!(c.arm.metrics.count_status("401") >= 1);
-    assert!(
+    wait_for("the AzureAuthFailed event", Duration::from_secs(10), || {
         kube.events()
             .iter()
             .any(|e| e["reason"] == "AzureAuthFailed")
-    );
+            .then_some(())
+    })
+    .await;
     c.shutdown().await;
 }
 
@@ -557,7 +559,13 @@ async fn arm_throttling_shows_as_a_condition_and_in_metrics_and_a_clean_stop_rel
     })
     .await;
     assert_eq!(condition(&obj, "Degraded").unwrap().1, "Throttled");
-    assert!(c.metrics.errors("throttled") >= 1);
+    // The status is written before the pass returns its error to the backoff (and metrics).
+    wait_for(
+        "the throttled error counted",
+        Duration::from_secs(10),
+        || (c.metrics.errors("throttled") >= 1).then_some(()),
+    )
+    .await;
     assert!(
         c.arm.metrics.count_status("429") >= 3,
         "the client retried before giving up"
