@@ -440,13 +440,7 @@ async fn main() {
         println!("KMSROUTE_BENCH_NAIVE=0: BENCHMARKS.md not written");
         return;
     }
-    let machine = format!(
-        "{} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::env::consts::ARCH
-    );
+    let machine = machine();
     let doc = format!(
         "# Benchmarks\n\nReproduce: `cargo bench --bench scale` (release build, about 30 minutes; `KMSROUTE_BENCH_SIZES=100,1000` for fewer estates).\n\
 Machine: {machine}. The ARM emulator runs as a separate process with ARM-shaped throttling (`--throttle arm`: \
@@ -473,13 +467,7 @@ fn write_section(name: &str, table: &str) {
         format!("<!-- scale-{name}:start -->"),
         format!("<!-- scale-{name}:end -->"),
     );
-    let machine = format!(
-        "{} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::env::consts::ARCH
-    );
+    let machine = machine();
     let sizes = std::env::var("KMSROUTE_BENCH_SIZES").unwrap_or_default();
     let body = format!(
         "{start}\n## Scale rows: `KMSROUTE_BENCH_SIZES={sizes} KMSROUTE_BENCH_SECTION={name} cargo bench --bench scale`\n\nMachine: {machine}; emulator and measurement as above (one run). \"unrouted\": every subnet has its table, no table has a KMS route yet. \
@@ -492,4 +480,15 @@ Naive runs only up to {} subnets.\n\n{table}\n{end}",
         _ => format!("{}\n{body}\n", old.trim_end()),
     };
     std::fs::write("BENCHMARKS.md", new).unwrap();
+}
+
+/// "2 cores, x86_64".
+fn machine() -> String {
+    format!(
+        "{} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::env::consts::ARCH
+    )
 }

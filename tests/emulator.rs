@@ -412,19 +412,7 @@ async fn if_match_with_a_stale_etag_is_412_and_changes_nothing() {
     let s = subnet("v", "app", json!({"addressPrefix": "10.0.1.0/24"}));
     let em = start(
         Config::default(),
-        vec![
-            vnet("v", json!([s])),
-            vnet(
-                "w",
-                json!([subnet(
-                    "w",
-                    "db",
-                    json!({"addressPrefix": "10.1.1.0/24", "routeTable": {"id": rt_id("rt")}})
-                )]),
-            ),
-            table("rt", json!([])),
-            table("rt2", json!([])),
-        ],
+        vec![vnet("v", json!([s])), table("rt", json!([]))],
     )
     .await;
     let path = format!("{}/subnets/app", vnet_id("v"));
