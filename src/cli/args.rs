@@ -1,0 +1,184 @@
+//! The command line's shape: subcommands, flags and their parsers, exit codes.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kmsroute::azure::credential::AuthMode;
+use kmsroute::catalog::Cloud;
+
+/// Exit codes of `plan` and `apply` (documented in the README).
+pub(crate) const EXIT_CHANGES_PENDING: u8 = 1;
+pub(crate) const EXIT_INVALID_INPUT: u8 = 2;
+pub(crate) const EXIT_PROBLEMS: u8 = 3;
+pub(crate) const EXIT_AZURE_FAILED: u8 = 4;
+/// Ctrl-C during `apply` (128 + SIGINT, as shells report it).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// Where and how to reach ARM.
+#[derive(clap::Args)]
+pub(crate) struct ArmArgs {
+    /// ARM endpoint (default: the cloud's, e.g. https://management.azure.com). A loopback URL
+    /// (the emulator) needs no credentials.
+    #[arg(long, env = "KMSROUTE_ARM_ENDPOINT")]
+    pub(crate) arm_endpoint: Option<String>,
+    #[arg(long, value_enum, default_value = "auto", env = "KMSROUTE_AUTH")]
+    pub(crate) auth: AuthMode,
+    /// The cloud a policy without spec.kms.cloud routes, and the default ARM endpoint.
+    #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
+    pub(crate) cloud: Cloud,
+    /// Route tables written in parallel per subscription (ARM's per-subscription budget, not
+    /// this number, paces the writes; in the controller also the policies reconciled at once).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "kmsroute",
+    version,
+    about = "Declarative, self-healing KMS activation routes for force-tunneled Azure subnets"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Log lines on stderr as text or JSON, in every subcommand (levels from RUST_LOG; default
+    /// info for `run`, warn for the others).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "KMSROUTE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Print the KmsRoutePolicy CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the built-in catalog of KMS endpoints.
+    Endpoints {
+        /// Only this cloud (AzurePublic, AzureUSGovernment, AzureChina, AzureGermany).
+        #[arg(long, value_parser = Cloud::parse)]
+        cloud: Option<Cloud>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Serve the local ARM emulator (Microsoft.Network subset) on loopback, for tests and demos.
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Estate to start with: `{"resources": [ARM resource JSON…], "learnedRoutes": […]}`.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Items per list page before a nextLink.
+        #[arg(long, default_value_t = 100)]
+        page_size: usize,
+        #[arg(long, value_enum, default_value = "off")]
+        throttle: ThrottleMode,
+        /// Accept only this bearer token (any non-empty one when absent).
+        #[arg(long)]
+        token: Option<String>,
+        /// How long long-running operations stay InProgress, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        lro_ms: u64,
+    },
+    /// Show what reconcile would change for the policies in FILE. Reads only.
+    /// Exit 0 nothing to do, 1 changes pending, 2 invalid input, 3 conflicts/errors, 4 Azure failed.
+    Plan {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: PlanOutput,
+        /// Counts per policy and the first 10 problems, instead of every subnet and write.
+        #[arg(long)]
+        summary: bool,
+        #[command(flatten)]
+        arm: ArmArgs,
+    },
+    /// Reconcile the policies in FILE once, without a cluster. Exit 0 converged, 1 not approved,
+    /// 2 invalid input (or no terminal to confirm on without --yes), 3 conflicts/errors remain,
+    /// 4 Azure failed, 130 interrupted (Ctrl-C: in-flight writes finish, no new ones start).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        arm: ArmArgs,
+    },
+    /// The zero-setup tour on the embedded ARM emulator.
+    Demo,
+    /// The Kubernetes controller (kubeconfig or in-cluster): leader election, metrics, health.
+    Run {
+        #[command(flatten)]
+        arm: ArmArgs,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "KMSROUTE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease (Events of the cluster-scoped policies go to `default`).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kmsroute")]
+        leader_election_namespace: String,
+        #[arg(long, default_value = "kmsroute-leader")]
+        lease_name: String,
+        /// This replica's identity in the Lease (default: the pod or host name and a random
+        /// suffix, unique per process). A second process given an identity that holds the
+        /// lease refuses to run.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Cap on every policy's resyncInterval (e.g. `2m`).
+        #[arg(long, value_parser = parse_duration_arg)]
+        max_resync: Option<std::time::Duration>,
+        /// Pause between two inventory refreshes of one subscription (drift is seen within it).
+        #[arg(long, env = "KMSROUTE_INVENTORY_REFRESH", default_value = "15s", value_parser = parse_duration_arg)]
+        inventory_refresh: std::time::Duration,
+        /// Most of a subscription's ARM read rate the inventory refreshes may use (0 < share <= 1).
+        #[arg(long, env = "KMSROUTE_INVENTORY_READ_SHARE", default_value_t = 0.05, value_parser = parse_share)]
+        inventory_read_share: f64,
+    },
+    /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
+    Validate {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// The cloud a policy without spec.kms.cloud routes (the controller's cloud).
+        #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
+        cloud: Cloud,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum ThrottleMode {
+    Off,
+    /// ARM's documented per-subscription buckets.
+    Arm,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum PlanOutput {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    kmsroute::api::parse_duration(s)
+}
+
+pub(crate) fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 (exclusive) and 1")),
+    }
+}

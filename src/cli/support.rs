@@ -1,0 +1,155 @@
+//! Helpers the subcommands share: logging, confirmation, reading policies, connecting, exit
+//! codes, progress.
+
+use super::args::*;
+use kmsroute::api::{self, DesiredState};
+use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
+use kmsroute::azure::credential::credential;
+use kmsroute::catalog::Cloud;
+use kmsroute::reconcile::{Progress, Report};
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+pub(crate) fn init_logging(format: LogFormat, default_level: &str) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Whatever RUST_LOG says: azure_core logs every request with its headers at debug (the
+    // bearer token included), so the Azure SDK crates never log below info.
+    for target in ["azure_core", "azure_identity", "azure_mgmt_network"] {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    // Colour only on a terminal, and never with NO_COLOR (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Asks to go ahead with `writes` writes; refuses (an error) when stdin is not a terminal.
+pub(crate) fn confirm(writes: usize) -> Result<bool, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "refusing to write without confirmation: stdin is not a terminal; pass --yes".into(),
+        );
+    }
+    print!("Apply {writes} write(s) to Azure? [y/N] ");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Reads and validates every policy in a file; prints problems and returns `None` if any is invalid.
+pub(crate) fn load_policies(file: &str, cloud: Cloud) -> Result<Option<Vec<DesiredState>>, String> {
+    let docs = api::parse_policies(&read_input(file)?)?;
+    if docs.is_empty() {
+        return Err(format!("{file}: no policies found"));
+    }
+    let mut policies = Vec::new();
+    let mut invalid = false;
+    for doc in docs {
+        let label = doc
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("document {}", doc.index));
+        match doc.check(cloud) {
+            Ok(v) => {
+                for w in v.warnings {
+                    eprintln!("warning: {label}: {w}");
+                }
+                policies.push(v.desired);
+            }
+            Err(errors) => {
+                invalid = true;
+                eprintln!("{label}: invalid");
+                for e in errors {
+                    eprintln!("  {e}");
+                }
+            }
+        }
+    }
+    Ok((!invalid).then_some(policies))
+}
+
+pub(crate) fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, String> {
+    let endpoint = arm
+        .arm_endpoint
+        .clone()
+        .unwrap_or_else(|| arm.cloud.endpoints().arm_endpoint.to_string());
+    let url = url::Url::parse(&endpoint).map_err(|e| format!("--arm-endpoint {endpoint}: {e}"))?;
+    let cred = credential(arm.auth, &url, arm.cloud)?;
+    AzureNetworkApi::new(url, cred, ClientSettings::default())
+}
+
+pub(crate) fn exit_for(report: &Report, plan_only: bool) -> ExitCode {
+    if report.has_problems() {
+        ExitCode::from(EXIT_PROBLEMS)
+    } else if plan_only && !report.plan.writes.is_empty() {
+        ExitCode::from(EXIT_CHANGES_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub(crate) fn show_progress(p: Progress, tty: bool) {
+    match p {
+        Progress::Observed {
+            subscriptions,
+            subnets,
+            route_tables,
+        } => {
+            eprintln!(
+                "observed {subscriptions} subscription(s): {subnets} subnet(s), {route_tables} route table(s)"
+            );
+        }
+        Progress::Planned { writes } => eprintln!("planned {writes} write(s)"),
+        Progress::Wrote {
+            done, total, error, ..
+        } if tty => {
+            let width = 30;
+            let filled = (done * width).checked_div(total).unwrap_or(width);
+            eprint!(
+                "\r[{}{}] {done}/{total} writes{}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                if error.is_some() {
+                    " (some failed)"
+                } else {
+                    ""
+                }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        Progress::Wrote {
+            done,
+            total,
+            write,
+            error,
+        } => match error {
+            None => println!("[{done}/{total}] {write}: ok"),
+            Some(e) => println!("[{done}/{total}] {write}: FAILED: {e}"),
+        },
+    }
+}
+
+pub(crate) fn read_input(file: &str) -> Result<String, String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))
+    }
+}
