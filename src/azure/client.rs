@@ -66,14 +66,13 @@ fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::
         Some(h) => {
             let status = u16::from(h.status());
             let code = h.error_code().map(str::to_string);
-            ArmError {
-                class: ArmError::classify(Some(status), code.as_deref()),
+            ArmError::http(
                 operation,
                 resource,
-                status: Some(status),
+                status,
                 code,
-                message: h.error_message().unwrap_or("no message").to_string(),
-            }
+                h.error_message().unwrap_or("no message").to_string(),
+            )
         }
         None => ArmError {
             class: ErrorClass::Retryable,
@@ -516,14 +515,7 @@ pub fn http_error(operation: &'static str, resource: &str, status: u16, body: &[
     if let Some(denial) = policy_violation(&v) {
         message = denial;
     }
-    ArmError {
-        class: ArmError::classify(Some(status), code.as_deref()),
-        operation,
-        resource: resource.to_string(),
-        status: Some(status),
-        message,
-        code,
-    }
+    ArmError::http(operation, resource, status, code, message)
 }
 
 /// For `RequestDisallowedByPolicy`: the Azure Policy assignment and definition that denied the
@@ -622,14 +614,8 @@ impl NetworkApi for AzureNetworkApi {
         // A raw GET: azure_mgmt_network has no Microsoft.Management client.
         const OP: &str = "ManagementGroups_GetDescendants";
         let resource = format!("/providers/Microsoft.Management/managementGroups/{group}");
-        let bad = |m: String| ArmError {
-            class: ErrorClass::NeedsUserAction,
-            operation: OP,
-            resource: resource.clone(),
-            status: None,
-            code: None,
-            message: m,
-        };
+        let bad =
+            |m: String| ArmError::local(ErrorClass::NeedsUserAction, OP, resource.clone(), None, m);
         let mut url = self.endpoint.clone();
         url.set_path(&format!("{resource}/descendants"));
         url.query_pairs_mut()
@@ -738,14 +724,13 @@ impl NetworkApi for AzureNetworkApi {
         const OP: &str = "NetworkInterfaces_GetEffectiveRouteTable";
         if !self.verification.try_acquire("", false).await {
             self.metrics.verification("limited");
-            return Err(ArmError {
-                class: ErrorClass::Throttled,
-                operation: OP,
-                resource: nic.to_string(),
-                status: None,
-                code: Some(crate::reconcile::verify::BUDGET_EXHAUSTED.into()),
-                message: "the effective-route read budget is spent for now".into(),
-            });
+            return Err(ArmError::local(
+                ErrorClass::Throttled,
+                OP,
+                nic,
+                Some(crate::reconcile::verify::BUDGET_EXHAUSTED),
+                "the effective-route read budget is spent for now",
+            ));
         }
         let outcome = self.effective_routes_unlimited(nic).await;
         self.metrics
@@ -811,14 +796,7 @@ impl NetworkApi for AzureNetworkApi {
             .map(|r| json!({"name": r.name, "properties": {"addressPrefix": r.address_prefix, "nextHopType": r.next_hop_type.to_string()}}))
             .collect();
         let body = json!({"location": location, "tags": tags, "properties": {"disableBgpRoutePropagation": disable_bgp_route_propagation, "routes": routes}});
-        let url = self.url(table.as_str()).map_err(|m| ArmError {
-            class: ErrorClass::NeedsUserAction,
-            operation: OP,
-            resource: table.to_string(),
-            status: None,
-            code: None,
-            message: m,
-        })?;
+        let url = self.url(table.as_str()).map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, table.as_str(), None, m))?;
         let (status, headers, resp) = self
             .raw(
                 Method::Put,
@@ -854,14 +832,7 @@ impl NetworkApi for AzureNetworkApi {
         if let Some(ip) = &route.next_hop_ip_address {
             props["nextHopIpAddress"] = json!(ip);
         }
-        let url = self.url(&resource).map_err(|m| ArmError {
-            class: ErrorClass::NeedsUserAction,
-            operation: OP,
-            resource: resource.clone(),
-            status: None,
-            code: None,
-            message: m,
-        })?;
+        let url = self.url(&resource).map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, resource.clone(), None, m))?;
         let (status, headers, body) = self
             .raw(Method::Put, url, Some(&json!({"properties": props})), &[])
             .await
@@ -905,14 +876,7 @@ impl NetworkApi for AzureNetworkApi {
         self.paced(subnet.subscription(), async {
         const OP: &str = "Subnets_CreateOrUpdate";
         let resource = subnet.as_str();
-        let bad_url = |m: String| ArmError {
-            class: ErrorClass::NeedsUserAction,
-            operation: OP,
-            resource: resource.to_string(),
-            status: None,
-            code: None,
-            message: m,
-        };
+        let bad_url = |m: String| ArmError::local(ErrorClass::NeedsUserAction, OP, resource, None, m);
         let url = self.url(subnet.as_str()).map_err(bad_url)?;
         // Re-read and retry on 412: someone changed the subnet between our GET and PUT.
         for _ in 0..5 {
@@ -1030,14 +994,7 @@ impl AzureNetworkApi {
         const OP: &str = "NetworkInterfaces_GetEffectiveRouteTable";
         let url = self
             .url(&format!("{nic}/effectiveRouteTable"))
-            .map_err(|m| ArmError {
-                class: ErrorClass::NeedsUserAction,
-                operation: OP,
-                resource: nic.to_string(),
-                status: None,
-                code: None,
-                message: m,
-            })?;
+            .map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, nic, None, m))?;
         let (status, headers, body) = self
             .raw(Method::Post, url, None, &[])
             .await

@@ -66,6 +66,44 @@ impl fmt::Display for ArmError {
 }
 
 impl ArmError {
+    /// An error kmsroute decides itself, without an HTTP answer behind it (a bad URL, a spent
+    /// budget, a precondition seen before writing): its class and, where it has one, an
+    /// ARM-style code.
+    pub fn local(
+        class: ErrorClass,
+        operation: &'static str,
+        resource: impl Into<String>,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> ArmError {
+        ArmError {
+            class,
+            operation,
+            resource: resource.into(),
+            status: None,
+            code: code.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// ARM's answer: the class follows the status and the code.
+    pub fn http(
+        operation: &'static str,
+        resource: impl Into<String>,
+        status: u16,
+        code: Option<String>,
+        message: impl Into<String>,
+    ) -> ArmError {
+        ArmError {
+            class: ArmError::classify(Some(status), code.as_deref()),
+            operation,
+            resource: resource.into(),
+            status: Some(status),
+            code,
+            message: message.into(),
+        }
+    }
+
     /// Classifies an HTTP status and ARM error code.
     pub fn classify(status: Option<u16>, code: Option<&str>) -> ErrorClass {
         match (status, code) {
