@@ -1016,11 +1016,28 @@ async fn an_unchanged_estate_costs_no_pass_and_only_paced_listings() {
     let c = start_controller_with(&kube, &em, "a", "t", no_resync);
     create(&kube, &policy("spokes", json!({"resyncInterval": "1h"}))).await;
     wait_ready(&kube, "spokes").await;
-    let passes = c.metrics.reconciles("success");
+    // The controller's own status writes come back as watch events and may run a pass or two
+    // after Ready shows (seen on a loaded machine): settle until two refreshes go by without
+    // one, then measure.
+    let mut passes = c.metrics.reconciles("success");
+    loop {
+        let seen = c.metrics.refreshes("unchanged");
+        wait_for("two more refreshes", Duration::from_secs(15), || {
+            (c.metrics.refreshes("unchanged") >= seen + 2).then_some(())
+        })
+        .await;
+        let now = c.metrics.reconciles("success");
+        if now == passes {
+            break;
+        }
+        passes = now;
+    }
     em.reset_stats();
+    let triggered = c.metrics.triggered_passes(None);
     // Several refresh periods (300 ms each) with nothing changing.
+    let seen = c.metrics.refreshes("unchanged");
     wait_for("a few unchanged refreshes", Duration::from_secs(15), || {
-        (c.metrics.refreshes("unchanged") >= 4).then_some(())
+        (c.metrics.refreshes("unchanged") >= seen + 4).then_some(())
     })
     .await;
     let stats = em.stats();
@@ -1033,7 +1050,7 @@ async fn an_unchanged_estate_costs_no_pass_and_only_paced_listings() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(stats.reads, lists, "{stats:?}");
-    assert_eq!(c.metrics.triggered_passes(None), 0);
+    assert_eq!(c.metrics.triggered_passes(None), triggered);
     assert_eq!(c.metrics.reconciles("success"), passes, "no pass ran");
     c.shutdown().await;
 }
