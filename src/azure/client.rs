@@ -74,14 +74,13 @@ fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::
                 h.error_message().unwrap_or("no message").to_string(),
             )
         }
-        None => ArmError {
-            class: ErrorClass::Retryable,
+        None => ArmError::local(
+            ErrorClass::Retryable,
             operation,
             resource,
-            status: None,
-            code: None,
-            message: e.to_string(),
-        },
+            None,
+            e.to_string(),
+        ),
     }
 }
 
@@ -279,13 +278,8 @@ impl AzureNetworkApi {
         resource: &str,
         headers: &azure_core::headers::Headers,
     ) -> Result<Value, ArmError> {
-        let fail = |class, code: Option<String>, message: String| ArmError {
-            class,
-            operation,
-            resource: resource.to_string(),
-            status: None,
-            code,
-            message,
+        let fail = |class, code: Option<String>, message: String| {
+            ArmError::local(class, operation, resource, code.as_deref(), message)
         };
         let async_op = headers
             .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
@@ -901,18 +895,17 @@ impl NetworkApi for AzureNetworkApi {
                 return Ok(());
             }
             if current.as_ref() != expected {
-                return Err(ArmError {
-                    class: ErrorClass::Conflict,
-                    operation: OP,
-                    resource: resource.to_string(),
-                    status: None,
-                    code: Some("SubnetRouteTableChanged".into()),
-                    message: format!(
+                return Err(ArmError::local(
+                    ErrorClass::Conflict,
+                    OP,
+                    resource,
+                    Some("SubnetRouteTableChanged"),
+                    format!(
                         "the subnet is now associated with {}, not {}; leaving it alone",
                         current.map_or("no route table".into(), |c| c.to_string()),
                         expected.map_or("no route table".into(), |c| c.to_string())
                     ),
-                });
+                ));
             }
             // Only `routeTable` changes; every other property goes back exactly as read.
             let Some(props) = subnet_json
@@ -942,14 +935,13 @@ impl NetworkApi for AzureNetworkApi {
                 _ => return Err(http_error(OP, resource, status, &body)),
             }
         }
-        Err(ArmError {
-            class: ErrorClass::Conflict,
-            operation: OP,
-            resource: resource.to_string(),
-            status: Some(412),
-            code: Some("PreconditionFailed".into()),
-            message: "the subnet kept changing between read and write (5 attempts)".into(),
-        })
+        Err(ArmError::http(
+            OP,
+            resource,
+            412,
+            Some("PreconditionFailed".into()),
+            "the subnet kept changing between read and write (5 attempts)",
+        ))
         })
         .await
     }
@@ -1007,13 +999,18 @@ impl AzureNetworkApi {
         serde_json::from_value::<Vec<crate::effective::EffectiveRoute>>(
             result.get("value").cloned().unwrap_or(Value::Null),
         )
-        .map_err(|e| ArmError {
-            class: ErrorClass::Retryable,
-            operation: OP,
-            resource: nic.to_string(),
-            status: Some(status),
-            code: None,
-            message: format!("unreadable effective route table: {e}"),
+        .map_err(|e| {
+            // A 200 whose body is not a route table: worth another try, whatever the status.
+            ArmError {
+                class: ErrorClass::Retryable,
+                ..ArmError::http(
+                    OP,
+                    nic,
+                    status,
+                    None,
+                    format!("unreadable effective route table: {e}"),
+                )
+            }
         })
     }
 }

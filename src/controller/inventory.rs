@@ -277,13 +277,14 @@ impl SharedInventory {
                     .lock()
                     .ok()
                     .and_then(|v| v.clone())
-                    .ok_or_else(|| ArmError {
-                        class: crate::azure::ErrorClass::Retryable,
-                        operation: "inventory",
-                        resource: format!("/subscriptions/{sub}"),
-                        status: None,
-                        code: None,
-                        message: "the subscription was released while it was read".into(),
+                    .ok_or_else(|| {
+                        ArmError::local(
+                            crate::azure::ErrorClass::Retryable,
+                            "inventory",
+                            format!("/subscriptions/{sub}"),
+                            None,
+                            "the subscription was released while it was read",
+                        )
                     })?
             }
         };

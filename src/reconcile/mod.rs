@@ -657,14 +657,13 @@ pub async fn apply(
                 let stopped =
                     interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::SeqCst));
                 let error = if stopped {
-                    Some(ArmError {
-                        class: ErrorClass::Retryable,
-                        operation: "interrupted",
-                        resource: w.write.table().to_string(),
-                        status: None,
-                        code: Some("Interrupted".into()),
-                        message: "not attempted: the run was interrupted".into(),
-                    })
+                    Some(ArmError::local(
+                        ErrorClass::Retryable,
+                        "interrupted",
+                        w.write.table().as_str(),
+                        Some("Interrupted"),
+                        "not attempted: the run was interrupted",
+                    ))
                 } else if let Some(cause) = &blocked {
                     Some(ArmError {
                         message: format!(
@@ -1038,14 +1037,13 @@ mod tests {
             &self,
             nic: &str,
         ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
-            Err(ArmError {
-                class: ErrorClass::NeedsUserAction,
-                operation: "NetworkInterfaces_GetEffectiveRouteTable",
-                resource: nic.to_string(),
-                status: None,
-                code: None,
-                message: "not used by this test".into(),
-            })
+            Err(ArmError::local(
+                ErrorClass::NeedsUserAction,
+                "NetworkInterfaces_GetEffectiveRouteTable",
+                nic,
+                None,
+                "not used by this test",
+            ))
         }
         fn read_budget(&self, _: &str) -> crate::azure::ReadBudget {
             crate::azure::ReadBudget {
