@@ -192,16 +192,8 @@ mod tests {
                         message: "a foreign route".into(),
                     })
                     .collect(),
-                destinations: Vec::new(),
-                writes_planned: 0,
-                writes_done: 0,
-                writes_failed: 0,
-                egress_warnings: 0,
-                verification: None,
-                dns: None,
-                unreadable_subscriptions: Vec::new(),
                 problems_total: total,
-                problems_dropped: 0,
+                ..PolicyReport::default()
             }],
             approval_stale: false,
         }

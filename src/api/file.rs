@@ -182,15 +182,10 @@ fn parse_one(
             None,
         );
     }
+    // The rest of the schema is applied by `validate_policy`, on what is left.
     let mut unknown = Vec::new();
     if let (Some(spec), Some(schema)) = (value.get_mut("spec"), schema) {
-        let mut all = Vec::new();
-        schema::check(spec, schema, "spec", &mut all);
-        unknown.extend(
-            all.into_iter()
-                .filter(|e| e.message.starts_with("unknown field")),
-        );
-        schema::prune_unknown(spec, schema);
+        schema::prune_unknown(spec, schema, "spec", &mut unknown);
     }
     // The path of the offending field (`spec.conflictPolicy`), not just `spec`.
     let typed = serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {

@@ -144,15 +144,9 @@ pub fn check(value: &Value, schema: &Value, path: &str, out: &mut Vec<FieldError
                 };
                 match (props.and_then(|p| p.get(k)), additional) {
                     (Some(s), _) | (None, Some(s)) => check(v, s, &p, out),
-                    (None, None) => out.push(FieldError {
-                        path: p,
-                        message: format!(
-                            "unknown field; known fields here: {}",
-                            props
-                                .map(|p| p.keys().cloned().collect::<Vec<_>>().join(", "))
-                                .unwrap_or_default()
-                        ),
-                    }),
+                    (None, None) => {
+                        out.push(unknown_field(&p, props.unwrap_or(&Default::default())))
+                    }
                 }
             }
         }
@@ -161,25 +155,44 @@ pub fn check(value: &Value, schema: &Value, path: &str, out: &mut Vec<FieldError
 }
 
 /// Removes the fields `schema` does not know, as the API server prunes them, so the rest can
-/// still be read and checked.
-pub fn prune_unknown(value: &mut Value, schema: &Value) {
+/// still be read and checked, and reports each one (what `kubectl apply` refuses).
+pub fn prune_unknown(value: &mut Value, schema: &Value, path: &str, out: &mut Vec<FieldError>) {
     match value {
         Value::Object(map) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                map.retain(|k, _| props.contains_key(k));
-                for (k, v) in map.iter_mut() {
-                    if let Some(s) = props.get(k) {
-                        prune_unknown(v, s);
-                    }
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return; // a free-form map (tags)
+            };
+            map.retain(|k, _| {
+                let known = props.contains_key(k);
+                if !known {
+                    out.push(unknown_field(&format!("{path}.{k}"), props));
+                }
+                known
+            });
+            for (k, v) in map.iter_mut() {
+                if let Some(s) = props.get(k) {
+                    prune_unknown(v, s, &format!("{path}.{k}"), out);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
-                items.iter_mut().for_each(|v| prune_unknown(v, s));
+                for (i, v) in items.iter_mut().enumerate() {
+                    prune_unknown(v, s, &format!("{path}[{i}]"), out);
+                }
             }
         }
         _ => {}
+    }
+}
+
+fn unknown_field(path: &str, known: &serde_json::Map<String, Value>) -> FieldError {
+    FieldError {
+        path: path.to_string(),
+        message: format!(
+            "unknown field; known fields here: {}",
+            known.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -262,10 +275,13 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_known_fields_only() {
+    fn pruning_keeps_known_fields_only_and_names_the_others() {
         let schema = json!({"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}}});
         let mut v = json!({"a": {"b": "x", "c": 1}, "d": 2});
-        prune_unknown(&mut v, &schema);
+        let mut out = Vec::new();
+        prune_unknown(&mut v, &schema, "spec", &mut out);
         assert_eq!(v, json!({"a": {"b": "x"}}));
+        let paths: Vec<&str> = out.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.d", "spec.a.c"]);
     }
 }

@@ -569,15 +569,16 @@ fn check_selector(
                 path,
                 format!("{g:?} is not a management group name (1-90 letters, digits, _ ( ) . -)"),
             );
-        } else if !management_groups.insert(g.clone())
-            || sel.management_groups[..i]
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(g))
+        } else if sel.management_groups[..i]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(g))
         {
             err(
                 path,
                 format!("{g} is listed twice (names are case-insensitive)"),
             );
+        } else {
+            management_groups.insert(g.clone());
         }
     }
     if sel.management_groups.len() > 20 {

@@ -260,17 +260,7 @@ mod tests {
             name: "p".into(),
             mode: Mode::Enforce,
             summary,
-            problems: Vec::new(),
-            destinations: Vec::new(),
-            writes_planned: 0,
-            writes_done: 0,
-            writes_failed: 0,
-            egress_warnings: 0,
-            verification: None,
-            dns: None,
-            unreadable_subscriptions: Vec::new(),
-            problems_total: 0,
-            problems_dropped: 0,
+            ..PolicyReport::default()
         }
     }
 

@@ -139,13 +139,43 @@ pub struct Context {
     /// denial), with that generation and the end of the slow timer. The status that pass wrote
     /// comes back as a watch event; it must not buy another round of refused writes.
     held_back: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Each policy's checked spec by (uid, generation): the change fan-out and overlap checks
+    /// consult every policy on every inventory change, and checking a 5,000-subnet spec against
+    /// the CRD's schema costs milliseconds. A generation is a spec; without one, no caching.
+    validated: std::sync::Mutex<HashMap<String, ValidatedEntry>>,
 }
+
+/// (uid, generation) and the policy's desired state, `None` when it is invalid.
+type ValidatedEntry = ((Option<String>, i64), Option<DesiredState>);
 
 fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 + (rand::random::<f64>() * 2.0 - 1.0) * spread)
 }
 
 impl Context {
+    /// `validate_policy(p).desired`, remembered per object generation.
+    fn desired(&self, p: &KmsRoutePolicy) -> Option<DesiredState> {
+        let check = || {
+            validate_policy(p, self.settings.cloud)
+                .ok()
+                .map(|v| v.desired)
+        };
+        let Some(generation) = p.meta().generation else {
+            return check();
+        };
+        let key = (p.meta().uid.clone(), generation);
+        let name = p.name_any();
+        let mut cache = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, d)) = cache.get(&name)
+            && *k == key
+        {
+            return d.clone();
+        }
+        let d = check();
+        cache.insert(name, (key, d.clone()));
+        d
+    }
+
     async fn event(&self, policy: &KmsRoutePolicy, type_: EventType, reason: &str, note: String) {
         let key = (policy.name_any(), reason.to_string());
         {
@@ -188,11 +218,7 @@ impl Context {
             .state()
             .iter()
             .filter(|p| p.name_any() != name && p.meta().deletion_timestamp.is_none())
-            .filter_map(|p| {
-                validate_policy(p, self.settings.cloud)
-                    .ok()
-                    .map(|v| v.desired)
-            })
+            .filter_map(|p| self.desired(p))
             // A policy selecting by management group may cover these subscriptions too; the pass
             // resolves its groups before deciding overlaps.
             .filter(|d| {
@@ -224,10 +250,9 @@ impl Context {
             if p.meta().deletion_timestamp.is_some() || change.writer.as_deref() == Some(&name) {
                 continue;
             }
-            let Ok(v) = validate_policy(&p, self.settings.cloud) else {
+            let Some(mut desired) = self.desired(&p) else {
                 continue;
             };
-            let mut desired = v.desired;
             // Subscriptions that came from management groups are known from the last pass.
             if let (Some(sel), Some(wanted)) =
                 (desired.selector.as_mut(), self.inventory.wanted_by(&name))
@@ -780,6 +805,7 @@ async fn run_controller(
         inventory,
         dirty: Mutex::new(HashMap::new()),
         held_back: Mutex::new(HashMap::new()),
+        validated: std::sync::Mutex::new(HashMap::new()),
     });
     // Changes → the policies they concern → queued passes. Aborted with this function, so a
     // replica that loses the lease stops refreshing (the loops hold the inventory weakly).

@@ -136,7 +136,7 @@ pub struct WriteResult {
 }
 
 /// One policy's outcome, in the shape its status takes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyReport {
     pub name: String,
@@ -174,19 +174,25 @@ struct TopProblems {
 impl TopProblems {
     fn offer(&mut self, reason: &str, subnet_id: &str, build: impl FnOnce() -> Problem) {
         self.offered += 1;
-        let key = (problem_rank(reason), subnet_id);
-        let at = self
-            .kept
-            .partition_point(|p| (problem_rank(&p.reason), p.subnet_id.as_str()) <= key);
-        if at >= MAX_PROBLEMS {
-            return;
+        let at = self.position(reason, subnet_id);
+        if at < MAX_PROBLEMS {
+            self.kept.insert(at, build());
+            self.kept.truncate(MAX_PROBLEMS);
         }
-        self.kept.insert(at, build());
-        self.kept.truncate(MAX_PROBLEMS);
     }
     fn push(&mut self, p: Problem) {
-        let (reason, subnet) = (p.reason.clone(), p.subnet_id.clone());
-        self.offer(&reason, &subnet, || p);
+        self.offered += 1;
+        let at = self.position(&p.reason, &p.subnet_id);
+        if at < MAX_PROBLEMS {
+            self.kept.insert(at, p);
+            self.kept.truncate(MAX_PROBLEMS);
+        }
+    }
+    /// Where a problem goes in report order (after the equal ones already kept).
+    fn position(&self, reason: &str, subnet_id: &str) -> usize {
+        let key = (problem_rank(reason), subnet_id);
+        self.kept
+            .partition_point(|p| (problem_rank(&p.reason), p.subnet_id.as_str()) <= key)
     }
 }
 
