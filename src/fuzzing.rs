@@ -166,7 +166,7 @@ fn route_from(b: &mut Bytes) -> Route {
     }
 }
 
-/// An arbitrary observed estate: VNets, subnets (special names, delegations, no egress),
+/// An arbitrary observed estate: VNets, subnets (special names, no egress),
 /// tables with any routes and tags, associations in and across subscriptions, IDs in odd case.
 fn inventory_from(b: &mut Bytes) -> Inventory {
     let mut inv = Inventory::default();
@@ -193,7 +193,6 @@ fn inventory_from(b: &mut Bytes) -> Inventory {
             disable_bgp_route_propagation: b.flag(),
             routes,
             subnets: Vec::new(),
-            etag: None,
         });
     }
     let names = ["app", "web", "GatewaySubnet", "AzureFirewallSubnet", "data"];
@@ -217,12 +216,6 @@ fn inventory_from(b: &mut Bytes) -> Inventory {
                 route_table,
                 nat_gateway: b.flag(),
                 default_outbound_access: b.flag().then_some(false),
-                delegations: if b.flag() {
-                    vec!["Microsoft.Sql/managedInstances".into()]
-                } else {
-                    vec![]
-                },
-                etag: None,
             });
         }
         let mut tags = BTreeMap::new();

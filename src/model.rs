@@ -65,11 +65,6 @@ pub struct Subnet {
     /// `defaultOutboundAccess`; `Some(false)` means a private subnet with no implicit egress.
     #[serde(default)]
     pub default_outbound_access: Option<bool>,
-    /// Service names of delegations (`Microsoft.Sql/managedInstances`, …).
-    #[serde(default)]
-    pub delegations: Vec<String>,
-    #[serde(default)]
-    pub etag: Option<String>,
 }
 
 /// A network interface, as far as verification needs it.
@@ -111,8 +106,6 @@ pub struct RouteTable {
     /// Subnets associated with the table, as ARM reports them (`properties.subnets`).
     #[serde(default)]
     pub subnets: Vec<SubnetId>,
-    #[serde(default)]
-    pub etag: Option<String>,
 }
 
 /// Serialized in ARM's own casing (`addressPrefix`, `nextHopType`), like every JSON/YAML

@@ -174,11 +174,9 @@ mod tests {
     use crate::api::{Mode, Problem, Summary};
 
     fn report(problems: usize, total: usize) -> Report {
-        Report {
-            plan: Plan::default(),
-            results: Vec::new(),
-            final_verdicts: Vec::new(),
-            policies: vec![PolicyReport {
+        Report::unwritten(
+            Plan::default(),
+            vec![PolicyReport {
                 name: "spokes".into(),
                 mode: Mode::Enforce,
                 summary: Summary {
@@ -195,8 +193,8 @@ mod tests {
                 problems_total: total,
                 ..PolicyReport::default()
             }],
-            approval_stale: false,
-        }
+            false,
+        )
     }
 
     #[test]

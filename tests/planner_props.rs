@@ -5,6 +5,8 @@
 //! the order policies arrive in; cleanup returns the estate to what it was. Release (a subnet
 //! that left every selection): only owned routes go, and only a table its policy created is
 //! dissociated and deleted, never one a selected subnet uses, never under `Orphan` or `Audit`.
+//! Verdicts are per subscription: judging each subscription's listing alone gives the verdicts
+//! of the whole estate (what lets a pass re-read after its writes one subscription at a time).
 //! `PROPTEST_CASES=5000 cargo test --test planner_props` runs more cases.
 
 use k8s_openapi::jiff::Timestamp;
@@ -13,9 +15,11 @@ use kmsroute::api::{KmsRoutePolicySpec, Mode, validate};
 use kmsroute::catalog::Cloud;
 use kmsroute::ids::{RouteTableId, SubnetId, VnetId};
 use kmsroute::model::{Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork};
-use kmsroute::plan::{Write, plan, plan_cleanup, simulate};
+use kmsroute::plan::{
+    Write, plan, plan_cleanup, simulate, sort_verdicts, verdicts_in, verdicts_outside,
+};
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const SUBS: [&str; 2] = [
     "00000000-0000-0000-0000-00000000000a",
@@ -201,7 +205,6 @@ fn build_inventory(vnets: &[VnetSeed], tables: &[TableSeed]) -> Inventory {
             disable_bgp_route_propagation: false,
             routes,
             subnets: vec![],
-            etag: None,
         });
     }
     for (i, v) in vnets.iter().enumerate() {
@@ -225,8 +228,6 @@ fn build_inventory(vnets: &[VnetSeed], tables: &[TableSeed]) -> Inventory {
                 route_table,
                 nat_gateway: nat,
                 default_outbound_access: doa,
-                delegations: vec![],
-                etag: Some(format!("W/\"{i}-{n}\"")),
             });
         }
         let mut tags = BTreeMap::new();
@@ -360,6 +361,38 @@ fn releasable(
             .any(|s| kmsroute::model::special_subnet_name(s.name()).is_some())
 }
 
+/// The part of `inv` one subscription's listing would hold.
+fn listing_of(inv: &Inventory, sub: &str) -> Inventory {
+    let mine = |s: &str| s.eq_ignore_ascii_case(sub);
+    Inventory {
+        subscriptions: inv
+            .subscriptions
+            .iter()
+            .filter(|s| mine(s))
+            .cloned()
+            .collect(),
+        virtual_networks: inv
+            .virtual_networks
+            .iter()
+            .filter(|v| mine(v.id.subscription()))
+            .cloned()
+            .collect(),
+        route_tables: inv
+            .route_tables
+            .iter()
+            .filter(|t| mine(t.id.subscription()))
+            .cloned()
+            .collect(),
+        unreadable: inv
+            .unreadable
+            .iter()
+            .filter(|(s, _)| mine(s))
+            .map(|(s, e)| (s.clone(), e.clone()))
+            .collect(),
+        list_pages: 0,
+    }
+}
+
 fn subnets(inv: &Inventory) -> BTreeMap<SubnetId, Subnet> {
     inv.virtual_networks
         .iter()
@@ -369,6 +402,32 @@ fn subnets(inv: &Inventory) -> BTreeMap<SubnetId, Subnet> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn verdicts_judged_one_subscription_at_a_time_are_the_whole_estates((inv, policies) in estate(), listed in 0usize..3) {
+        let whole = plan(&policies, &inv).verdicts;
+        // Listed: none, one or both subscriptions (a subscription not listed is not observed).
+        let listed: BTreeSet<String> = SUBS.iter().take(listed).map(|s| s.to_string()).collect();
+        // What one listing of the listed subscriptions holds, judged at once.
+        let mut together = Inventory::default();
+        for sub in &listed {
+            let part = listing_of(&inv, sub);
+            together.subscriptions.extend(part.subscriptions);
+            together.virtual_networks.extend(part.virtual_networks);
+            together.route_tables.extend(part.route_tables);
+            together.unreadable.extend(part.unreadable);
+        }
+        let expected = plan(&policies, &together).verdicts;
+        let mut parts = verdicts_outside(&policies, &listed);
+        for sub in &listed {
+            parts.extend(verdicts_in(&policies, &listing_of(&inv, sub), sub));
+        }
+        sort_verdicts(&mut parts);
+        prop_assert_eq!(&parts, &expected);
+        if listed.len() == SUBS.len() {
+            prop_assert_eq!(&parts, &whole);
+        }
+    }
 
     #[test]
     fn one_plan_converges_and_a_second_plan_writes_nothing((inv, policies) in estate()) {

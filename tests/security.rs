@@ -34,7 +34,6 @@ fn table(sub: &str, name: &str, routes: Vec<Route>) -> RouteTable {
         disable_bgp_route_propagation: false,
         routes,
         subnets: vec![],
-        etag: None,
     }
 }
 
@@ -48,8 +47,6 @@ fn vnet(sub: &str, subnet_table: Option<RouteTableId>) -> VirtualNetwork {
             route_table: subnet_table,
             nat_gateway: false,
             default_outbound_access: None,
-            delegations: vec![],
-            etag: None,
         }],
     }
 }

@@ -434,13 +434,6 @@ pub fn convert_vnet(v: models::VirtualNetwork, sub: &str) -> Option<model::Virtu
                     .and_then(|t| RouteTableId::parse(&t).ok()),
                 nat_gateway: p.nat_gateway.is_some_and(|n| n.id.is_some()),
                 default_outbound_access: p.default_outbound_access,
-                delegations: p
-                    .delegations
-                    .into_iter()
-                    .filter_map(|d| d.properties.and_then(|p| p.service_name))
-                    .collect::<Compact<_>>()
-                    .0,
-                etag: s.etag,
             })
         })
         .collect::<Compact<_>>()
@@ -491,7 +484,6 @@ pub fn convert_table(t: models::RouteTable, sub: &str) -> Option<model::RouteTab
             .filter_map(|s| SubnetId::parse(s.sub_resource.id.as_deref()?).ok())
             .collect::<Compact<_>>()
             .0,
-        etag: t.etag,
     })
 }
 

@@ -512,14 +512,13 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         .map(|r| r.table.key())
         .collect();
     let (mut releases, mut tables_deleted) = (0usize, 0usize);
-    for r in report
-        .results
-        .iter()
-        .filter(|r| r.write.policy == name && r.error.is_none())
-        .filter(|r| released_tables.contains(r.write.write.table().key()))
+    for (w, _) in report
+        .outcomes()
+        .filter(|(w, e)| w.policy == name && e.is_none())
+        .filter(|(w, _)| released_tables.contains(w.write.table().key()))
     {
         releases += 1;
-        if matches!(r.write.write, crate::plan::Write::DeleteRouteTable { .. }) {
+        if matches!(w.write, crate::plan::Write::DeleteRouteTable { .. }) {
             tables_deleted += 1;
         }
     }
@@ -587,10 +586,9 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         ctx.last_pass.lock().await.remove(&name);
         let class = worst_class(
             report
-                .results
-                .iter()
-                .filter(|r| r.write.policy == name)
-                .filter_map(|r| r.error.as_ref().map(|e| e.class)),
+                .outcomes()
+                .filter(|(w, _)| w.policy == name)
+                .filter_map(|(_, e)| e.map(|e| e.class)),
         )
         .unwrap_or(ErrorClass::Retryable);
         if class == ErrorClass::NeedsUserAction {
@@ -673,7 +671,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     let count = |f: fn(&crate::plan::Write) -> bool| {
         results
             .iter()
-            .filter(|r| r.error.is_none() && f(&r.write.write))
+            .filter(|r| r.error.is_none() && f(&plan.writes[r.index].write))
             .count()
     };
     let routes = count(|w| matches!(w, crate::plan::Write::DeleteRoute { .. }));

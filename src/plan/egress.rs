@@ -82,8 +82,6 @@ mod tests {
             route_table: None,
             nat_gateway: false,
             default_outbound_access: Some(false),
-            delegations: vec![],
-            etag: None,
         }
     }
 

@@ -435,6 +435,39 @@ fn resolve<'a>(policy: &DesiredState, idx: &Index<'a>) -> Vec<Target<'a>> {
         .collect()
 }
 
+/// The verdicts [`plan`] gives the subnets of one subscription, from a listing of that
+/// subscription alone. A subnet's verdict depends only on its own subscription's listing (a
+/// table in another subscription is out of scope by rule, a subnet elsewhere is another
+/// subscription's verdict), so a pass can judge Azure after its writes one subscription at a
+/// time instead of holding a second whole inventory (100 MB at 100,000 subnets).
+pub fn verdicts_in(
+    policies: &[DesiredState],
+    one: &Inventory,
+    subscription: &str,
+) -> Vec<SubnetVerdict> {
+    let mut verdicts = plan(policies, one).verdicts;
+    verdicts.retain(|v| v.subnet.subscription().eq_ignore_ascii_case(subscription));
+    verdicts
+}
+
+/// The verdicts [`plan`] gives subnets named in a policy whose subscription is not in
+/// `listed` (not observed): with [`verdicts_in`] for each listed subscription, all of them.
+pub fn verdicts_outside(
+    policies: &[DesiredState],
+    listed: &BTreeSet<String>,
+) -> Vec<SubnetVerdict> {
+    let mut verdicts = plan(policies, &Inventory::default()).verdicts;
+    verdicts.retain(|v| !listed.contains(&v.subnet.subscription().to_ascii_lowercase()));
+    verdicts
+}
+
+/// Verdicts in the order [`plan`] gives them.
+pub fn sort_verdicts(verdicts: &mut [SubnetVerdict]) {
+    // (policy, subnet) is unique, so an unstable sort is as deterministic, and it needs no
+    // buffer of half the verdicts beside them.
+    verdicts.sort_unstable_by(|a, b| (&a.policy, &a.subnet).cmp(&(&b.policy, &b.subnet)));
+}
+
 /// Policies in claim order: oldest first, then by name.
 fn by_seniority(policies: &[DesiredState]) -> Vec<&DesiredState> {
     let mut ordered: Vec<&DesiredState> = policies.iter().collect();
@@ -454,7 +487,7 @@ struct Member<'a> {
 struct Group<'a> {
     id: RouteTableId,
     existing: Option<&'a RouteTable>,
-    location: String,
+    location: &'a str,
     members: Vec<Member<'a>>,
 }
 
@@ -544,6 +577,9 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     let ordered = by_seniority(policies);
     let mut verdicts = Vec::new();
     let owned = claim(&ordered, &idx, &mut verdicts);
+    // Every owned subnet gets exactly one verdict: no doubling growth (a grown Vec of 100,000
+    // verdicts held 28 MB).
+    verdicts.reserve_exact(owned.len());
     // Each policy's subscriptions, once: built per subnet it was 500 set inserts per subnet of
     // a 500-subscription policy (most of a 100,000-subnet pass).
     let subscriptions_of: BTreeMap<&str, BTreeSet<String>> = policies
@@ -551,7 +587,8 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
         .map(|p| (p.name.as_str(), p.subscriptions()))
         .collect();
 
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    // Keyed by the table's ID (ordered by its lower-cased key; a clone is a reference count).
+    let mut groups: BTreeMap<RouteTableId, Group> = BTreeMap::new();
     for (policy, vnet, subnet) in owned {
         let skip = |reason| {
             verdict(
@@ -599,11 +636,11 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
             }
             Some(table_id) => match idx.tables.get(table_id.key()) {
                 Some(&table) => groups
-                    .entry(table.id.key().to_string())
+                    .entry(table.id.clone())
                     .or_insert_with(|| Group {
                         id: table.id.clone(),
                         existing: Some(table),
-                        location: table.location.clone(),
+                        location: &table.location,
                         members: Vec::new(),
                     })
                     .members
@@ -645,11 +682,10 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                     ));
                     continue;
                 }
-                let group = groups.entry(id.key().to_string()).or_insert_with(|| Group {
+                let group = groups.entry(id.clone()).or_insert_with(|| Group {
                     id: id.clone(),
                     existing,
-                    location: existing
-                        .map_or_else(|| vnet.location.clone(), |t| t.location.clone()),
+                    location: existing.map_or(vnet.location.as_str(), |t| t.location.as_str()),
                     members: Vec::new(),
                 });
                 if !group.location.eq_ignore_ascii_case(&vnet.location) {
@@ -675,13 +711,16 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     // A grown Vec keeps up to half its capacity unused: 18 MB of 150,000 writes' 48 MB.
     writes.shrink_to_fit();
     let selected = selected_anywhere(&ordered, &idx);
+    // Only a table this plan does not write to can be released: the users of those alone
+    // (a map of every table's users was most of the planner's memory at 100,000 subnets).
+    let users = table_users(&idx, |t| !groups.contains_key(t));
     let mut released: Vec<Release> = Vec::new();
     // What earlier (older) policies' releases already do: two policies whose route-name
     // prefixes overlap must not both delete one route, nor touch a table being deleted.
     let mut deleted_tables: BTreeSet<String> = BTreeSet::new();
     let mut deleted_routes: BTreeSet<(String, String)> = BTreeSet::new();
     for &policy in &ordered {
-        for (release, release_writes) in releases(policy, &idx, &selected, &groups) {
+        for (release, release_writes) in releases(policy, &idx, &selected, &users) {
             let table = release.table.key().to_string();
             if deleted_tables.contains(&table) {
                 continue;
@@ -711,7 +750,7 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
             released.push(release);
         }
     }
-    verdicts.sort_by(|a, b| (&a.policy, &a.subnet).cmp(&(&b.policy, &b.subnet)));
+    sort_verdicts(&mut verdicts);
     verdicts.shrink_to_fit();
     Plan {
         writes,
@@ -733,21 +772,28 @@ fn selected_anywhere<'a>(policies: &[&DesiredState], idx: &Index<'a>) -> BTreeSe
         .collect()
 }
 
-/// The subnets using each table: those naming it, and ARM's `properties.subnets`.
-fn table_users<'a>(idx: &Index<'a>) -> HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>> {
-    let mut users: HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>> = HashMap::new();
+/// The subnets using each table that `wanted` (those naming it, and ARM's
+/// `properties.subnets`), and an empty entry for a wanted table nothing uses.
+fn table_users<'a>(idx: &Index<'a>, wanted: impl Fn(&RouteTableId) -> bool) -> Users<'a> {
+    let mut users: Users<'a> = idx
+        .tables
+        .values()
+        .filter(|t| wanted(&t.id))
+        .map(|t| {
+            let of_table = t.subnets.iter().map(|s| (s.key(), s)).collect();
+            (t.id.key(), of_table)
+        })
+        .collect();
     for (_, s) in idx.subnets.values() {
-        if let Some(t) = &s.route_table {
-            users.entry(t.key()).or_default().insert(s.id.key(), &s.id);
-        }
-    }
-    for t in idx.tables.values() {
-        for s in &t.subnets {
-            users.entry(t.id.key()).or_default().insert(s.key(), s);
+        if let Some(of_table) = s.route_table.as_ref().and_then(|t| users.get_mut(t.key())) {
+            of_table.insert(s.id.key(), &s.id);
         }
     }
     users
 }
+
+/// Route table key → the subnets using it, by key.
+type Users<'a> = HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>>;
 
 /// The tables `policy` releases and the writes that do it. Honours `deletionPolicy: Orphan`
 /// (nothing is released); the caller drops the writes under `mode: Audit`. Never a table that
@@ -758,20 +804,20 @@ fn releases(
     policy: &DesiredState,
     idx: &Index<'_>,
     selected: &BTreeSet<&str>,
-    planned: &BTreeMap<String, Group<'_>>,
+    users: &Users<'_>,
 ) -> Vec<(Release, Vec<Write>)> {
     if policy.deletion_policy == DeletionPolicy::Orphan {
         return Vec::new();
     }
     let subscriptions = policy.subscriptions();
-    let users = table_users(idx);
     let none = BTreeMap::new();
+    // The tables this plan does not write to are the ones with an entry in `users`.
     let mut tables: Vec<&RouteTable> = idx
         .inventory
         .route_tables
         .iter()
         .filter(|t| subscriptions.contains(&t.id.subscription().to_ascii_lowercase()))
-        .filter(|t| !planned.contains_key(t.id.key()))
+        .filter(|t| users.contains_key(t.id.key()))
         .collect();
     tables.sort_by(|a, b| a.id.key().cmp(b.id.key()));
     let mut out = Vec::new();
@@ -872,7 +918,7 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
             let creator = writer.unwrap_or(group.members[0].policy);
             table_writes.push(Write::CreateRouteTable {
                 table: group.id.clone(),
-                location: group.location.clone(),
+                location: group.location.to_string(),
                 tags: BTreeMap::from([
                     (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
                     (TAG_POLICY.to_string(), creator.name.clone()),
@@ -1087,7 +1133,7 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
     // (a subnet excluded last week still has its routes): tables holding its owned routes, used
     // by subnets no other policy selects. Their subnets become part of the footprint.
     let others_selected = selected_anywhere(&others, &idx);
-    let users = table_users(&idx);
+    let users = table_users(&idx, |_| true);
     let subscriptions = policy.subscriptions();
     for t in &inventory.route_tables {
         if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {

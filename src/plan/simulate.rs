@@ -45,7 +45,6 @@ fn apply_one(inv: &mut Inventory, write: &Write) -> Result<(), String> {
                 disable_bgp_route_propagation: *disable_bgp_route_propagation,
                 routes: routes.clone(),
                 subnets: Vec::new(),
-                etag: None,
             });
         }
         Write::PutRoute { table, route, .. } => {

@@ -58,8 +58,6 @@ impl Estate {
             route_table: None,
             nat_gateway: false,
             default_outbound_access: None,
-            delegations: vec![],
-            etag: None,
         });
         id
     }
@@ -87,7 +85,6 @@ impl Estate {
             disable_bgp_route_propagation: false,
             routes: vec![],
             subnets: vec![],
-            etag: None,
         });
         id
     }
