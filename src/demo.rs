@@ -21,9 +21,36 @@ fn step(out: &mut dyn Write, n: u32, title: &str) -> std::io::Result<()> {
     writeln!(out, "\n━━ {n}. {title}")
 }
 
+/// Why the tour stopped: its output could not be written, the emulator or the client could
+/// not start, or what the tour shows did not happen (the product is broken).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("writing the tour: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Emulator(#[from] crate::emulator::StartError),
+    #[error(transparent)]
+    Setup(#[from] crate::azure::SetupError),
+    #[error(transparent)]
+    Arm(#[from] crate::azure::ArmError),
+    #[error("the demo went wrong: {0}")]
+    Broken(String),
+}
+
+impl From<String> for DemoError {
+    fn from(s: String) -> Self {
+        DemoError::Broken(s)
+    }
+}
+
+impl From<&str> for DemoError {
+    fn from(s: &str) -> Self {
+        DemoError::Broken(s.into())
+    }
+}
+
 /// Runs the tour, narrating to `out`. Returns an error only if something is broken.
-pub async fn run(out: &mut dyn Write) -> Result<(), String> {
-    let io = |e: std::io::Error| e.to_string();
+pub async fn run(out: &mut dyn Write) -> Result<(), DemoError> {
     let seed: Seed =
         serde_json::from_str(ESTATE).map_err(|e| format!("examples/estate.json: {e}"))?;
     let em = emulator::start(
@@ -52,21 +79,18 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
     writeln!(
         out,
         "kmsroute demo — KMS activation routes for force-tunneled Azure subnets"
-    )
-    .map_err(io)?;
+    )?;
     writeln!(
         out,
         "Azure is played by the built-in ARM emulator at {} (nothing leaves this machine).",
         em.url()
-    )
-    .map_err(io)?;
+    )?;
 
     step(
         out,
         1,
         "The estate: a hub and two spokes in two subscriptions, force-tunneled",
-    )
-    .map_err(io)?;
+    )?;
     let dump = em.dump();
     for r in &dump.resources {
         let id = r["id"].as_str().unwrap_or_default();
@@ -81,8 +105,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
                 r["name"].as_str().unwrap_or_default(),
                 r["tags"].to_string(),
                 subnets.join(", ")
-            )
-            .map_err(io)?;
+            )?;
         }
     }
     for l in &dump.learned_routes {
@@ -92,7 +115,12 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
             .rsplit('/')
             .next()
             .unwrap_or_default();
-        writeln!(out, "  BGP learned on {vnet}: {} -> {} (forced tunnel: KMS traffic would leave on-premises)", l["addressPrefix"].as_str().unwrap_or_default(), l["nextHopType"].as_str().unwrap_or_default()).map_err(io)?;
+        writeln!(
+            out,
+            "  BGP learned on {vnet}: {} -> {} (forced tunnel: KMS traffic would leave on-premises)",
+            l["addressPrefix"].as_str().unwrap_or_default(),
+            l["nextHopType"].as_str().unwrap_or_default()
+        )?;
     }
     let nic = dump
         .resources
@@ -106,21 +134,20 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
     writeln!(
         out,
         "  Effective routes of {nic_name} (vnet-spoke1/app), the route each KMS address takes:"
-    )
-    .map_err(io)?;
+    )?;
     for (ip, route, _) in &before {
-        writeln!(out, "    {ip:<15} {route}").map_err(io)?;
+        writeln!(out, "    {ip:<15} {route}")?;
     }
     if before.iter().any(|(_, _, ok)| *ok) {
         return Err("before kmsroute, a KMS address already left through a user route".into());
     }
 
-    step(out, 2, "The policy (examples/kmsroutepolicy.yaml)").map_err(io)?;
+    step(out, 2, "The policy (examples/kmsroutepolicy.yaml)")?;
     for line in POLICY.lines().filter(|l| !l.starts_with('#')) {
-        writeln!(out, "  {line}").map_err(io)?;
+        writeln!(out, "  {line}")?;
     }
 
-    step(out, 3, "kmsroute plan: what would change (reads only)").map_err(io)?;
+    step(out, 3, "kmsroute plan: what would change (reads only)")?;
     let quiet = |_: Progress| {};
     let planned = reconcile(
         &api,
@@ -133,9 +160,9 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    write!(out, "{}", plan_table(&planned.plan)).map_err(io)?;
+    write!(out, "{}", plan_table(&planned.plan))?;
 
-    step(out, 4, "kmsroute apply: carry the plan out").map_err(io)?;
+    step(out, 4, "kmsroute apply: carry the plan out")?;
     let data_before = subnet_properties(&em.dump(), "vnet-spoke1", "data");
     em.reset_stats();
     let lines = std::sync::Mutex::new(Vec::new());
@@ -158,7 +185,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     for l in lines.lock().map_err(|e| e.to_string())?.iter() {
-        writeln!(out, "{l}").map_err(io)?;
+        writeln!(out, "{l}")?;
     }
     let stats = em.stats();
     writeln!(
@@ -168,17 +195,15 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         applied.writes_failed(),
         stats.reads,
         stats.writes
-    )
-    .map_err(io)?;
+    )?;
 
     step(
         out,
         5,
         "Status (what `kubectl get krp` and `kubectl describe krp` show)",
-    )
-    .map_err(io)?;
-    write!(out, "{}", status_table(&applied)).map_err(io)?;
-    write!(out, "{}", problems_text(&applied)).map_err(io)?;
+    )?;
+    write!(out, "{}", status_table(&applied))?;
+    write!(out, "{}", problems_text(&applied))?;
     let mut data_after = subnet_properties(&em.dump(), "vnet-spoke1", "data");
     let table = data_after
         .as_object_mut()
@@ -189,21 +214,18 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
     writeln!(
         out,
         "  Checked: vnet-spoke1/data gained its routeTable and kept its NSG, service endpoints and"
-    )
-    .map_err(io)?;
+    )?;
     writeln!(
         out,
         "  delegation byte for byte. The conflict on vnet-spoke2/legacy is reported, not fought."
-    )
-    .map_err(io)?;
+    )?;
     let after = next_hops(&api, &nic, &policies[0]).await?;
     writeln!(
         out,
         "  Effective routes of {nic_name}, before -> after (what spec.verification.effectiveRoutes checks):"
-    )
-    .map_err(io)?;
+    )?;
     for ((ip, b, _), (_, a, _)) in before.iter().zip(&after) {
-        writeln!(out, "    {ip:<15} {b}\n    {:<15} -> {a}", "").map_err(io)?;
+        writeln!(out, "    {ip:<15} {b}\n    {:<15} -> {a}", "")?;
     }
     if !after.iter().all(|(_, _, ok)| *ok) {
         return Err("after kmsroute, a KMS address still does not leave through its route".into());
@@ -213,8 +235,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         out,
         6,
         "Drift: a colleague deletes a KMS route and detaches a route table in the portal",
-    )
-    .map_err(io)?;
+    )?;
     let created = applied
         .plan
         .writes
@@ -237,7 +258,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         route_table: shared.0.to_string(),
         route: shared.1.clone(),
     })?;
-    writeln!(out, "  deleted route {} from {}", shared.1, shared.0.name()).map_err(io)?;
+    writeln!(out, "  deleted route {} from {}", shared.1, shared.0.name())?;
     em.other_writer(OtherWrite::SetSubnetRouteTable {
         subnet: created.0.to_string(),
         route_table: None,
@@ -248,21 +269,20 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         created.1.name(),
         created.0.vnet_name(),
         created.0.name()
-    )
-    .map_err(io)?;
+    )?;
 
-    step(out, 7, "The next pass finds the drift and repairs it").map_err(io)?;
+    step(out, 7, "The next pass finds the drift and repairs it")?;
     em.reset_stats();
     lines.lock().map_err(|e| e.to_string())?.clear();
     let repaired = reconcile(&api, &policies, &Options::default(), &log)
         .await
         .map_err(|e| e.to_string())?;
     for l in lines.lock().map_err(|e| e.to_string())?.iter() {
-        writeln!(out, "{l}").map_err(io)?;
+        writeln!(out, "{l}")?;
     }
-    write!(out, "{}", status_table(&repaired)).map_err(io)?;
+    write!(out, "{}", status_table(&repaired))?;
 
-    step(out, 8, "Steady state: a resync is reads only").map_err(io)?;
+    step(out, 8, "Steady state: a resync is reads only")?;
     em.reset_stats();
     let steady = reconcile(&api, &policies, &Options::default(), &quiet)
         .await
@@ -287,15 +307,14 @@ pub async fn run(out: &mut dyn Write) -> Result<(), String> {
         stats.reads - egress,
         egress,
         stats.writes
-    )
-    .map_err(io)?;
+    )?;
     if stats.writes != 0 {
-        return Err(format!(
-            "a steady-state pass wrote {} time(s)",
-            stats.writes
-        ));
+        return Err(format!("a steady-state pass wrote {} time(s)", stats.writes).into());
     }
-    writeln!(out, "\nDone. Next: `kmsroute plan -f your-policy.yaml` against Azure, or install the controller.").map_err(io)?;
+    writeln!(
+        out,
+        "\nDone. Next: `kmsroute plan -f your-policy.yaml` against Azure, or install the controller."
+    )?;
     Ok(())
 }
 
@@ -321,7 +340,7 @@ async fn next_hops(
     api: &AzureNetworkApi,
     nic: &str,
     policy: &crate::api::DesiredState,
-) -> Result<Vec<(std::net::Ipv4Addr, String, bool)>, String> {
+) -> Result<Vec<(std::net::Ipv4Addr, String, bool)>, DemoError> {
     use crate::azure::NetworkApi;
     let routes = api.effective_routes(nic).await.map_err(|e| e.to_string())?;
     Ok(policy

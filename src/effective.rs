@@ -1,16 +1,9 @@
-//! Effective routes: how Azure combines a NIC's routes (computed by the emulator the way Azure
-//! documents it) and which route a packet to a KMS address takes (checked by the verifier).
-//!
-//! Azure's rules (learn.microsoft.com, "Virtual network traffic routing", "How Azure selects a
-//! route"):
-//! - system (`Default`) routes: each VNet address prefix → `VnetLocal`; `0.0.0.0/0` →
-//!   `Internet`; `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `100.64.0.0/10` → `None`;
-//! - routes learned over BGP from a virtual network gateway (source `VirtualNetworkGateway`),
-//!   unless the subnet's route table sets `disableBgpRoutePropagation`;
-//! - user-defined routes of the subnet's route table (source `User`);
-//! - the longest prefix wins; for the same prefix a user route beats a BGP route, which beats
-//!   a system route. A route replaced by a more preferred one of the same prefix shows as
-//!   `Invalid`.
+//! Effective routes as ARM reports them (`networkInterfaces/{nic}/effectiveRouteTable`) and
+//! which route a packet to a KMS address takes (checked by the verifier): among the `Active`
+//! entries the longest prefix wins; for the same prefix a user route beats a BGP route, which
+//! beats a system route (learn.microsoft.com, "How Azure selects a route"). How Azure builds
+//! the table is the emulator's own model (`emulator/effective.rs`), not this reading of it;
+//! the tests here read Azure's official example.
 
 use crate::model::NextHopType;
 use serde::{Deserialize, Serialize};
@@ -58,15 +51,6 @@ impl EffectiveRoute {
     }
 }
 
-/// A route as input to [`compute`]: prefix, next hop, next hop IP, and the user route's name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteInput {
-    pub name: Option<String>,
-    pub prefix: String,
-    pub next_hop_type: NextHopType,
-    pub next_hop_ip: Option<String>,
-}
-
 /// `a.b.c.d/n` → (network, length); `None` for anything else (IPv6 is out of scope).
 pub fn parse_prefix(p: &str) -> Option<(u32, u8)> {
     let (addr, len) = p.split_once('/')?;
@@ -95,74 +79,6 @@ fn rank(source: &str) -> u8 {
         "Default" => 1,
         _ => 0,
     }
-}
-
-/// The effective routes of a NIC in a subnet of a VNet with these address prefixes, these
-/// BGP-learned routes, and (if the subnet has one) its route table's routes and
-/// `disableBgpRoutePropagation`.
-pub fn compute(
-    vnet_prefixes: &[String],
-    learned: &[RouteInput],
-    table: Option<(&[RouteInput], bool)>,
-) -> Vec<EffectiveRoute> {
-    let mut all: Vec<EffectiveRoute> = Vec::new();
-    let mut push = |source: &str, r: &RouteInput| {
-        all.push(EffectiveRoute {
-            name: r.name.clone(),
-            source: source.into(),
-            state: "Active".into(),
-            address_prefix: vec![r.prefix.clone()],
-            next_hop_type: r.next_hop_type.clone(),
-            next_hop_ip_address: r.next_hop_ip.iter().cloned().collect(),
-        })
-    };
-    let system = |prefix: &str, hop: NextHopType| RouteInput {
-        name: None,
-        prefix: prefix.into(),
-        next_hop_type: hop,
-        next_hop_ip: None,
-    };
-    for p in vnet_prefixes {
-        push("Default", &system(p, NextHopType::VnetLocal));
-    }
-    push("Default", &system("0.0.0.0/0", NextHopType::Internet));
-    for p in [
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-    ] {
-        push("Default", &system(p, NextHopType::None));
-    }
-    let propagate = !table.is_some_and(|(_, disable)| disable);
-    if propagate {
-        for r in learned {
-            push("VirtualNetworkGateway", r);
-        }
-    }
-    if let Some((routes, _)) = table {
-        for r in routes {
-            push("User", r);
-        }
-    }
-    // Same prefix: only the most preferred source stays Active.
-    let keys: Vec<Option<(u32, u8)>> = all
-        .iter()
-        .map(|r| r.address_prefix.first().and_then(|p| parse_prefix(p)))
-        .collect();
-    let ranks: Vec<u8> = all.iter().map(|r| rank(&r.source)).collect();
-    for i in 0..all.len() {
-        let beaten = (0..all.len()).any(|j| {
-            j != i
-                && keys[i].is_some()
-                && keys[j] == keys[i]
-                && (ranks[j] > ranks[i] || (ranks[j] == ranks[i] && j < i))
-        });
-        if beaten || keys[i].is_none() {
-            all[i].state = "Invalid".into();
-        }
-    }
-    all
 }
 
 /// The route a packet to `ip` takes: the active route with the longest matching prefix (ties,
@@ -221,87 +137,132 @@ pub fn check(routes: &[EffectiveRoute], addresses: &[Ipv4Addr]) -> Vec<NotVerifi
 mod tests {
     use super::*;
 
-    fn r(prefix: &str, hop: NextHopType) -> RouteInput {
-        RouteInput {
+    const KMS: Ipv4Addr = Ipv4Addr::new(20, 118, 99, 224);
+
+    /// `NetworkInterfaceEffectiveRouteTableList.json`: Azure's own example response (a NIC in
+    /// 172.20.2.0/24 with only the system routes).
+    fn official() -> Vec<EffectiveRoute> {
+        let example: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/arm/2024-03-01/examples/NetworkInterfaceEffectiveRouteTableList.json"
+        ))
+        .unwrap();
+        serde_json::from_value(example["responses"]["200"]["body"]["value"].clone()).unwrap()
+    }
+
+    fn entry(source: &str, state: &str, prefix: &str, hop: NextHopType) -> EffectiveRoute {
+        EffectiveRoute {
             name: None,
-            prefix: prefix.into(),
+            source: source.into(),
+            state: state.into(),
+            address_prefix: vec![prefix.into()],
             next_hop_type: hop,
-            next_hop_ip: None,
+            next_hop_ip_address: vec![],
         }
     }
 
-    const KMS: Ipv4Addr = Ipv4Addr::new(20, 118, 99, 224);
-
     #[test]
-    fn without_anything_the_internet_default_route_wins() {
-        let routes = compute(&["10.1.0.0/16".into()], &[], None);
+    fn the_official_example_sends_kms_out_through_the_system_route_only() {
+        let routes = official();
+        assert_eq!(routes.len(), 6);
         let w = winning_route(&routes, KMS).unwrap();
         assert_eq!(
-            (w.source.as_str(), &w.next_hop_type),
-            ("Default", &NextHopType::Internet)
+            (
+                w.source.as_str(),
+                &w.next_hop_type,
+                w.address_prefix.as_slice()
+            ),
+            (
+                "Default",
+                &NextHopType::Internet,
+                ["0.0.0.0/0".to_string()].as_slice()
+            )
         );
-        let local = winning_route(&routes, Ipv4Addr::new(10, 1, 2, 3)).unwrap();
+        // Reaches the Internet, but not through a route kmsroute owns: not verified.
+        let failures = check(&routes, &[KMS]);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].reason, "NotUserRoute");
         assert_eq!(
-            local.next_hop_type,
-            NextHopType::VnetLocal,
-            "longest prefix"
+            failures[0].winning.as_deref(),
+            Some("Default route 0.0.0.0/0 -> Internet")
+        );
+        // Longest prefix: the VNet's own range and the private ranges win where they match.
+        let local = winning_route(&routes, Ipv4Addr::new(172, 20, 2, 9)).unwrap();
+        assert_eq!(local.next_hop_type, NextHopType::VnetLocal);
+        let private = winning_route(&routes, Ipv4Addr::new(10, 9, 9, 9)).unwrap();
+        assert_eq!(private.next_hop_type, NextHopType::None);
+    }
+
+    #[test]
+    fn a_user_host_route_to_the_internet_is_verified() {
+        let mut routes = official();
+        let mut user = entry("User", "Active", "20.118.99.224/32", NextHopType::Internet);
+        user.name = Some("kms-20-118-99-224".into());
+        routes.push(user);
+        assert!(check(&routes, &[KMS]).is_empty());
+        assert_eq!(
+            winning_route(&routes, KMS).unwrap().name.as_deref(),
+            Some("kms-20-118-99-224")
         );
     }
 
     #[test]
-    fn a_bgp_default_route_forces_the_tunnel_and_invalidates_the_system_one() {
-        let bgp = [r("0.0.0.0/0", NextHopType::VirtualNetworkGateway)];
-        let routes = compute(&["10.1.0.0/16".into()], &bgp, None);
-        let w = winning_route(&routes, KMS).unwrap();
-        assert_eq!(w.next_hop_type, NextHopType::VirtualNetworkGateway);
-        let system = routes
-            .iter()
-            .find(|e| e.source == "Default" && e.address_prefix == ["0.0.0.0/0"])
-            .unwrap();
-        assert_eq!(system.state, "Invalid");
+    fn forced_tunnelling_over_bgp_is_a_wrong_next_hop() {
+        let mut routes = official();
+        routes[1].state = "Invalid".into();
+        routes.push(entry(
+            "VirtualNetworkGateway",
+            "Active",
+            "0.0.0.0/0",
+            NextHopType::VirtualNetworkGateway,
+        ));
+        let failures = check(&routes, &[KMS]);
+        assert_eq!(failures[0].reason, "WrongNextHop");
+        assert_eq!(
+            winning_route(&routes, KMS).unwrap().next_hop_type,
+            NextHopType::VirtualNetworkGateway
+        );
+    }
+
+    #[test]
+    fn invalid_entries_never_win_and_a_user_route_beats_bgp_for_one_prefix() {
+        let mut routes = official();
+        routes.push(entry(
+            "VirtualNetworkGateway",
+            "Active",
+            "20.118.99.224/32",
+            NextHopType::VirtualNetworkGateway,
+        ));
+        routes.push(entry(
+            "User",
+            "Active",
+            "20.118.99.224/32",
+            NextHopType::Internet,
+        ));
+        assert_eq!(winning_route(&routes, KMS).unwrap().source, "User");
+        // The same user route marked Invalid (replaced) does not count.
+        let last = routes.len() - 1;
+        routes[last].state = "Invalid".into();
         assert_eq!(check(&routes, &[KMS])[0].reason, "WrongNextHop");
     }
 
     #[test]
-    fn a_user_route_beats_bgp_for_the_same_prefix() {
-        let bgp = [r("20.118.99.224/32", NextHopType::VirtualNetworkGateway)];
-        let user = [r("20.118.99.224/32", NextHopType::Internet)];
-        let routes = compute(&[], &bgp, Some((&user, false)));
-        let w = winning_route(&routes, KMS).unwrap();
-        assert_eq!(w.source, "User");
-        let bgp_entry = routes
-            .iter()
-            .find(|e| e.source == "VirtualNetworkGateway")
-            .unwrap();
-        assert_eq!(bgp_entry.state, "Invalid");
-        assert!(check(&routes, &[KMS]).is_empty());
-    }
-
-    #[test]
-    fn disabling_propagation_drops_bgp_routes() {
-        let bgp = [r("0.0.0.0/0", NextHopType::VirtualNetworkGateway)];
-        let routes = compute(&[], &bgp, Some((&[], true)));
-        assert!(routes.iter().all(|e| e.source != "VirtualNetworkGateway"));
-        assert_eq!(
-            winning_route(&routes, KMS).unwrap().next_hop_type,
-            NextHopType::Internet
-        );
-        // Reaches the Internet, but through the system route: not what kmsroute verifies.
-        assert_eq!(check(&routes, &[KMS])[0].reason, "NotUserRoute");
-    }
-
-    #[test]
     fn a_more_specific_foreign_route_wins_over_a_broader_user_route() {
-        let user = [
-            r("20.118.99.0/24", NextHopType::Internet),
-            RouteInput {
-                name: Some("to-nva".into()),
-                prefix: "20.118.99.224/32".into(),
-                next_hop_type: NextHopType::VirtualAppliance,
-                next_hop_ip: Some("10.0.0.4".into()),
-            },
-        ];
-        let routes = compute(&[], &[], Some((&user, false)));
+        let mut routes = official();
+        routes.push(entry(
+            "User",
+            "Active",
+            "20.118.99.0/24",
+            NextHopType::Internet,
+        ));
+        let mut nva = entry(
+            "User",
+            "Active",
+            "20.118.99.224/32",
+            NextHopType::VirtualAppliance,
+        );
+        nva.name = Some("to-nva".into());
+        nva.next_hop_ip_address = vec!["10.0.0.4".into()];
+        routes.push(nva);
         let failures = check(&routes, &[KMS]);
         assert_eq!(failures.len(), 1);
         let winning = failures[0].winning.as_deref().unwrap();
@@ -309,6 +270,11 @@ mod tests {
             winning.contains("to-nva") && winning.contains("VirtualAppliance 10.0.0.4"),
             "{winning}"
         );
+    }
+
+    #[test]
+    fn no_route_at_all_is_no_route() {
+        assert_eq!(check(&[], &[KMS])[0].reason, "NoRoute");
     }
 
     #[test]

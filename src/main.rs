@@ -48,7 +48,7 @@ async fn async_main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            e.exit_code()
         }
     }
 }

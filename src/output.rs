@@ -2,19 +2,9 @@
 //! `kubectl get krp`-shaped summary. Pure string building, tested through the CLI.
 
 use crate::plan::{Plan, Verdict};
-use crate::reconcile::{PolicyReport, Report};
+use crate::reconcile::Report;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-
-/// True when every selected subnet is in sync or deliberately skipped, every selected
-/// subscription could be read, and the policy selects something at all.
-pub fn ready(p: &PolicyReport) -> bool {
-    p.summary.errors == 0
-        && p.summary.conflicts == 0
-        && p.summary.in_sync + p.summary.skipped == p.summary.subnets_matched
-        && p.unreadable_subscriptions.is_empty()
-        && !p.nothing_selected()
-}
 
 /// The plan grouped by route table: each table's subnets with verdicts, then its writes.
 pub fn plan_table(plan: &Plan) -> String {
@@ -112,7 +102,7 @@ pub fn status_table(report: &Report) -> String {
             out,
             "{:<20} {:<6} {:<8} {:>7} {:>7} {:>9} {:>8} {:>7} {:>6}",
             p.name,
-            if ready(p) { "True" } else { "False" },
+            if p.ready() { "True" } else { "False" },
             format!("{:?}", p.mode),
             s.subnets_matched,
             s.in_sync,
@@ -172,6 +162,7 @@ pub fn problems_text_limited(report: &Report, limit: usize) -> String {
 mod tests {
     use super::*;
     use crate::api::{Mode, Problem, Summary};
+    use crate::reconcile::{PolicyReport, Reason};
 
     fn report(problems: usize, total: usize) -> Report {
         Report::unwritten(
@@ -186,7 +177,7 @@ mod tests {
                 problems: (0..problems)
                     .map(|i| Problem {
                         subnet_id: format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s{i}"),
-                        reason: "Conflict".into(),
+                        reason: Reason::Conflict.code().into(),
                         message: "a foreign route".into(),
                     })
                     .collect(),

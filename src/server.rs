@@ -56,8 +56,17 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
     }
 }
 
+/// The metrics and probe server cannot listen where it was told to.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Serves until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr, String> {
+pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr, ListenError> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -65,8 +74,10 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<SocketAddr, Strin
         .with_state(health);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("binding {addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| ListenError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ListenError { addr, source })?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

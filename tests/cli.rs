@@ -535,3 +535,30 @@ fn plan_summary_prints_counts_not_every_subnet() {
     );
     assert!(out.contains("Conflict"), "{out}");
 }
+
+/// Each kind of failure leaves with its own documented exit code, not 2 for all: the
+/// Kubernetes API (5), an address that cannot be listened on (6), input (2).
+#[test]
+fn failures_leave_with_the_exit_code_of_their_kind() {
+    let no_cluster = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&no_cluster.stderr);
+    assert_eq!(no_cluster.status.code(), Some(5), "{err}");
+    assert!(err.contains("Kubernetes"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let busy = kmsroute(&["emulator", "--listen", &addr], None);
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(6), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+
+    let elsewhere = kmsroute(&["emulator", "--listen", "192.0.2.1:80"], None);
+    assert_eq!(elsewhere.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("only listens on loopback"));
+}

@@ -27,7 +27,7 @@ const NS: &str = "kmsroute";
 
 struct Running {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), kmsroute::controller::RunError>>,
     probes: Probes,
     metrics: Arc<ControllerMetrics>,
     arm: Arc<AzureNetworkApi>,
@@ -1348,7 +1348,16 @@ async fn a_second_replica_with_the_leaders_identity_refuses_to_run() {
         .expect("the second replica stops by itself")
         .unwrap();
     let error = outcome.unwrap_err();
-    assert!(error.contains("identity"), "{error}");
+    assert!(
+        matches!(
+            error,
+            kmsroute::controller::RunError::Lease(
+                kmsroute::controller::leader::LeaseError::IdentityInUse(..)
+            )
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("identity"), "{error}");
     assert!(!second.metrics.is_leader());
     assert!(first.metrics.is_leader(), "the first one keeps leading");
     assert_eq!(

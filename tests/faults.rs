@@ -87,6 +87,52 @@ struct Row {
     lost_or_changed: Vec<String>,
 }
 
+/// Runs one scenario on its own task: a scenario that panics becomes a failed row naming it
+/// (and the message), and the campaign goes on to the others.
+async fn named<F>(name: String, scenario: F) -> Row
+where
+    F: std::future::Future<Output = Row> + Send + 'static,
+{
+    match tokio::spawn(scenario).await {
+        Ok(row) => row,
+        Err(e) => {
+            let why = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into()),
+                Err(e) => e.to_string(),
+            };
+            Row {
+                scenario: name,
+                faults: 0,
+                passes: 0,
+                converged: false,
+                checked: 0,
+                lost_or_changed: vec![format!("the scenario panicked: {why}")],
+            }
+        }
+    }
+}
+
+/// Why a row fails the campaign, if it does.
+fn failure(r: &Row) -> Option<String> {
+    if !r.converged {
+        Some(format!(
+            "{}: did not converge {:?}",
+            r.scenario, r.lost_or_changed
+        ))
+    } else if !r.lost_or_changed.is_empty() {
+        Some(format!(
+            "{}: lost or changed {:?}",
+            r.scenario, r.lost_or_changed
+        ))
+    } else {
+        None
+    }
+}
+
 /// One lane (concurrency 1), so "write number n of the plan" is well defined.
 fn one_lane() -> Options {
     Options {
@@ -593,17 +639,21 @@ async fn fault_campaign() {
         ),
     ];
     for (name, fault, passes) in arm_faults {
-        rows.push(fault_scenario(name, vec![fault], passes).await);
+        rows.push(named(name.into(), fault_scenario(name, vec![fault], passes)).await);
     }
+    let polled = "long-running operations in progress 300 ms, polled";
     rows.push(
-        fault_scenario_with(
-            "long-running operations in progress 300 ms, polled",
-            Config {
-                lro_duration: Duration::from_millis(300),
-                ..Config::default()
-            },
-            vec![],
-            0,
+        named(
+            polled.into(),
+            fault_scenario_with(
+                polled,
+                Config {
+                    lro_duration: Duration::from_millis(300),
+                    ..Config::default()
+                },
+                vec![],
+                0,
+            ),
         )
         .await,
     );
@@ -633,18 +683,24 @@ async fn fault_campaign() {
         Edit::ChangeNsg,
     ] {
         for at in 0..planned {
-            rows.push(edit_scenario(edit, at).await);
+            let name = format!("{edit:?} before write {at}");
+            rows.push(named(name, edit_scenario(edit, at)).await);
         }
     }
     // Killed after each write, then restarted.
     for k in 0..=planned {
-        let (row, mutations) = killed_scenario(k).await;
-        assert_eq!(
-            mutations as usize + k,
-            planned,
-            "{}: the restart wrote exactly what was left",
-            row.scenario
-        );
+        let name = format!("killed after write {k}");
+        let row = named(name, async move {
+            let (mut row, mutations) = killed_scenario(k).await;
+            if mutations as usize + k != planned {
+                row.lost_or_changed.push(format!(
+                    "the restart wrote {mutations} write(s), not the {} left",
+                    planned - k
+                ));
+            }
+            row
+        })
+        .await;
         rows.push(row);
     }
 
@@ -672,14 +728,14 @@ async fn fault_campaign() {
         rows.iter().filter(|r| r.converged).count()
     ));
     println!("{out}");
-    for r in &rows {
-        assert!(r.converged, "{} did not converge", r.scenario);
-        assert!(
-            r.lost_or_changed.is_empty(),
-            "{}: {:?}",
-            r.scenario,
-            r.lost_or_changed
-        );
-    }
+    // Every failing scenario by name, not just the first.
+    let failures: Vec<String> = rows.iter().filter_map(failure).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     assert!(faults > 0 && checked > 0);
 }

@@ -558,7 +558,7 @@ async fn a_policy_that_selects_no_subnet_says_so() {
     let mine = &report.policies[0];
     assert_eq!(mine.summary.subnets_matched, 0);
     assert!(mine.nothing_selected());
-    assert!(!kmsroute::output::ready(mine));
+    assert!(!mine.ready());
     assert!(kmsroute::output::problems_text(&report).contains("NothingSelected"));
 }
 

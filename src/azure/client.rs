@@ -12,7 +12,7 @@
 
 use super::metrics::ArmMetrics;
 use super::policy::{ArmPolicy, BucketShape, RateLimiter, RateLimits, RetrySettings};
-use super::{ArmError, ErrorClass, NetworkApi};
+use super::{ArmError, ErrorClass, NetworkApi, SetupError};
 use crate::ids::{RouteTableId, SubnetId, VnetId};
 use crate::model::{self, Inventory, NextHopType};
 use azure_core::auth::TokenCredential;
@@ -119,7 +119,7 @@ impl AzureNetworkApi {
         endpoint: Url,
         credential: Arc<dyn TokenCredential>,
         settings: ClientSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let metrics = Arc::new(ArmMetrics::default());
         let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
         let error_bodies = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
@@ -137,7 +137,7 @@ impl AzureNetworkApi {
             .per_retry_policies(vec![policy]);
         let scope = endpoint
             .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| SetupError::Refused(format!("ARM endpoint {endpoint}: {e}")))?
             .to_string();
         let client = azure_mgmt_network::Client::new(
             endpoint.clone(),
@@ -179,21 +179,21 @@ impl AzureNetworkApi {
     }
 
     /// Checks that a token can be obtained (readiness).
-    pub async fn check_credentials(&self) -> Result<(), String> {
+    pub async fn check_credentials(&self) -> Result<(), SetupError> {
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         self.credential
             .get_token(&scopes)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| SetupError::Credential(e.to_string()))
     }
 
-    fn url(&self, path: &str) -> Result<Url, String> {
+    fn url(&self, path: &str) -> Url {
         let mut url = self.endpoint.clone();
         url.set_path(path);
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
-        Ok(url)
+        url
     }
 
     /// Sends a raw request with auth through the shared pipeline; returns status, headers, body.
@@ -714,7 +714,7 @@ impl NetworkApi for AzureNetworkApi {
                 ErrorClass::Throttled,
                 OP,
                 nic,
-                Some(crate::reconcile::verify::BUDGET_EXHAUSTED),
+                Some(super::BUDGET_EXHAUSTED),
                 "the effective-route read budget is spent for now",
             ));
         }
@@ -785,7 +785,7 @@ impl NetworkApi for AzureNetworkApi {
             .map(|r| json!({"name": r.name, "properties": {"addressPrefix": r.address_prefix, "nextHopType": r.next_hop_type.to_string()}}))
             .collect();
         let body = json!({"location": location, "tags": tags, "properties": {"disableBgpRoutePropagation": disable_bgp_route_propagation, "routes": routes}});
-        let url = self.url(table.as_str()).map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, table.as_str(), None, m))?;
+        let url = self.url(table.as_str());
         let (status, headers, resp) = self
             .raw(
                 Method::Put,
@@ -821,7 +821,7 @@ impl NetworkApi for AzureNetworkApi {
         if let Some(ip) = &route.next_hop_ip_address {
             props["nextHopIpAddress"] = json!(ip);
         }
-        let url = self.url(&resource).map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, resource.clone(), None, m))?;
+        let url = self.url(&resource);
         let (status, headers, body) = self
             .raw(Method::Put, url, Some(&json!({"properties": props})), &[])
             .await
@@ -866,7 +866,7 @@ impl NetworkApi for AzureNetworkApi {
         const OP: &str = "Subnets_CreateOrUpdate";
         let resource = subnet.as_str();
         let bad_url = |m: String| ArmError::local(ErrorClass::NeedsUserAction, OP, resource, None, m);
-        let url = self.url(subnet.as_str()).map_err(bad_url)?;
+        let url = self.url(subnet.as_str());
         // Re-read and retry on 412: someone changed the subnet between our GET and PUT.
         for _ in 0..5 {
             let (status, headers, body) = self
@@ -979,9 +979,7 @@ impl AzureNetworkApi {
         nic: &str,
     ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError> {
         const OP: &str = "NetworkInterfaces_GetEffectiveRouteTable";
-        let url = self
-            .url(&format!("{nic}/effectiveRouteTable"))
-            .map_err(|m| ArmError::local(ErrorClass::NeedsUserAction, OP, nic, None, m))?;
+        let url = self.url(&format!("{nic}/effectiveRouteTable"));
         let (status, headers, body) = self
             .raw(Method::Post, url, None, &[])
             .await

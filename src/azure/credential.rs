@@ -2,6 +2,7 @@
 //! environment, or the Azure CLI, in that order, or the one `--auth` names. A static token is
 //! accepted only for loopback ARM endpoints (the emulator), never for a real cloud.
 
+use super::SetupError;
 use crate::catalog::Cloud;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_identity::{
@@ -85,30 +86,30 @@ pub fn credential(
     mode: AuthMode,
     endpoint: &url::Url,
     cloud: Cloud,
-) -> Result<Arc<dyn TokenCredential>, String> {
+) -> Result<Arc<dyn TokenCredential>, SetupError> {
     let loopback = is_loopback(endpoint);
     if !matches!(endpoint.scheme(), "https" | "http") {
-        return Err(format!(
+        return Err(SetupError::Refused(format!(
             "ARM endpoint {endpoint}: unsupported scheme {:?} (use https, or http on loopback)",
             endpoint.scheme()
-        ));
+        )));
     }
     if !loopback && endpoint.scheme() != "https" {
-        return Err(format!(
+        return Err(SetupError::Refused(format!(
             "ARM endpoint {endpoint} must use https (plain http is allowed only on loopback)"
-        ));
+        )));
     }
     let mut options = TokenCredentialOptions::default();
     options.set_authority_host(cloud.endpoints().authority_host.to_string());
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mode = resolve(mode, loopback, |k| env(k).is_some());
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let err = |e: azure_core::Error| format!("{mode:?} credential: {e}");
+    let err = |e: azure_core::Error| SetupError::Credential(format!("{mode:?} credential: {e}"));
     Ok(match mode {
         AuthMode::StaticToken if !loopback => {
-            return Err(format!(
+            return Err(SetupError::Refused(format!(
                 "a static token is only allowed for a loopback ARM endpoint (the emulator), not {endpoint}"
-            ));
+            )));
         }
         AuthMode::StaticToken => {
             let token = env("KMSROUTE_STATIC_TOKEN").unwrap_or_else(|| "emulator".into());
@@ -144,7 +145,8 @@ mod tests {
             Cloud::AzurePublic,
         )
         .unwrap_err();
-        assert!(e.contains("only allowed for a loopback"), "{e}");
+        assert!(e.to_string().contains("only allowed for a loopback"), "{e}");
+        assert!(e.is_input());
     }
 
     #[test]
@@ -155,7 +157,7 @@ mod tests {
             Cloud::AzurePublic,
         )
         .unwrap_err();
-        assert!(e.contains("must use https"), "{e}");
+        assert!(e.to_string().contains("must use https"), "{e}");
     }
 
     #[tokio::test]

@@ -10,9 +10,29 @@ pub mod policy;
 
 use crate::ids::{RouteTableId, SubnetId};
 use crate::model::{Inventory, Route};
-use crate::plan::Write;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+/// Why the port cannot be set up: what the user gave is refused (an endpoint's scheme, a
+/// static token for a real endpoint), or a credential cannot be built or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Credential(String),
+}
+
+impl SetupError {
+    /// The user's input is wrong (not Azure or the identity).
+    pub fn is_input(&self) -> bool {
+        matches!(self, SetupError::Refused(_))
+    }
+}
+
+/// The error code the port gives when its effective-route read budget is spent (the verifier
+/// tells that apart from a failed read).
+pub const BUDGET_EXHAUSTED: &str = "VerificationBudgetExhausted";
 
 /// What a caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,35 +209,4 @@ pub trait NetworkApi: Send + Sync {
         &self,
         nic: &str,
     ) -> Result<Vec<crate::effective::EffectiveRoute>, ArmError>;
-}
-
-/// Carries out one planned write through the port.
-pub async fn execute(api: &dyn NetworkApi, write: &Write) -> Result<(), ArmError> {
-    match write {
-        Write::CreateRouteTable {
-            table,
-            location,
-            tags,
-            disable_bgp_route_propagation,
-            routes,
-        } => {
-            api.create_route_table(
-                table,
-                location,
-                tags,
-                *disable_bgp_route_propagation,
-                routes,
-            )
-            .await
-        }
-        Write::PutRoute { table, route, .. } => api.put_route(table, route).await,
-        Write::DeleteRoute { table, name, .. } => api.delete_route(table, name).await,
-        Write::AssociateSubnet { subnet, table } => {
-            api.set_subnet_route_table(subnet, None, Some(table)).await
-        }
-        Write::DissociateSubnet { subnet, table } => {
-            api.set_subnet_route_table(subnet, Some(table), None).await
-        }
-        Write::DeleteRouteTable { table } => api.delete_route_table(table).await,
-    }
 }

@@ -64,24 +64,7 @@ pub(crate) enum Command {
         output: Output,
     },
     /// Serve the local ARM emulator (Microsoft.Network subset) on loopback, for tests and demos.
-    Emulator {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Estate to start with: `{"resources": [ARM resource JSON…], "learnedRoutes": […]}`.
-        #[arg(long)]
-        seed: Option<String>,
-        /// Items per list page before a nextLink.
-        #[arg(long, default_value_t = 100)]
-        page_size: usize,
-        #[arg(long, value_enum, default_value = "off")]
-        throttle: ThrottleMode,
-        /// Accept only this bearer token (any non-empty one when absent).
-        #[arg(long)]
-        token: Option<String>,
-        /// How long long-running operations stay InProgress, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        lro_ms: u64,
-    },
+    Emulator(EmulatorArgs),
     /// Show what reconcile would change for the policies in FILE. Reads only.
     /// Exit 0 nothing to do, 1 changes pending, 2 invalid input, 3 conflicts/errors, 4 Azure failed.
     Plan {
@@ -110,32 +93,7 @@ pub(crate) enum Command {
     /// The zero-setup tour on the embedded ARM emulator.
     Demo,
     /// The Kubernetes controller (kubeconfig or in-cluster): leader election, metrics, health.
-    Run {
-        #[command(flatten)]
-        arm: ArmArgs,
-        /// Address of /metrics, /healthz and /readyz.
-        #[arg(long, env = "KMSROUTE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-        metrics_addr: std::net::SocketAddr,
-        /// Namespace of the leader-election Lease (Events of the cluster-scoped policies go to `default`).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "kmsroute")]
-        leader_election_namespace: String,
-        #[arg(long, default_value = "kmsroute-leader")]
-        lease_name: String,
-        /// This replica's identity in the Lease (default: the pod or host name and a random
-        /// suffix, unique per process). A second process given an identity that holds the
-        /// lease refuses to run.
-        #[arg(long)]
-        identity: Option<String>,
-        /// Cap on every policy's resyncInterval (e.g. `2m`).
-        #[arg(long, value_parser = parse_duration_arg)]
-        max_resync: Option<std::time::Duration>,
-        /// Pause between two inventory refreshes of one subscription (drift is seen within it).
-        #[arg(long, env = "KMSROUTE_INVENTORY_REFRESH", default_value = "15s", value_parser = parse_duration_arg)]
-        inventory_refresh: std::time::Duration,
-        /// Most of a subscription's ARM read rate the inventory refreshes may use (0 < share <= 1).
-        #[arg(long, env = "KMSROUTE_INVENTORY_READ_SHARE", default_value_t = 0.05, value_parser = parse_share)]
-        inventory_read_share: f64,
-    },
+    Run(RunArgs),
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
         #[arg(short = 'f', long = "filename")]
@@ -144,6 +102,56 @@ pub(crate) enum Command {
         #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
         cloud: Cloud,
     },
+}
+
+// `kmsroute emulator` (its help is the variant's doc comment).
+#[derive(clap::Args)]
+pub(crate) struct EmulatorArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Estate to start with: `{"resources": [ARM resource JSON…], "learnedRoutes": […]}`.
+    #[arg(long)]
+    pub(crate) seed: Option<String>,
+    /// Items per list page before a nextLink.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) page_size: usize,
+    #[arg(long, value_enum, default_value = "off")]
+    pub(crate) throttle: ThrottleMode,
+    /// Accept only this bearer token (any non-empty one when absent).
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// How long long-running operations stay InProgress, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) lro_ms: u64,
+}
+
+// `kmsroute run` (its help is the variant's doc comment).
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) arm: ArmArgs,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KMSROUTE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub(crate) metrics_addr: std::net::SocketAddr,
+    /// Namespace of the leader-election Lease (Events of the cluster-scoped policies go to `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kmsroute")]
+    pub(crate) leader_election_namespace: String,
+    #[arg(long, default_value = "kmsroute-leader")]
+    pub(crate) lease_name: String,
+    /// This replica's identity in the Lease (default: the pod or host name and a random
+    /// suffix, unique per process). A second process given an identity that holds the
+    /// lease refuses to run.
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
+    /// Cap on every policy's resyncInterval (e.g. `2m`).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub(crate) max_resync: Option<std::time::Duration>,
+    /// Pause between two inventory refreshes of one subscription (drift is seen within it).
+    #[arg(long, env = "KMSROUTE_INVENTORY_REFRESH", default_value = "15s", value_parser = parse_duration_arg)]
+    pub(crate) inventory_refresh: std::time::Duration,
+    /// Most of a subscription's ARM read rate the inventory refreshes may use (0 < share <= 1).
+    #[arg(long, env = "KMSROUTE_INVENTORY_READ_SHARE", default_value_t = 0.05, value_parser = parse_share)]
+    pub(crate) inventory_read_share: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]

@@ -1,12 +1,13 @@
-//! Helpers the subcommands share: logging, confirmation, reading policies, connecting, exit
-//! codes, progress.
+//! Helpers the subcommands share: logging, confirmation, reading policies, connecting, the
+//! options of a pass, exit codes, progress.
 
 use super::args::*;
+use super::error::CliError;
 use kmsroute::api::{self, DesiredState};
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::credential::credential;
 use kmsroute::catalog::Cloud;
-use kmsroute::reconcile::{Progress, Report};
+use kmsroute::reconcile::{Options, Progress, Report, RunMode};
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
@@ -34,26 +35,27 @@ pub(crate) fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 /// Asks to go ahead with `writes` writes; refuses (an error) when stdin is not a terminal.
-pub(crate) fn confirm(writes: usize) -> Result<bool, String> {
+pub(crate) fn confirm(writes: usize) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
-        return Err(
+        return Err(CliError::Input(
             "refusing to write without confirmation: stdin is not a terminal; pass --yes".into(),
-        );
+        ));
     }
     print!("Apply {writes} write(s) to Azure? [y/N] ");
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    std::io::stdout().flush()?;
     let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
+    std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// Reads and validates every policy in a file; prints problems and returns `None` if any is invalid.
-pub(crate) fn load_policies(file: &str, cloud: Cloud) -> Result<Option<Vec<DesiredState>>, String> {
-    let docs = api::parse_policies(&read_input(file)?)?;
+pub(crate) fn load_policies(
+    file: &str,
+    cloud: Cloud,
+) -> Result<Option<Vec<DesiredState>>, CliError> {
+    let docs = api::parse_policies(&read_input(file)?).map_err(CliError::Input)?;
     if docs.is_empty() {
-        return Err(format!("{file}: no policies found"));
+        return Err(CliError::Input(format!("{file}: no policies found")));
     }
     let mut policies = Vec::new();
     let mut invalid = false;
@@ -81,14 +83,26 @@ pub(crate) fn load_policies(file: &str, cloud: Cloud) -> Result<Option<Vec<Desir
     Ok((!invalid).then_some(policies))
 }
 
-pub(crate) fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, String> {
+pub(crate) fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, CliError> {
     let endpoint = arm
         .arm_endpoint
         .clone()
         .unwrap_or_else(|| arm.cloud.endpoints().arm_endpoint.to_string());
-    let url = url::Url::parse(&endpoint).map_err(|e| format!("--arm-endpoint {endpoint}: {e}"))?;
+    let url = url::Url::parse(&endpoint)
+        .map_err(|e| CliError::Input(format!("--arm-endpoint {endpoint}: {e}")))?;
     let cred = credential(arm.auth, &url, arm.cloud)?;
-    AzureNetworkApi::new(url, cred, ClientSettings::default())
+    Ok(AzureNetworkApi::new(url, cred, ClientSettings::default())?)
+}
+
+/// The options of a CLI pass: the flags' concurrency, every policy, the system resolver.
+pub(crate) fn pass_options(arm: &ArmArgs, mode: RunMode) -> Options {
+    Options {
+        mode,
+        concurrency: arm.concurrency,
+        only_policy: None,
+        resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
+        ..Options::default()
+    }
 }
 
 pub(crate) fn exit_for(report: &Report, plan_only: bool) -> ExitCode {
@@ -142,14 +156,14 @@ pub(crate) fn show_progress(p: Progress, tty: bool) {
     }
 }
 
-pub(crate) fn read_input(file: &str) -> Result<String, String> {
+pub(crate) fn read_input(file: &str) -> Result<String, CliError> {
     if file == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| format!("reading stdin: {e}"))?;
+            .map_err(|e| CliError::Input(format!("reading stdin: {e}")))?;
         Ok(s)
     } else {
-        std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))
+        std::fs::read_to_string(file).map_err(|e| CliError::Input(format!("reading {file}: {e}")))
     }
 }

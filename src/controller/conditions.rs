@@ -3,8 +3,7 @@
 //! only when its status flips.
 
 use crate::api::Mode;
-use crate::output::ready;
-use crate::reconcile::PolicyReport;
+use crate::reconcile::{PolicyReport, Reason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -59,7 +58,7 @@ pub(super) fn conditions_for(
     let denied = report
         .problems
         .iter()
-        .filter(|p| p.reason == "PolicyDenied")
+        .filter(|p| Reason::PolicyDenied.is(p))
         .count();
     let (degraded, reason, message) = if failed && denied > 0 {
         (
@@ -109,7 +108,7 @@ pub(super) fn conditions_for(
     } else {
         (false, "AsExpected", String::new())
     };
-    let is_ready = ready(report);
+    let is_ready = report.ready();
     let ready_reason = if is_ready {
         if writes_done > 0 {
             "Repaired"
@@ -306,7 +305,7 @@ mod tests {
         r.writes_failed = 1;
         r.problems.push(Problem {
             subnet_id: "/s".into(),
-            reason: "PolicyDenied".into(),
+            reason: Reason::PolicyDenied.code().into(),
             message: String::new(),
         });
         let c = conditions_for(&r, 1, None, &[]);

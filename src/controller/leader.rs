@@ -145,7 +145,7 @@ impl LeaderElector {
         tx: watch::Sender<bool>,
         mut stop: watch::Receiver<bool>,
         probes: Probes,
-    ) -> Result<(), String> {
+    ) -> Result<(), LeaseError> {
         loop {
             probes.lease_loop.beat();
             // Bounded: the kube client retries a 503 with backoff for longer than a lease lasts,
@@ -164,7 +164,7 @@ impl LeaderElector {
                     tracing::error!(error = %e, "refusing to run");
                     probes.lease_ok.store(false, Ordering::SeqCst);
                     let _ = tx.send(false);
-                    return Err(e.to_string());
+                    return Err(e);
                 }
                 Ok(Err(e)) => {
                     // Also a lease namespace that does not exist: not ready, never leading.

@@ -19,7 +19,6 @@ use crate::api::{
 };
 use crate::azure::{ArmError, ErrorClass, NetworkApi};
 use crate::catalog::Cloud;
-use crate::output::ready;
 use crate::plan::plan_cleanup;
 use crate::reconcile::{self, InventorySource, Options, Report, RunMode};
 use conditions::{conditions_for, error_conditions};
@@ -60,6 +59,15 @@ pub enum Error {
     WritesFailed { class: ErrorClass, count: usize },
     #[error("the pass reported nothing for policy {0}")]
     NoReport(String),
+}
+
+/// Why the controller stopped (it ends cleanly when told to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Lease(#[from] leader::LeaseError),
+    #[error("the lease loop ended: {0}")]
+    LeaseLoop(#[from] tokio::task::JoinError),
 }
 
 /// How bad an error class is for backoff: a human must act > throttled > the rest.
@@ -488,7 +496,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     let done = report.writes_done();
     tracing::info!(policy = %name, planned = report.plan.writes.len(), done, failed = report.writes_failed(), in_sync = mine.summary.in_sync, repaired = mine.summary.repaired, "pass complete");
     ctx.metrics.repairs(done as u64);
-    ctx.metrics.set_policy(&name, ready(mine), &mine.summary);
+    ctx.metrics.set_policy(&name, mine.ready(), &mine.summary);
     if let Some(seen) = drift_seen
         && mine.writes_done > 0
     {
@@ -561,14 +569,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     } else {
         ctx.forget_event(&name, "NothingSelected").await;
     }
-    for reason in [
-        "SubscriptionUnreadable",
-        "PolicyDenied",
-        "Conflict",
-        "WriteFailed",
-        "NotVerified",
-        "KmsAddressDrift",
-    ] {
+    for reason in crate::reconcile::Reason::WARNING_EVENTS.map(|r| r.code()) {
         let notes: Vec<String> = mine
             .problems
             .iter()
@@ -708,7 +709,7 @@ pub async fn run(
     metrics: Arc<ControllerMetrics>,
     probes: Probes,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let elector = LeaderElector::new(client.clone(), settings.lease.clone());
     let mut elector_task = AbortOnDrop(tokio::spawn(elector.run(
@@ -717,10 +718,8 @@ pub async fn run(
         probes.clone(),
     )));
     let mut stop_rx = stop.clone();
-    let elector_outcome = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
-        Ok(outcome) => outcome,
-        Err(e) => Err(format!("the lease loop ended: {e}")),
-    };
+    let elector_outcome =
+        |r: Result<Result<(), leader::LeaseError>, tokio::task::JoinError>| Ok(r??);
     loop {
         // Wait to lead (or to stop).
         while !*lead_rx.borrow() {

@@ -58,10 +58,11 @@ impl Probes {
 
 /// Checks the credential now and then: every `every` while it works, sooner while it fails, so
 /// readiness follows Entra ID both ways (one failure at boot no longer leaves the pod unready).
-pub async fn watch_credentials<F, Fut>(check: F, ok: Arc<AtomicBool>, every: Duration)
+pub async fn watch_credentials<F, Fut, E>(check: F, ok: Arc<AtomicBool>, every: Duration)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut retry = Duration::from_secs(1).min(every);
     loop {

@@ -1,9 +1,9 @@
 //! ARM request semantics over the [`Store`]: routing, validation, ETags, long-running
 //! operations, paging. Synchronous: called with the store locked.
 
+use super::rules;
 use super::state::{Operation, Store, is_type, lower, new_etag, stamp};
 use super::{API_VERSION, OtherWrite, Reply};
-use crate::ids::check_route_name;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -264,7 +264,7 @@ fn policy_denial(store: &Store, route_id: &str, props: &Value) -> Option<Reply> 
 /// Validates a route body; returns the normalised properties or the ARM error.
 fn check_route(name: &str, props: &Value) -> Result<Value, Reply> {
     let bad = |code: &str, msg: String| Err(Reply::error(StatusCode::BAD_REQUEST, code, msg));
-    if let Err(e) = check_route_name(name) {
+    if let Some(e) = rules::name_problem(name) {
         return bad(
             "InvalidResourceName",
             format!("Resource name {name} is invalid: {e}"),
@@ -634,7 +634,7 @@ fn put_route_table(
         Ok(b) => b,
         Err(e) => return e,
     };
-    if let Err(e) = check_route_name(name) {
+    if let Some(e) = rules::name_problem(name) {
         return Reply::error(
             StatusCode::BAD_REQUEST,
             "InvalidResourceName",
@@ -706,7 +706,7 @@ fn put_route_table(
         }
         routes.push(json!({"name": rname, "id": format!("{id}/routes/{rname}"), "type": "Microsoft.Network/routeTables/routes", "properties": rp}));
     }
-    if routes.len() > crate::plan::MAX_ROUTES_PER_TABLE {
+    if routes.len() > rules::MAX_ROUTES {
         // inferred code
         return Reply::error(
             StatusCode::BAD_REQUEST,
@@ -803,7 +803,7 @@ fn route_op(
                 return conflict;
             }
             let count = table["properties"]["routes"].as_array().map_or(0, Vec::len);
-            if idx.is_none() && count >= crate::plan::MAX_ROUTES_PER_TABLE {
+            if idx.is_none() && count >= rules::MAX_ROUTES {
                 // inferred code
                 return Reply::error(
                     StatusCode::BAD_REQUEST,
@@ -1171,7 +1171,7 @@ fn patch_subnet(store: &mut Store, subnet_id: &str, patch: &Value) -> Result<(),
 
 /// `POST …/networkInterfaces/{nic}/effectiveRouteTable`: 202 with `Location`; the monitor URL
 /// returns 202 until done, then 200 with `{"value": [EffectiveRoute…]}` computed by
-/// [`crate::effective::compute`] from the NIC's subnet, its VNet's address space, the seed's
+/// [`super::effective::table`] from the NIC's subnet, its VNet's address space, the seed's
 /// BGP-learned routes for that VNet and the subnet's route table, as of the POST.
 fn effective_route_table(
     store: &mut Store,
@@ -1234,15 +1234,13 @@ fn effective_route_table(
         .and_then(|s| s.pointer("/properties/routeTable/id"))
         .and_then(Value::as_str)
         .and_then(|t| store.resources().get(&lower(t)));
-    let input = |r: &Value, name: Option<String>| crate::effective::RouteInput {
+    let input = |r: &Value, name: Option<String>| super::effective::RouteInput {
         name,
         prefix: r["addressPrefix"].as_str().unwrap_or_default().to_string(),
-        next_hop_type: crate::model::NextHopType::from(
-            r["nextHopType"].as_str().unwrap_or_default().to_string(),
-        ),
+        next_hop_type: r["nextHopType"].as_str().unwrap_or_default().to_string(),
         next_hop_ip: r["nextHopIpAddress"].as_str().map(str::to_string),
     };
-    let learned: Vec<crate::effective::RouteInput> = store
+    let learned: Vec<super::effective::RouteInput> = store
         .learned_routes
         .iter()
         .filter(|l| {
@@ -1252,7 +1250,7 @@ fn effective_route_table(
         })
         .map(|l| input(l, None))
         .collect();
-    let user: Vec<crate::effective::RouteInput> = table
+    let user: Vec<super::effective::RouteInput> = table
         .and_then(|t| t.pointer("/properties/routes"))
         .and_then(Value::as_array)
         .map(|routes| {
@@ -1266,7 +1264,7 @@ fn effective_route_table(
         .and_then(|t| t.pointer("/properties/disableBgpRoutePropagation"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let routes = crate::effective::compute(
+    let routes = super::effective::table(
         &prefixes,
         &learned,
         table.map(|_| (user.as_slice(), disable)),
@@ -1309,14 +1307,14 @@ fn split_subnet_id(id: &str) -> Option<(String, String)> {
 /// no conflict.
 fn route_conflict(routes: &[Value], name: &str, props: &Value) -> Option<Reply> {
     let prefix = props["addressPrefix"].as_str()?;
-    let key = crate::effective::parse_prefix(prefix);
+    let key = super::effective::network(prefix);
     let other = routes.iter().find(|r| {
         let other_name = r["name"].as_str().unwrap_or_default();
         let other_prefix = r["properties"]["addressPrefix"]
             .as_str()
             .unwrap_or_default();
         !other_name.eq_ignore_ascii_case(name)
-            && match (key, crate::effective::parse_prefix(other_prefix)) {
+            && match (key, super::effective::network(other_prefix)) {
                 (Some(a), Some(b)) => a == b,
                 _ => other_prefix.eq_ignore_ascii_case(prefix),
             }

@@ -14,6 +14,8 @@
 //! are marked *inferred* where they are produced.
 
 mod arm;
+mod effective;
+mod rules;
 mod service_tags;
 pub mod state;
 
@@ -88,12 +90,40 @@ pub enum OtherWrite {
     },
 }
 
-/// Starts the emulator on `addr` (use port 0 for a free port) with a seeded estate.
-pub async fn start(config: Config, seed: Seed, addr: SocketAddr) -> Result<EmulatorHandle, String> {
-    if !addr.ip().is_loopback() {
-        return Err(format!("the emulator only listens on loopback, not {addr}"));
+/// Why the emulator did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the emulator only listens on loopback, not {0}")]
+    NotLoopback(SocketAddr),
+    /// The seed is not an estate the emulator can hold.
+    #[error("{0}")]
+    Seed(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The address cannot be listened on (in use, not permitted).
+    pub fn is_listen(&self) -> bool {
+        matches!(self, StartError::Listen { .. })
     }
-    let store = Store::from_seed(seed)?;
+}
+
+/// Starts the emulator on `addr` (use port 0 for a free port) with a seeded estate.
+pub async fn start(
+    config: Config,
+    seed: Seed,
+    addr: SocketAddr,
+) -> Result<EmulatorHandle, StartError> {
+    if !addr.ip().is_loopback() {
+        return Err(StartError::NotLoopback(addr));
+    }
+    let store = Store::from_seed(seed).map_err(StartError::Seed)?;
+    let listen = |source| StartError::Listen { addr, source };
     let app = Arc::new(App {
         store: Mutex::new(store),
         config,
@@ -106,17 +136,11 @@ pub async fn start(config: Config, seed: Seed, addr: SocketAddr) -> Result<Emula
     } else {
         tokio::net::TcpSocket::new_v6()
     }
-    .map_err(|e| format!("socket: {e}"))?;
-    socket
-        .set_reuseaddr(true)
-        .map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(addr)
-        .map_err(|e| format!("binding {addr}: {e}"))?;
-    let listener = socket
-        .listen(4096)
-        .map_err(|e| format!("listening on {addr}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    .map_err(listen)?;
+    socket.set_reuseaddr(true).map_err(listen)?;
+    socket.bind(addr).map_err(listen)?;
+    let listener = socket.listen(4096).map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
     let router = Router::new().fallback(handle).with_state(app.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -300,7 +300,7 @@ impl fmt::Display for SkipReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ErrorReason {
     SubnetNotFound,
     SubscriptionNotObserved,
@@ -315,6 +315,18 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
+    /// Every planner error (the reasons `status.problems` can hold for them).
+    pub const ALL: [ErrorReason; 8] = [
+        ErrorReason::SubnetNotFound,
+        ErrorReason::SubscriptionNotObserved,
+        ErrorReason::RouteTableNotObserved,
+        ErrorReason::RouteTableOutOfScope,
+        ErrorReason::InvalidRouteTableName,
+        ErrorReason::RouteTableNameTaken,
+        ErrorReason::LocationMismatch,
+        ErrorReason::RouteLimitExceeded,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             ErrorReason::SubnetNotFound => "SubnetNotFound",

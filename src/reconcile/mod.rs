@@ -6,15 +6,18 @@
 //! Crash-safe by construction: it keeps no state of its own. Every pass plans from what Azure
 //! holds now, so re-running after an interruption converges without duplicates.
 
+pub mod problem;
 pub mod verify;
 
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
-use crate::azure::{ArmError, ErrorClass, NetworkApi, execute};
+use crate::azure::{ArmError, ErrorClass, NetworkApi};
 use crate::dns::Resolver;
 use crate::ids::SubnetId;
 use crate::model::Inventory;
 use crate::plan::{Plan, PlannedWrite, SubnetVerdict, Verdict, Warning, Write, egress, plan};
 use futures::StreamExt;
+pub use problem::Reason;
+use problem::rank_of;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -174,9 +177,9 @@ struct TopProblems {
 }
 
 impl TopProblems {
-    fn offer(&mut self, reason: &str, subnet_id: &str, build: impl FnOnce() -> Problem) {
+    fn offer(&mut self, reason: Reason, subnet_id: &str, build: impl FnOnce() -> Problem) {
         self.offered += 1;
-        let at = self.position(reason, subnet_id);
+        let at = self.position(reason.rank(), subnet_id);
         if at < MAX_PROBLEMS {
             self.kept.insert(at, build());
             self.kept.truncate(MAX_PROBLEMS);
@@ -184,21 +187,32 @@ impl TopProblems {
     }
     fn push(&mut self, p: Problem) {
         self.offered += 1;
-        let at = self.position(&p.reason, &p.subnet_id);
+        let at = self.position(rank_of(&p), &p.subnet_id);
         if at < MAX_PROBLEMS {
             self.kept.insert(at, p);
             self.kept.truncate(MAX_PROBLEMS);
         }
     }
     /// Where a problem goes in report order (after the equal ones already kept).
-    fn position(&self, reason: &str, subnet_id: &str) -> usize {
-        let key = (problem_rank(reason), subnet_id);
+    fn position(&self, rank: u8, subnet_id: &str) -> usize {
+        let key = (rank, subnet_id);
         self.kept
-            .partition_point(|p| (problem_rank(&p.reason), p.subnet_id.as_str()) <= key)
+            .partition_point(|p| (rank_of(p), p.subnet_id.as_str()) <= key)
     }
 }
 
 impl PolicyReport {
+    /// True when every selected subnet is in sync or deliberately skipped, every selected
+    /// subscription could be read, and the policy selects something at all (the Ready rule
+    /// of the status, the CLI's table and the controller's metrics).
+    pub fn ready(&self) -> bool {
+        self.summary.errors == 0
+            && self.summary.conflicts == 0
+            && self.summary.in_sync + self.summary.skipped == self.summary.subnets_matched
+            && self.unreadable_subscriptions.is_empty()
+            && !self.nothing_selected()
+    }
+
     /// The policy selects no subnet anywhere it could look: most likely a selector typo.
     pub fn nothing_selected(&self) -> bool {
         self.summary.subnets_matched == 0 && self.unreadable_subscriptions.is_empty()
@@ -338,7 +352,7 @@ pub fn report_group_errors(p: &mut PolicyReport, errors: &[(String, ArmError)]) 
     for (group, e) in errors {
         p.problems.push(Problem {
             subnet_id: format!("/providers/Microsoft.Management/managementGroups/{group}"),
-            reason: "SubscriptionUnreadable".into(),
+            reason: Reason::SubscriptionUnreadable.code().into(),
             message: format!(
                 "management group {group} cannot be read ({}{}): its subscriptions are not covered; check the name and the identity's Microsoft.Management/managementGroups/descendants/read there",
                 e.code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default(),
@@ -422,7 +436,7 @@ pub async fn reconcile(
                     .map(|p| {
                         let problem = Problem {
                             subnet_id: String::new(),
-                            reason: "VerificationFailed".into(),
+                            reason: Reason::VerificationFailed.code().into(),
                             message: e.to_string(),
                         };
                         let report = verify::VerificationReport {
@@ -453,9 +467,8 @@ pub async fn reconcile(
             p.problems.extend(verify::dns_problems(d));
             p.dns = Some(d.clone());
         }
-        p.problems.sort_by(|a, b| {
-            (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
-        });
+        p.problems
+            .sort_by(|a, b| (rank_of(a), &a.subnet_id).cmp(&(rank_of(b), &b.subnet_id)));
         p.problems_total = p.problems.len() + p.problems_dropped;
         p.problems.truncate(MAX_PROBLEMS);
     }
@@ -509,7 +522,7 @@ async fn refine_egress(api: &dyn NetworkApi, report: &mut Report, options: &Opti
     for p in &mut report.policies {
         let before = p.problems.len();
         p.problems.retain_mut(|pr| {
-            if pr.reason != "NoInternetEgress" {
+            if !Reason::NoInternetEgress.is(pr) {
                 return true;
             }
             match counts.get(&pr.subnet_id.to_ascii_lowercase()) {
@@ -683,6 +696,38 @@ fn write_at<'a>(
     }
 }
 
+/// Carries out one planned write through the port (the executor's, not the port's: the port
+/// knows ARM's operations, not the plan).
+pub async fn execute(api: &dyn NetworkApi, write: &Write) -> Result<(), ArmError> {
+    match write {
+        Write::CreateRouteTable {
+            table,
+            location,
+            tags,
+            disable_bgp_route_propagation,
+            routes,
+        } => {
+            api.create_route_table(
+                table,
+                location,
+                tags,
+                *disable_bgp_route_propagation,
+                routes,
+            )
+            .await
+        }
+        Write::PutRoute { table, route, .. } => api.put_route(table, route).await,
+        Write::DeleteRoute { table, name, .. } => api.delete_route(table, name).await,
+        Write::AssociateSubnet { subnet, table } => {
+            api.set_subnet_route_table(subnet, None, Some(table)).await
+        }
+        Write::DissociateSubnet { subnet, table } => {
+            api.set_subnet_route_table(subnet, Some(table), None).await
+        }
+        Write::DeleteRouteTable { table } => api.delete_route_table(table).await,
+    }
+}
+
 /// One route table's writes, in plan order, by their index in the plan.
 type Lane = Vec<usize>;
 
@@ -821,17 +866,6 @@ pub async fn apply(
     flat
 }
 
-fn problem_rank(reason: &str) -> u8 {
-    match reason {
-        "SubscriptionUnreadable" | "PolicyDenied" | "WriteFailed" => 0,
-        "Conflict" | "NotVerified" => 2,
-        "NoInternetEgress" | "KmsAddressDrift" | "VerificationFailed" | "DnsFailed" => 3,
-        "Overlap" | "NoRouteTable" | "WouldRelease" => 4,
-        "Drift" => 5,
-        _ => 1, // planner errors
-    }
-}
-
 /// Turns verdicts and write results into per-policy summaries and capped problem lists.
 fn summarize(
     policies: &[DesiredState],
@@ -885,7 +919,7 @@ fn summarize(
                 if let Some(e) = unreadable.get(&sub) {
                     problems.push(Problem {
                         subnet_id: format!("/subscriptions/{sub}"),
-                        reason: "SubscriptionUnreadable".into(),
+                        reason: Reason::SubscriptionUnreadable.code().into(),
                         message: format!(
                             "subscription {sub} cannot be listed ({e}); check the ID in the selector and the identity's role there"
                         ),
@@ -901,14 +935,12 @@ fn summarize(
                         s.errors += 1;
                         // A denial needs an exemption, not a retry: its own reason.
                         let reason = if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
-                            "PolicyDenied"
+                            Reason::PolicyDenied
                         } else {
-                            "WriteFailed"
+                            Reason::WriteFailed
                         };
-                        problems.offer(reason, v.subnet.as_str(), || Problem {
-                            subnet_id: v.subnet.to_string(),
-                            reason: reason.into(),
-                            message: e.to_string(),
+                        problems.offer(reason, v.subnet.as_str(), || {
+                            reason.problem(v.subnet.to_string(), e.to_string())
                         });
                         continue;
                     }
@@ -928,29 +960,18 @@ fn summarize(
                     (Verdict::Skipped { .. }, None) => s.skipped += 1,
                     (Verdict::Error { .. }, None) => s.errors += 1,
                 }
-                let reportable = !matches!(
-                    v.verdict,
-                    Verdict::InSync
-                        | Verdict::Skipped {
-                            reason: crate::plan::SkipReason::SpecialSubnet { .. }
-                        }
-                );
-                if reportable {
-                    let reason = v.verdict.reason();
-                    problems.offer(reason, v.subnet.as_str(), || Problem {
-                        subnet_id: v.subnet.to_string(),
-                        reason: reason.into(),
-                        message: v.verdict.message(),
+                if let Some(reason) = Reason::of_verdict(&v.verdict) {
+                    problems.offer(reason, v.subnet.as_str(), || {
+                        reason.problem(v.subnet.to_string(), v.verdict.message())
                     });
                 }
                 for w in &v.warnings {
                     if matches!(w, crate::plan::Warning::NoInternetEgress) {
                         egress_warnings += 1;
                     }
-                    problems.offer(w.code(), v.subnet.as_str(), || Problem {
-                        subnet_id: v.subnet.to_string(),
-                        reason: w.code().into(),
-                        message: w.message().into(),
+                    let reason = Reason::of_warning(w);
+                    problems.offer(reason, v.subnet.as_str(), || {
+                        reason.problem(v.subnet.to_string(), w.message())
                     });
                 }
             }
@@ -960,7 +981,7 @@ fn summarize(
                 if p.mode == Mode::Audit {
                     problems.push(Problem {
                         subnet_id: r.table.to_string(),
-                        reason: "WouldRelease".into(),
+                        reason: Reason::WouldRelease.code().into(),
                         message: format!(
                             "no selected subnet uses this table any more ({} subnet(s) left the selection); Enforce would {}",
                             r.subnets.len(),
@@ -1015,31 +1036,28 @@ mod tests {
     #[test]
     fn top_problems_keeps_the_first_in_report_order_and_builds_no_more() {
         let reasons = [
-            "Drift",
-            "WriteFailed",
-            "Conflict",
-            "NoRouteTable",
-            "Overlap",
+            Reason::Drift,
+            Reason::WriteFailed,
+            Reason::Conflict,
+            Reason::NoRouteTable,
+            Reason::Overlap,
         ];
-        let all: Vec<Problem> = (0..400)
-            .map(|i| Problem {
-                subnet_id: format!("/s/{:03}", (i * 37) % 400),
-                reason: reasons[i % reasons.len()].into(),
-                message: String::new(),
+        let all: Vec<(Reason, Problem)> = (0..400)
+            .map(|i| {
+                let r = reasons[i % reasons.len()];
+                (r, r.problem(format!("/s/{:03}", (i * 37) % 400), ""))
             })
             .collect();
         let built = std::cell::Cell::new(0);
         let mut top = TopProblems::default();
-        for p in &all {
-            top.offer(&p.reason, &p.subnet_id, || {
+        for (r, p) in &all {
+            top.offer(*r, &p.subnet_id, || {
                 built.set(built.get() + 1);
                 p.clone()
             });
         }
-        let mut sorted = all.clone();
-        sorted.sort_by(|a, b| {
-            (problem_rank(&a.reason), &a.subnet_id).cmp(&(problem_rank(&b.reason), &b.subnet_id))
-        });
+        let mut sorted: Vec<Problem> = all.into_iter().map(|(_, p)| p).collect();
+        sorted.sort_by(|a, b| (rank_of(a), &a.subnet_id).cmp(&(rank_of(b), &b.subnet_id)));
         sorted.truncate(MAX_PROBLEMS);
         assert_eq!(top.kept, sorted);
         assert_eq!(top.offered, 400);

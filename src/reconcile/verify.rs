@@ -2,16 +2,14 @@
 //! verification (one sampled NIC per managed route table) and KMS address drift (the cloud's
 //! KMS names resolved and compared with the routed addresses).
 
+use super::Reason;
 use crate::api::{DesiredState, Destination, Problem, check_host_address, route_name_for};
-use crate::azure::{ArmError, ErrorClass, NetworkApi};
+use crate::azure::{ArmError, BUDGET_EXHAUSTED, ErrorClass, NetworkApi};
 use crate::dns::Resolver;
 use crate::plan::{SubnetVerdict, Verdict};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-
-/// The ARM error code the client gives when its verification budget is spent.
-pub const BUDGET_EXHAUSTED: &str = "VerificationBudgetExhausted";
 
 /// What effective-route verification found for one policy in one pass.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -118,7 +116,7 @@ pub fn dns_problems(report: &DnsReport) -> Vec<Problem> {
         let list: Vec<String> = report.drift.iter().map(Ipv4Addr::to_string).collect();
         out.push(Problem {
             subnet_id: String::new(),
-            reason: "KmsAddressDrift".into(),
+            reason: Reason::KmsAddressDrift.code().into(),
             message: if report.routed {
                 format!(
                     "the KMS names resolve to {} which the catalog does not list; routed because spec.kms.routeResolvedAddresses is set",
@@ -135,7 +133,7 @@ pub fn dns_problems(report: &DnsReport) -> Vec<Problem> {
     for e in &report.errors {
         out.push(Problem {
             subnet_id: String::new(),
-            reason: "DnsFailed".into(),
+            reason: Reason::DnsFailed.code().into(),
             message: e.clone(),
         });
     }
@@ -228,7 +226,7 @@ pub async fn verify(
                             .collect();
                         problems.push(Problem {
                             subnet_id: v.subnet.to_string(),
-                            reason: "NotVerified".into(),
+                            reason: Reason::NotVerified.code().into(),
                             message: format!(
                                 "effective routes of NIC {}: {}",
                                 nic.rsplit('/').next().unwrap_or(nic),
@@ -247,7 +245,7 @@ pub async fn verify(
                     report.failed += 1;
                     problems.push(Problem {
                         subnet_id: v.subnet.to_string(),
-                        reason: "VerificationFailed".into(),
+                        reason: Reason::VerificationFailed.code().into(),
                         message: e.to_string(),
                     });
                 }

@@ -1,0 +1,122 @@
+//! `kmsroute apply`: plan, confirm, write, re-read, report.
+
+use super::args::{ArmArgs, EXIT_CHANGES_PENDING, EXIT_INTERRUPTED, EXIT_INVALID_INPUT};
+use super::error::CliError;
+use super::support::{confirm, connect, exit_for, load_policies, pass_options, show_progress};
+use kmsroute::output::{plan_table, problems_text, status_table};
+use kmsroute::plan::PlannedWrite;
+use kmsroute::reconcile::{Options, Progress, Report, RunMode, reconcile};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCode, CliError> {
+    let Some(policies) = load_policies(file, arm.cloud)? else {
+        return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+    };
+    let api = connect(arm)?;
+    let interrupt = stop_on_ctrl_c();
+    let mut approved: Option<Arc<Vec<PlannedWrite>>> = None;
+    if !yes {
+        let preview = reconcile(
+            &api,
+            &policies,
+            &pass_options(arm, RunMode::PlanOnly),
+            &|_| {},
+        )
+        .await?;
+        print!("{}", plan_table(&preview.plan));
+        if preview.plan.writes.is_empty() {
+            print!("{}", status_table(&preview));
+            print!("{}", problems_text(&preview));
+            return Ok(exit_for(&preview, false));
+        }
+        if !confirm(preview.plan.writes.len())? {
+            println!("Nothing written.");
+            return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
+        }
+        approved = Some(Arc::new(preview.plan.writes));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let report = loop {
+        let progress = move |p: Progress| show_progress(p, tty);
+        let options = Options {
+            approved: approved.clone(),
+            interrupt: Some(interrupt.clone()),
+            ..pass_options(arm, RunMode::Apply)
+        };
+        let report = reconcile(&api, &policies, &options, &progress).await?;
+        if !report.approval_stale {
+            break report;
+        }
+        // Azure changed between the preview and now: show what differs, ask again.
+        show_changed_plan(approved.as_deref().map(Vec::as_slice), &report);
+        if report.plan.writes.is_empty() {
+            println!("Nothing left to write.");
+            break report;
+        }
+        if !confirm(report.plan.writes.len())? {
+            println!("Nothing written.");
+            return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
+        }
+        approved = Some(Arc::new(report.plan.writes.clone()));
+    };
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "{} write(s) done, {} failed.",
+        report.writes_done(),
+        report.writes_failed()
+    );
+    print!("{}", status_table(&report));
+    print!("{}", problems_text(&report));
+    if interrupt.load(Ordering::SeqCst) {
+        println!(
+            "interrupted after {} of {} writes; run again to continue",
+            report.writes_done(),
+            report.plan.writes.len()
+        );
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(exit_for(&report, false))
+}
+
+/// Ctrl-C stops issuing writes; those in flight finish. A second one aborts.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            eprintln!(
+                "\ninterrupted: finishing the writes in flight, starting no more (Ctrl-C again to abort)"
+            );
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        }
+    });
+    interrupt
+}
+
+/// The writes that left and joined the plan since the one approved.
+fn show_changed_plan(approved: Option<&[PlannedWrite]>, report: &Report) {
+    let before: Vec<String> = approved
+        .map(|w| w.iter().map(|w| w.write.to_string()).collect())
+        .unwrap_or_default();
+    let now: Vec<String> = report
+        .plan
+        .writes
+        .iter()
+        .map(|w| w.write.to_string())
+        .collect();
+    println!("Azure changed since the plan you approved; nothing was written. The plan now:");
+    for w in before.iter().filter(|w| !now.contains(w)) {
+        println!("  - {w}");
+    }
+    for w in now.iter().filter(|w| !before.contains(w)) {
+        println!("  + {w}");
+    }
+}
