@@ -256,7 +256,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), DemoError> {
         .ok_or("the demo expected a route write")?;
     em.other_writer(OtherWrite::DeleteRoute {
         route_table: shared.0.to_string(),
-        route: shared.1.clone(),
+        route: shared.1.to_string(),
     })?;
     writeln!(out, "  deleted route {} from {}", shared.1, shared.0.name())?;
     em.other_writer(OtherWrite::SetSubnetRouteTable {

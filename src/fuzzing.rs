@@ -181,10 +181,10 @@ fn inventory_from(b: &mut Bytes) -> Inventory {
                 routes.push(r);
             }
         }
-        let mut tags = BTreeMap::new();
+        let mut tags = crate::model::Tags::default();
         if b.flag() {
-            tags.insert("managed-by".into(), "kmsroute".into());
-            tags.insert("kmsroute.io-policy".into(), "fuzz".into());
+            tags.insert("managed-by", "kmsroute");
+            tags.insert("kmsroute.io-policy", "fuzz");
         }
         inv.route_tables.push(RouteTable {
             id: RouteTableId::new(&cased(sub, b.flag()), "rg", &format!("rt{t}")),
@@ -218,9 +218,9 @@ fn inventory_from(b: &mut Bytes) -> Inventory {
                 default_outbound_access: b.flag().then_some(false),
             });
         }
-        let mut tags = BTreeMap::new();
+        let mut tags = crate::model::Tags::default();
         if !b.byte().is_multiple_of(4) {
-            tags.insert("kms".into(), "enabled".into());
+            tags.insert("kms", "enabled");
         }
         inv.virtual_networks.push(VirtualNetwork {
             id: vnet,
@@ -283,8 +283,9 @@ pub fn planner(data: &[u8]) -> usize {
         .flat_map(|v| v.subnets.iter())
         .map(|s| (s.id.key(), s))
         .collect();
-    let internet_host =
-        |r: &Route| r.next_hop_type == NextHopType::Internet && wanted.contains(&r.address_prefix);
+    let internet_host = |r: &Route| {
+        r.next_hop_type == NextHopType::Internet && wanted.contains(&r.address_prefix.to_string())
+    };
     for w in &p.writes {
         let table = w.write.table();
         assert!(

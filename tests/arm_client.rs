@@ -73,8 +73,8 @@ fn table(sub: &str, name: &str) -> Value {
 
 fn kms_route(ip: &str) -> Route {
     Route {
-        name: format!("kms-{}", ip.replace('.', "-")),
-        address_prefix: format!("{ip}/32"),
+        name: format!("kms-{}", ip.replace('.', "-")).into(),
+        address_prefix: format!("{ip}/32").into(),
         next_hop_type: NextHopType::Internet,
         next_hop_ip_address: None,
     }
@@ -134,7 +134,10 @@ async fn inventory_lists_every_subscription_following_next_links() {
         NextHopType::VirtualAppliance
     );
     assert_eq!(
-        inv.virtual_networks[0].tags.get("env").map(String::as_str),
+        inv.virtual_networks[0]
+            .tags
+            .get("env")
+            .map(kmsroute::model::Text::as_str),
         Some("prod")
     );
     let stats = em.stats();
@@ -171,7 +174,7 @@ async fn create_table_put_routes_and_associate_through_the_real_client() {
     let inv = api.inventory(&[SUB.to_string()].into()).await.unwrap();
     let table = inv.route_table(&t).unwrap();
     assert_eq!(table.routes.len(), 2);
-    assert_eq!(table.tags, tags);
+    assert_eq!(table.tags, kmsroute::model::Tags::from(tags.clone()));
     assert_eq!(table.subnets, vec![sid.clone()]);
     assert_eq!(inv.subnet(&sid).unwrap().1.route_table.as_ref(), Some(&t));
     api.delete_route(&t, "kms-40-83-235-53").await.unwrap();

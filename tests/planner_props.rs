@@ -201,7 +201,7 @@ fn build_inventory(vnets: &[VnetSeed], tables: &[TableSeed]) -> Inventory {
         inv.route_tables.push(RouteTable {
             id: RouteTableId::new(SUBS[t.sub], &format!("rg{}", t.rg), &format!("rt{i}")),
             location: LOCATIONS[t.location].into(),
-            tags,
+            tags: tags.into(),
             disable_bgp_route_propagation: false,
             routes,
             subnets: vec![],
@@ -238,7 +238,7 @@ fn build_inventory(vnets: &[VnetSeed], tables: &[TableSeed]) -> Inventory {
         inv.virtual_networks.push(VirtualNetwork {
             id,
             location: LOCATIONS[v.location].into(),
-            tags,
+            tags: tags.into(),
             subnets,
         });
     }
@@ -349,7 +349,10 @@ fn releasable(
     t: &RouteTable,
 ) -> bool {
     let using = users(inv, &t.id);
-    let created = t.tags.get("kmsroute.io-policy") == Some(&policy.name);
+    let created = t
+        .tags
+        .get("kmsroute.io-policy")
+        .is_some_and(|v| v == &policy.name);
     policy
         .subscriptions()
         .contains(&t.id.subscription().to_ascii_lowercase())
@@ -447,7 +450,7 @@ proptest! {
                 // Only a released table its policy created, with nothing foreign in it.
                 prop_assert!(
                     policies.iter().any(|p| releasable(p, &policies, &inv, before)
-                        && before.tags.get("kmsroute.io-policy") == Some(&p.name)),
+                        && before.tags.get("kmsroute.io-policy").is_some_and(|v| v == &p.name)),
                     "table {} deleted", before.id
                 );
                 prop_assert!(before.routes.iter().all(|r| owned_by_any(&policies, &r.name)));
@@ -483,7 +486,7 @@ proptest! {
                 prop_assert!(!selected(&policies, &inv, id), "a selected subnet {} was dissociated", id);
                 prop_assert!(
                     policies.iter().any(|p| releasable(p, &policies, &inv, t)
-                        && t.tags.get("kmsroute.io-policy") == Some(&p.name)),
+                        && t.tags.get("kmsroute.io-policy").is_some_and(|v| v == &p.name)),
                     "{} dissociated from a table no policy created", id
                 );
             } else if n.route_table != b.route_table {
@@ -616,7 +619,7 @@ proptest! {
                 .route_table
                 .as_ref()
                 .and_then(|t| inv.route_table(t))
-                .is_some_and(|t| t.tags.get("kmsroute.io-policy") == Some(&p.name));
+                .is_some_and(|t| t.tags.get("kmsroute.io-policy").is_some_and(|v| v == &p.name));
             if b.route_table.is_some() && !created_by_p {
                 prop_assert_eq!(&now[id], b);
             }
@@ -638,7 +641,7 @@ proptest! {
             // Deletion also finds what the policy's marks say it owns outside its selection.
             let released = releasable(p, lone, &after, t);
             match n {
-                Some(n) if managed.contains(&&t.id) || released || t.tags.get("kmsroute.io-policy") == Some(&p.name) => {
+                Some(n) if managed.contains(&&t.id) || released || t.tags.get("kmsroute.io-policy").is_some_and(|v| v == &p.name) => {
                     let kept: Vec<&Route> = n.routes.iter().filter(|r| !p.owns_route_name(&r.name)).collect();
                     prop_assert_eq!(kept, foreign);
                     prop_assert!(n.routes.iter().all(|r| !p.owns_route_name(&r.name)), "owned route left behind in {}", t.id);

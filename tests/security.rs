@@ -9,7 +9,6 @@ use kmsroute::ids::{RouteTableId, SubnetId, VnetId};
 use kmsroute::model::{Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork};
 use kmsroute::plan::{ErrorReason, Verdict, Write, plan};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::process::Command;
 
 const A: &str = "00000000-0000-0000-0000-00000000000a";
@@ -30,7 +29,7 @@ fn table(sub: &str, name: &str, routes: Vec<Route>) -> RouteTable {
     RouteTable {
         id: RouteTableId::new(sub, "rg", name),
         location: "westeurope".into(),
-        tags: BTreeMap::new(),
+        tags: Default::default(),
         disable_bgp_route_propagation: false,
         routes,
         subnets: vec![],
@@ -41,7 +40,7 @@ fn vnet(sub: &str, subnet_table: Option<RouteTableId>) -> VirtualNetwork {
     VirtualNetwork {
         id: VnetId::new(sub, "rg", "v"),
         location: "westeurope".into(),
-        tags: BTreeMap::new(),
+        tags: Default::default(),
         subnets: vec![Subnet {
             id: SubnetId::new(sub, "rg", "v", "app"),
             route_table: subnet_table,

@@ -65,7 +65,7 @@ pub struct Selector {
 
 impl Selector {
     /// True when a subnet with this identity, in a VNet with these tags, is selected.
-    pub fn matches(&self, subnet: &SubnetId, vnet_tags: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, subnet: &SubnetId, vnet_tags: &crate::model::Tags) -> bool {
         let lc = |s: &str| s.to_ascii_lowercase();
         self.subscriptions.contains(&lc(subnet.subscription()))
             && (self.resource_groups.is_empty()
@@ -122,7 +122,7 @@ impl DesiredState {
     }
 
     /// True when the policy selects this subnet (by ID, or by its selector with the VNet's tags).
-    pub fn selects(&self, subnet: &SubnetId, vnet_tags: &BTreeMap<String, String>) -> bool {
+    pub fn selects(&self, subnet: &SubnetId, vnet_tags: &crate::model::Tags) -> bool {
         self.subnets.contains(subnet)
             || self
                 .selector

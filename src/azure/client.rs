@@ -84,12 +84,12 @@ fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::
     }
 }
 
-fn tags_of(v: &Option<Value>) -> BTreeMap<String, String> {
+fn tags_of(v: &Option<Value>) -> model::Tags {
     v.as_ref()
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
                 .collect()
         })
         .unwrap_or_default()
@@ -440,7 +440,7 @@ pub fn convert_vnet(v: models::VirtualNetwork, sub: &str) -> Option<model::Virtu
         .0;
     Some(model::VirtualNetwork {
         id,
-        location: v.resource.location.unwrap_or_default(),
+        location: v.resource.location.unwrap_or_default().into(),
         tags: tags_of(&v.resource.tags),
         subnets,
     })
@@ -461,7 +461,7 @@ pub fn convert_table(t: models::RouteTable, sub: &str) -> Option<model::RouteTab
     let p = t.properties.unwrap_or_default();
     Some(model::RouteTable {
         id,
-        location: t.resource.location.unwrap_or_default(),
+        location: t.resource.location.unwrap_or_default().into(),
         tags: tags_of(&t.resource.tags),
         disable_bgp_route_propagation: p.disable_bgp_route_propagation.unwrap_or(false),
         routes: p
@@ -470,10 +470,10 @@ pub fn convert_table(t: models::RouteTable, sub: &str) -> Option<model::RouteTab
             .filter_map(|r| {
                 let rp = r.properties?;
                 Some(model::Route {
-                    name: r.name?,
-                    address_prefix: rp.address_prefix.unwrap_or_default(),
+                    name: r.name?.into(),
+                    address_prefix: rp.address_prefix.unwrap_or_default().into(),
                     next_hop_type: next_hop(&rp.next_hop_type),
-                    next_hop_ip_address: rp.next_hop_ip_address,
+                    next_hop_ip_address: rp.next_hop_ip_address.map(Into::into),
                 })
             })
             .collect::<Compact<_>>()

@@ -10,7 +10,7 @@
 
 use crate::azure::{ArmError, NetworkApi};
 use crate::ids::SubnetId;
-use crate::model::{Inventory, RouteTable, Subnet};
+use crate::model::{Inventory, RouteTable, Subnet, Tags};
 use crate::reconcile::InventorySource;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -47,7 +47,7 @@ pub struct ChangeEvent {
     /// Subnets that changed, appeared or went, plus the subnets of every changed route table
     /// (before and after), each with its VNet's tags (before or after) so selectors can be
     /// matched without the inventory.
-    pub subnets: Vec<(SubnetId, BTreeMap<String, String>)>,
+    pub subnets: Vec<(SubnetId, Tags)>,
     /// When the change was seen.
     pub detected: Instant,
     /// The policy whose own writes caused the re-read, if any (not queued again for them).
@@ -383,7 +383,7 @@ fn same_table(a: &RouteTable, b: &RouteTable) -> bool {
         && a.disable_bgp_route_propagation == b.disable_bgp_route_propagation
 }
 
-type Seen<'a> = HashMap<&'a str, (&'a Subnet, &'a BTreeMap<String, String>, &'a str)>;
+type Seen<'a> = HashMap<&'a str, (&'a Subnet, &'a Tags, &'a str)>;
 
 /// Subnets by key, with their VNet's tags and location.
 fn index(inv: &Inventory) -> Seen<'_> {
@@ -400,13 +400,10 @@ fn index(inv: &Inventory) -> Seen<'_> {
 /// Every subnet whose planning inputs differ between two reads of one subscription: changed,
 /// added or removed subnets (or their VNet's tags or location), and the subnets of changed,
 /// added or removed route tables.
-pub fn changed_subnets(
-    old: &Inventory,
-    new: &Inventory,
-) -> Vec<(SubnetId, BTreeMap<String, String>)> {
+pub fn changed_subnets(old: &Inventory, new: &Inventory) -> Vec<(SubnetId, Tags)> {
     let (before, after) = (index(old), index(new));
-    let mut out: BTreeMap<String, (SubnetId, BTreeMap<String, String>)> = BTreeMap::new();
-    let mut note = |id: &SubnetId, tags: &BTreeMap<String, String>| {
+    let mut out: BTreeMap<String, (SubnetId, Tags)> = BTreeMap::new();
+    let mut note = |id: &SubnetId, tags: &Tags| {
         // Old and new tags both matter (a tag removed deselects); keep each once.
         let key = format!("{}\u{0}{:?}", id.key(), tags);
         out.entry(key).or_insert_with(|| (id.clone(), tags.clone()));
@@ -434,10 +431,7 @@ pub fn changed_subnets(
             .collect()
     };
     let (tb, ta) = (tables(old), tables(new));
-    let users = |t: &RouteTable,
-                 seen: &Seen<'_>,
-                 inv: &Inventory|
-     -> Vec<(SubnetId, BTreeMap<String, String>)> {
+    let users = |t: &RouteTable, seen: &Seen<'_>, inv: &Inventory| -> Vec<(SubnetId, Tags)> {
         // ARM's `properties.subnets`, and every subnet that names the table (either side).
         let mut ids: Vec<SubnetId> = t.subnets.clone();
         ids.extend(
@@ -505,12 +499,12 @@ mod tests {
         RouteTable {
             id: RouteTableId::new(SUB, "rg", name),
             location: "westeurope".into(),
-            tags: BTreeMap::new(),
+            tags: Tags::default(),
             disable_bgp_route_propagation: false,
             routes: routes
                 .iter()
                 .map(|r| Route {
-                    name: r.to_string(),
+                    name: (*r).into(),
                     address_prefix: "20.118.99.224/32".into(),
                     next_hop_type: NextHopType::Internet,
                     next_hop_ip_address: None,
@@ -529,7 +523,7 @@ mod tests {
                 ))
                 .unwrap(),
                 location: "westeurope".into(),
-                tags: BTreeMap::from([("kms".to_string(), "enabled".to_string())]),
+                tags: [("kms", "enabled")].into_iter().collect(),
                 subnets,
             }],
             route_tables: tables,
@@ -538,7 +532,7 @@ mod tests {
         }
     }
 
-    fn names(changes: &[(SubnetId, BTreeMap<String, String>)]) -> BTreeSet<String> {
+    fn names(changes: &[(SubnetId, Tags)]) -> BTreeSet<String> {
         changes
             .iter()
             .map(|(id, _)| id.name().to_string())
@@ -608,7 +602,7 @@ mod tests {
         let changes = changed_subnets(&old, &new);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(changes.iter().any(|(_, t)| t.is_empty()));
-        assert!(changes.iter().any(|(_, t)| t.contains_key("kms")));
+        assert!(changes.iter().any(|(_, t)| t.get("kms").is_some()));
     }
 
     /// A port that only answers `read_budget` (pacing needs nothing else).

@@ -766,8 +766,8 @@ fn releases(
             for r in owned {
                 writes.push(Write::DeleteRoute {
                     table: table.id.clone(),
-                    name: r.name.clone(),
-                    address_prefix: r.address_prefix.clone(),
+                    name: r.name.to_string(),
+                    address_prefix: r.address_prefix.to_string(),
                 });
             }
         }
@@ -1070,8 +1070,8 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
                 })
                 .map(|r| Write::DeleteRoute {
                     table: table.id.clone(),
-                    name: r.name.clone(),
-                    address_prefix: r.address_prefix.clone(),
+                    name: r.name.to_string(),
+                    address_prefix: r.address_prefix.to_string(),
                 })
                 .collect();
             routes_after = table.routes.len() + creates.len() - deletes.len();
@@ -1131,7 +1131,7 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
         let v = match conflicts.first() {
             Some((address, route)) => Verdict::Conflict {
                 address: *address,
-                route: route.name.clone(),
+                route: route.name.to_string(),
                 next_hop_type: route.next_hop_type.clone(),
             },
             None if changes > 0 => Verdict::WillRepair { changes },
@@ -1145,8 +1145,8 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
 
 fn internet_route(name: &str, address: Ipv4Addr) -> Route {
     Route {
-        name: name.to_string(),
-        address_prefix: format!("{address}/32"),
+        name: name.into(),
+        address_prefix: format!("{address}/32").into(),
         next_hop_type: NextHopType::Internet,
         next_hop_ip_address: None,
     }
@@ -1268,8 +1268,8 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
             for r in removable {
                 push(Write::DeleteRoute {
                     table: table.id.clone(),
-                    name: r.name.clone(),
-                    address_prefix: r.address_prefix.clone(),
+                    name: r.name.to_string(),
+                    address_prefix: r.address_prefix.to_string(),
                 });
             }
         }

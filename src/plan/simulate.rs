@@ -40,8 +40,8 @@ fn apply_one(inv: &mut Inventory, write: &Write) -> Result<(), String> {
             }
             inv.route_tables.push(RouteTable {
                 id: table.clone(),
-                location: location.clone(),
-                tags: tags.clone(),
+                location: location.into(),
+                tags: tags.clone().into(),
                 disable_bgp_route_propagation: *disable_bgp_route_propagation,
                 routes: routes.clone(),
                 subnets: Vec::new(),

@@ -722,9 +722,9 @@ fn explicit_ids_match_whatever_their_casing() {
 fn the_selector_filters_by_resource_group_vnet_tags_and_subnet_names() {
     let mut e = Estate::new();
     let prod = e.vnet("prod", "westeurope");
-    e.vnet_mut(&prod).tags.insert("Env".into(), "prod".into());
+    e.vnet_mut(&prod).tags.insert("Env", "prod");
     let dev = e.vnet("dev", "westeurope");
-    e.vnet_mut(&dev).tags.insert("env".into(), "dev".into());
+    e.vnet_mut(&dev).tags.insert("env", "dev");
     let app = e.subnet(&prod, "app");
     let db = e.subnet(&prod, "db");
     let devapp = e.subnet(&dev, "app");
@@ -1082,10 +1082,8 @@ fn a_table_two_policies_could_release_is_released_once_by_the_older() {
     let t = e.table("spoke-gone-kms", "westeurope");
     e.associate(&gone, &t);
     e.kms_routes(&t);
-    e.table_mut(&t).tags.insert(TAG_POLICY.into(), "p1".into());
-    e.table_mut(&t)
-        .tags
-        .insert(TAG_MANAGED_BY.into(), "kmsroute".into());
+    e.table_mut(&t).tags.insert(TAG_POLICY, "p1");
+    e.table_mut(&t).tags.insert(TAG_MANAGED_BY, "kmsroute");
     let only_kept = |name: &str, secs| {
         desired_at(name, secs, |s| {
             s.selector.as_mut().unwrap().subnet_names = vec!["kept".into()]
