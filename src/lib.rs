@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dns;
 pub mod effective;
 pub mod emulator;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod ids;
 pub mod model;

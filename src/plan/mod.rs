@@ -8,6 +8,7 @@
 //! a `/32` is ever planned. The executor only carries plans out.
 
 pub mod egress;
+#[cfg(any(test, feature = "testing"))]
 pub mod simulate;
 
 use crate::api::{
