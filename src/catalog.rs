@@ -45,7 +45,7 @@ impl Cloud {
 
     /// Parses a cloud name case-insensitively, also accepting the names the Azure CLI uses
     /// (`AzureCloud`, `AzureUSGovernment`, `AzureChinaCloud`, `AzureGermanCloud`).
-    pub fn parse(s: &str) -> Result<Cloud, String> {
+    pub fn parse(s: &str) -> Result<Cloud, crate::ids::Invalid> {
         let l = s.to_ascii_lowercase();
         match l.as_str() {
             "azurepublic" | "azurecloud" | "public" => Ok(Cloud::AzurePublic),
@@ -54,9 +54,9 @@ impl Cloud {
             }
             "azurechina" | "azurechinacloud" | "china" => Ok(Cloud::AzureChina),
             "azuregermany" | "azuregermancloud" | "germany" => Ok(Cloud::AzureGermany),
-            _ => Err(format!(
+            _ => Err(crate::ids::Invalid(format!(
                 "unknown cloud {s:?}; expected one of AzurePublic, AzureUSGovernment, AzureChina, AzureGermany"
-            )),
+            ))),
         }
     }
 

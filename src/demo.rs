@@ -65,7 +65,7 @@ pub async fn run(out: &mut dyn Write) -> Result<(), DemoError> {
         Arc::new(StaticToken::new("demo")),
         ClientSettings::default(),
     )?;
-    let docs = parse_policies(POLICY)?;
+    let docs = parse_policies(POLICY).map_err(|e| e.to_string())?;
     let policy = docs
         .into_iter()
         .next()

@@ -81,6 +81,24 @@ fn clamp(n: usize) -> u16 {
     n.min(MAX_ID_LEN) as u16
 }
 
+/// Why a name or a value is not acceptable: the message shown beside the field or flag (its
+/// own type, so a validation message is told apart from any other string).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(s: String) -> Self {
+        Invalid(s)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(s: &str) -> Self {
+        Invalid(s.into())
+    }
+}
+
 /// Why a string is not the ARM resource ID that was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{input:?} is not a {kind} ID: {why} (expected {shape})")]
@@ -364,9 +382,10 @@ impl RouteTableId {
 /// ARM naming rule for route tables and routes ("Naming rules and restrictions for Azure
 /// resources"): 1–80 characters of letters, digits, `_`, `.`, `-`; starts with a letter or
 /// digit; ends with a letter, digit or `_`. Returns why a name breaks it.
-pub fn check_route_name(name: &str) -> Result<(), String> {
+pub fn check_route_name(name: &str) -> Result<(), Invalid> {
+    let bad = |m: String| Err(Invalid(m));
     if name.is_empty() || name.len() > 80 {
-        return Err(format!(
+        return bad(format!(
             "{name:?} must be 1-80 characters long (is {})",
             name.len()
         ));
@@ -375,17 +394,17 @@ pub fn check_route_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err(format!(
+        return bad(format!(
             "{name:?} contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"
         ));
     }
     let first = name.chars().next().unwrap_or('-');
     if !first.is_ascii_alphanumeric() {
-        return Err(format!("{name:?} must start with a letter or digit"));
+        return bad(format!("{name:?} must start with a letter or digit"));
     }
     let last = name.chars().last().unwrap_or('-');
     if !(last.is_ascii_alphanumeric() || last == '_') {
-        return Err(format!("{name:?} must end with a letter, digit or '_'"));
+        return bad(format!("{name:?} must end with a letter, digit or '_'"));
     }
     Ok(())
 }

@@ -409,7 +409,7 @@ fn a_key_given_twice_is_an_error_not_a_silent_overwrite() {
     let text = format!(
         "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: a\nspec:\n  selector:\n    subscriptions: [\"{SUB}\"]\n  conflictPolicy: Report\n  conflictPolicy: Replace\n"
     );
-    let e = parse_policies(&text).unwrap_err();
+    let e = parse_policies(&text).unwrap_err().to_string();
     assert!(e.contains("duplicate mapping key: conflictPolicy"), "{e}");
     assert!(e.contains("line 9"), "the error says where: {e}");
 }

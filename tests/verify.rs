@@ -237,7 +237,9 @@ async fn for_the_same_prefix_a_user_route_beats_bgp_which_beats_the_system_route
     );
 }
 
-fn resolver(answers: &[(&str, Result<Vec<Ipv4Addr>, String>)]) -> Arc<StaticResolver> {
+fn resolver(
+    answers: &[(&str, Result<Vec<Ipv4Addr>, kmsroute::dns::DnsError>)],
+) -> Arc<StaticResolver> {
     Arc::new(StaticResolver {
         answers: answers
             .iter()

@@ -45,16 +45,22 @@ impl Document {
     }
 }
 
+/// The text is not YAML at all (a policy that is YAML but not valid is a [`Document`] with
+/// its errors instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not valid YAML: {0}")]
+pub struct NotYaml(pub String);
+
 /// Parses every non-empty document in `text`. A key given twice in one mapping is an error
 /// (YAML parsers keep the last one silently), and so is a `metadata.name` that an earlier
 /// document already used (one of the two would overwrite the other in a cluster).
-pub fn parse_policies(text: &str) -> Result<Vec<Document>, String> {
+pub fn parse_policies(text: &str) -> Result<Vec<Document>, NotYaml> {
     let schema = spec_schema();
     let mut docs: Vec<Document> = Vec::new();
     // The parser refuses a key given twice in one mapping (YAML parsers often keep the
     // last one silently); `StrictValue` says so too, for any other source of a value.
-    let values = serde_saphyr::from_multiple::<StrictValue>(text)
-        .map_err(|e| format!("not valid YAML: {e}"))?;
+    let values =
+        serde_saphyr::from_multiple::<StrictValue>(text).map_err(|e| NotYaml(e.to_string()))?;
     for (i, StrictValue(value)) in values.into_iter().enumerate() {
         let index = i + 1;
         if value.is_null() {

@@ -10,7 +10,7 @@ pub mod rules;
 mod schema;
 mod validate;
 
-pub use file::{Document, parse_policies};
+pub use file::{Document, NotYaml, parse_policies};
 pub use schema::{check as check_schema, spec_schema};
 pub use validate::{
     DesiredState, Destination, FieldError, Selector, Validated, check_host_address, parse_duration,

@@ -6,7 +6,7 @@ use super::{
     ConflictPolicy, DeletionPolicy, KmsRoutePolicy, KmsRoutePolicySpec, Mode, SubnetSelector,
 };
 use crate::catalog::Cloud;
-use crate::ids::{SubnetId, check_route_name, is_guid};
+use crate::ids::{Invalid, SubnetId, check_route_name, is_guid};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,7 +143,7 @@ impl DesiredState {
         vnet: &str,
         subnet: &str,
         location: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, Invalid> {
         let name = render_template(&self.name_template, vnet, subnet, location, &self.name);
         check_route_name(&name).map(|()| name)
     }
@@ -175,11 +175,13 @@ fn render_template(
         .replace("{policy}", policy)
 }
 
-fn check_template(template: &str) -> Result<(), String> {
+fn check_template(template: &str) -> Result<(), Invalid> {
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
         if rest.as_bytes()[open] == b'}' {
-            return Err(format!("{template:?} has a '}}' without a matching '{{'"));
+            return Err(Invalid(format!(
+                "{template:?} has a '}}' without a matching '{{'"
+            )));
         }
         let after = &rest[open + 1..];
         let close = after
@@ -187,9 +189,9 @@ fn check_template(template: &str) -> Result<(), String> {
             .ok_or_else(|| format!("{template:?} has an unclosed '{{'"))?;
         let key = &after[..close];
         if !PLACEHOLDERS.contains(&key) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "unknown placeholder {{{key}}} in {template:?}; allowed: {{vnet}}, {{subnet}}, {{location}}, {{policy}}"
-            ));
+            )));
         }
         rest = &after[close + 1..];
     }
@@ -201,7 +203,7 @@ fn check_template(template: &str) -> Result<(), String> {
 }
 
 /// Parses a Go-style duration made of `h`, `m`, `s` parts: `30s`, `10m`, `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, Invalid> {
     if s.is_empty() {
         return Err("empty duration".into());
     }
@@ -217,9 +219,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             'm' => 60,
             's' => 1,
             _ => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{s:?}: unknown unit {c:?}; use h, m or s (e.g. 10m)"
-                ));
+                )));
             }
         };
         let n: u64 = digits
@@ -229,18 +231,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         digits.clear();
     }
     if !digits.is_empty() {
-        return Err(format!("{s:?}: {digits:?} has no unit (h, m or s)"));
+        return Err(Invalid(format!(
+            "{s:?}: {digits:?} has no unit (h, m or s)"
+        )));
     }
     Ok(Duration::from_secs(total))
 }
 
 /// Why an address may not be routed to the Internet, if it may not.
-pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
+pub fn check_host_address(input: &str) -> Result<Ipv4Addr, Invalid> {
     let s = input.trim();
     if s.contains(':') {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{input:?} is IPv6; Azure KMS endpoints are IPv4 and only IPv4 /32 routes are written"
-        ));
+        )));
     }
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
@@ -251,11 +255,15 @@ pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
             Ok(32) => {}
             Ok(n) if n < 32 => {
                 let count = 1u64 << (32 - u32::from(n));
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{input:?} is a /{n} ({count} addresses); only /32 host routes are allowed: a broad prefix with next hop Internet would bypass the forced tunnel"
-                ));
+                )));
             }
-            _ => return Err(format!("{input:?} has an invalid prefix length {l:?}")),
+            _ => {
+                return Err(Invalid(format!(
+                    "{input:?} has an invalid prefix length {l:?}"
+                )));
+            }
         }
     }
     let ip: Ipv4Addr = addr
@@ -265,9 +273,9 @@ pub fn check_host_address(input: &str) -> Result<Ipv4Addr, String> {
         .iter()
         .any(|cidr| in_cidr(ip, cidr));
     if not_public {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{ip} is not a public address; KMS servers have public Azure addresses and a route with next hop Internet to {ip} would misroute it"
-        ));
+        )));
     }
     Ok(ip)
 }
@@ -286,20 +294,20 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
 
 /// The CRD's resource group rule ([`super::rules::RESOURCE_GROUP_PATTERN`], 1-90 characters)
 /// with a message that says it in words.
-fn check_resource_group(name: &str) -> Result<(), String> {
+fn check_resource_group(name: &str) -> Result<(), Invalid> {
     static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| regex::Regex::new(super::rules::RESOURCE_GROUP_PATTERN).ok());
     let ok = re.as_ref().is_some_and(|re| re.is_match(name));
     if !ok || name.chars().count() > 90 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{name:?} is not a valid resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')"
-        ));
+        )));
     }
     Ok(())
 }
 
-fn check_subnet_name(name: &str) -> Result<(), String> {
-    check_route_name(name).map_err(|e| format!("not a valid subnet name: {e}"))
+fn check_subnet_name(name: &str) -> Result<(), Invalid> {
+    check_route_name(name).map_err(|e| Invalid(format!("not a valid subnet name: {e}")))
 }
 
 /// Checks a whole object: its name and its spec.
@@ -405,7 +413,7 @@ pub fn validate(
                     addresses.insert(ip);
                 }
             }
-            Err(m) => err(&mut errors, path, m),
+            Err(m) => err(&mut errors, path, m.0),
         }
     }
     let destinations: Vec<Destination> = addresses
@@ -457,7 +465,7 @@ pub fn validate(
 
     let template = &spec.route_table.name_template;
     if let Err(m) = check_template(template) {
-        err(&mut errors, "spec.routeTable.nameTemplate".into(), m);
+        err(&mut errors, "spec.routeTable.nameTemplate".into(), m.0);
     }
 
     let resync = match parse_duration(&spec.resync_interval) {
@@ -479,7 +487,7 @@ pub fn validate(
         }
         Ok(d) => d,
         Err(m) => {
-            err(&mut errors, "spec.resyncInterval".into(), m);
+            err(&mut errors, "spec.resyncInterval".into(), m.0);
             Duration::ZERO
         }
     };
@@ -600,7 +608,7 @@ fn check_selector(
     for (i, rg) in sel.resource_groups.iter().enumerate() {
         let path = format!("spec.selector.resourceGroups[{i}]");
         if let Err(m) = check_resource_group(rg) {
-            err(path, m);
+            err(path, m.0);
         } else if !resource_groups.insert(rg.to_ascii_lowercase()) {
             err(path, format!("{rg:?} is listed twice"));
         }
@@ -610,7 +618,7 @@ fn check_selector(
         for (i, n) in list.iter().enumerate() {
             let path = format!("spec.selector.{field}[{i}]");
             if let Err(m) = check_subnet_name(n) {
-                err(path, m);
+                err(path, m.0);
             } else if !set.insert(n.to_ascii_lowercase()) {
                 err(path, format!("{n:?} is listed twice"));
             }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use kmsroute::azure::credential::AuthMode;
 use kmsroute::catalog::Cloud;
+use kmsroute::ids::Invalid;
 
 /// Exit codes of `plan` and `apply` (documented in the README).
 pub(crate) const EXIT_CHANGES_PENDING: u8 = 1;
@@ -180,13 +181,15 @@ pub(crate) enum Output {
     Json,
 }
 
-pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, Invalid> {
     kmsroute::api::parse_duration(s)
 }
 
-pub(crate) fn parse_share(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_share(s: &str) -> Result<f64, Invalid> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a share between 0 (exclusive) and 1")),
+        _ => Err(Invalid(format!(
+            "{s:?} is not a share between 0 (exclusive) and 1"
+        ))),
     }
 }

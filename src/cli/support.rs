@@ -53,7 +53,8 @@ pub(crate) fn load_policies(
     file: &str,
     cloud: Cloud,
 ) -> Result<Option<Vec<DesiredState>>, CliError> {
-    let docs = api::parse_policies(&read_input(file)?).map_err(CliError::Input)?;
+    let docs =
+        api::parse_policies(&read_input(file)?).map_err(|e| CliError::Input(e.to_string()))?;
     if docs.is_empty() {
         return Err(CliError::Input(format!("{file}: no policies found")));
     }

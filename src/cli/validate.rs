@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 pub(crate) fn validate(file: &str, cloud: Cloud) -> Result<ExitCode, CliError> {
     let text = read_input(file)?;
-    let docs = api::parse_policies(&text).map_err(CliError::Input)?;
+    let docs = api::parse_policies(&text).map_err(|e| CliError::Input(e.to_string()))?;
     if docs.is_empty() {
         return Err(CliError::Input(format!("{file}: no policies found")));
     }

@@ -54,7 +54,8 @@ pub async fn resolve_some(
     policies: &[DesiredState],
     include: &(dyn Fn(&DesiredState) -> bool + Sync),
 ) -> (Vec<DesiredState>, BTreeMap<String, DnsReport>) {
-    let mut cache: BTreeMap<&'static str, Result<Vec<Ipv4Addr>, String>> = BTreeMap::new();
+    let mut cache: BTreeMap<&'static str, Result<Vec<Ipv4Addr>, crate::dns::DnsError>> =
+        BTreeMap::new();
     let mut out = Vec::with_capacity(policies.len());
     let mut reports = BTreeMap::new();
     for p in policies {
@@ -84,7 +85,7 @@ pub async fn resolve_some(
                         }
                     }
                 }
-                Err(e) => report.errors.push(e.clone()),
+                Err(e) => report.errors.push(e.to_string()),
             }
         }
         let routed: BTreeSet<Ipv4Addr> = p.destinations.iter().map(|d| d.address).collect();
