@@ -385,6 +385,9 @@ impl fmt::Display for NextHopType {
     }
 }
 
+/// Azure's limit of routes in one route table (without Virtual Network Manager).
+pub const MAX_ROUTES_PER_TABLE: usize = 400;
+
 /// Subnet names Azure reserves for platform services; kmsroute never touches them.
 pub const SPECIAL_SUBNETS: [&str; 5] = [
     "GatewaySubnet",

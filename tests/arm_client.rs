@@ -1,6 +1,9 @@
 //! The real ARM client (`azure_mgmt_network` + our pipeline policy) against the emulator over
 //! HTTP: listing with paging, writes, the subnet-PUT trap avoided, 412/429/timeouts/auth.
 
+#[path = "support/arm.rs"]
+mod harness;
+
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::credential::StaticToken;
 use kmsroute::azure::policy::RetrySettings;
@@ -21,30 +24,21 @@ fn rg(sub: &str) -> String {
 }
 
 async fn emulator(config: Config, resources: Vec<Value>) -> EmulatorHandle {
-    emulator::start(
-        config,
-        Seed {
-            resources,
-            learned_routes: vec![],
-            ..Seed::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
+    let seed = Seed {
+        resources,
+        ..Seed::default()
+    };
+    harness::emulator(config, seed).await
 }
 
 fn client(em: &EmulatorHandle, retry: RetrySettings) -> AzureNetworkApi {
-    let url = url::Url::parse(&em.url()).unwrap();
-    AzureNetworkApi::new(
-        url,
-        Arc::new(StaticToken::new("t")),
+    harness::client(
+        em,
         ClientSettings {
             retry,
             ..ClientSettings::default()
         },
     )
-    .unwrap()
 }
 
 fn quick_retry() -> RetrySettings {

@@ -6,7 +6,6 @@ mod support;
 use kmsroute::api::KmsRoutePolicy;
 use kmsroute::azure::NetworkApi;
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
-use kmsroute::azure::credential::StaticToken;
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::catalog::Cloud;
 use kmsroute::controller::inventory::InventorySettings;
@@ -40,17 +39,14 @@ fn arm_client(em: &EmulatorHandle, token: &str) -> Arc<AzureNetworkApi> {
         max_attempts: 3,
         ..RetrySettings::default()
     };
-    Arc::new(
-        AzureNetworkApi::new(
-            url::Url::parse(&em.url()).unwrap(),
-            Arc::new(StaticToken::new(token)),
-            ClientSettings {
-                retry,
-                ..ClientSettings::default()
-            },
-        )
-        .unwrap(),
-    )
+    Arc::new(support::arm::client_with_token(
+        em,
+        token,
+        ClientSettings {
+            retry,
+            ..ClientSettings::default()
+        },
+    ))
 }
 
 fn start_controller(kube: &FakeKube, em: &EmulatorHandle, identity: &str) -> Running {
@@ -126,11 +122,7 @@ fn start_controller_with(
 }
 
 async fn estate_emulator() -> EmulatorHandle {
-    let seed: Seed =
-        serde_json::from_str(&std::fs::read_to_string("examples/estate.json").unwrap()).unwrap();
-    emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    support::arm::emulator(Config::default(), support::arm::demo_estate()).await
 }
 
 fn policy(name: &str, extra: Value) -> KmsRoutePolicy {
@@ -161,17 +153,7 @@ async fn wait_ready(kube: &FakeKube, name: &str) -> Value {
     .await
 }
 
-/// Polls until `f` holds (never a fixed sleep): panics with `what` after `limit`.
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::wait::wait_for;
 
 fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
     obj.pointer("/status/conditions")?

@@ -2,6 +2,9 @@
 //! ARM behaviours the client must cope with (auth, LROs, ETags, the subnet-PUT trap, paging,
 //! throttling, one write per VNet).
 
+#[path = "support/arm.rs"]
+mod harness;
+
 use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed, Throttle};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -17,9 +20,7 @@ async fn start(config: Config, resources: Vec<Value>) -> EmulatorHandle {
         learned_routes: vec![],
         ..Seed::default()
     };
-    emulator::start(config, seed, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    harness::emulator(config, seed).await
 }
 
 fn http() -> reqwest::Client {

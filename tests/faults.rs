@@ -12,11 +12,10 @@ mod support;
 use async_trait::async_trait;
 use kmsroute::api::{DesiredState, parse_policies, validate_policy};
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
-use kmsroute::azure::credential::StaticToken;
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::azure::{ArmError, NetworkApi};
 use kmsroute::catalog::Cloud;
-use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::emulator::{Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
 use kmsroute::ids::{RouteTableId, SubnetId};
 use kmsroute::model::{Inventory, Route};
 use kmsroute::reconcile::{Options, RunMode, reconcile};
@@ -60,20 +59,12 @@ fn retry() -> RetrySettings {
 }
 
 async fn setup(config: Config) -> (EmulatorHandle, AzureNetworkApi) {
-    let em = emulator::start(config, estate(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let api = AzureNetworkApi::new(
-        url::Url::parse(&em.url()).unwrap(),
-        Arc::new(StaticToken::new("t")),
-        ClientSettings {
-            retry: retry(),
-            lro_timeout: Some(Duration::from_secs(5)),
-            ..ClientSettings::default()
-        },
-    )
-    .unwrap();
-    (em, api)
+    let settings = ClientSettings {
+        retry: retry(),
+        lro_timeout: Some(Duration::from_secs(5)),
+        ..ClientSettings::default()
+    };
+    support::arm::emulator_and_client(config, estate(), settings).await
 }
 
 /// A scenario's result: one row of the table.

@@ -15,13 +15,12 @@
 mod support;
 
 use kmsroute::api::{KmsRoutePolicySpec, validate};
-use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
-use kmsroute::azure::credential::StaticToken;
+use kmsroute::azure::client::ClientSettings;
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::catalog::Cloud;
 use kmsroute::controller::inventory::{InventorySettings, SharedInventory};
 use kmsroute::controller::metrics::ControllerMetrics;
-use kmsroute::emulator::{self, Config, FaultRule, OtherWrite, Seed};
+use kmsroute::emulator::{Config, FaultRule, OtherWrite, Seed};
 use kmsroute::reconcile::{InventorySource, Options, RunMode, reconcile};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -334,25 +333,19 @@ async fn run_case(
     cached: bool,
 ) -> Result<(), String> {
     let (seed, subnets, table_ids) = build(&vnets, &tables);
-    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let api = Arc::new(
-        AzureNetworkApi::new(
-            url::Url::parse(&em.url()).unwrap(),
-            Arc::new(StaticToken::new("t")),
-            ClientSettings {
-                retry: RetrySettings {
-                    max_attempts: 2,
-                    base_delay: Duration::from_millis(1),
-                    max_delay: Duration::from_millis(5),
-                    ..RetrySettings::default()
-                },
-                ..ClientSettings::default()
+    let em = support::arm::emulator(Config::default(), seed).await;
+    let api = Arc::new(support::arm::client(
+        &em,
+        ClientSettings {
+            retry: RetrySettings {
+                max_attempts: 2,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+                ..RetrySettings::default()
             },
-        )
-        .map_err(|e| e.to_string())?,
-    );
+            ..ClientSettings::default()
+        },
+    ));
     // The controller's inventory, without refresh loops: the steps say when it refreshes.
     let (shared, _changes) = SharedInventory::new(
         api.clone(),

@@ -1,17 +1,17 @@
 //! End to end without a cluster: the executor drives the real ARM client against the in-process
 //! emulator, on the demo estate and on generated estates.
 
+#[path = "support/arm.rs"]
+mod harness;
+
 use kmsroute::api::{DesiredState, Mode, parse_policies, validate_policy};
-use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
-use kmsroute::azure::credential::StaticToken;
-use kmsroute::azure::policy::RetrySettings;
+use kmsroute::azure::client::AzureNetworkApi;
 use kmsroute::catalog::Cloud;
-use kmsroute::emulator::{self, Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::emulator::{Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
 use kmsroute::reconcile::{Options, Report, RunMode, reconcile};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 const S1: &str = "11111111-1111-1111-1111-111111111111";
 
@@ -28,24 +28,7 @@ fn example_policy() -> DesiredState {
 }
 
 async fn setup(config: Config, seed: Seed) -> (EmulatorHandle, AzureNetworkApi) {
-    let em = emulator::start(config, seed, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let retry = RetrySettings {
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..RetrySettings::default()
-    };
-    let api = AzureNetworkApi::new(
-        url::Url::parse(&em.url()).unwrap(),
-        Arc::new(StaticToken::new("t")),
-        ClientSettings {
-            retry,
-            ..ClientSettings::default()
-        },
-    )
-    .unwrap();
-    (em, api)
+    harness::emulator_and_client(config, seed, harness::quick()).await
 }
 
 async fn pass(api: &AzureNetworkApi, policies: &[DesiredState], mode: RunMode) -> Report {

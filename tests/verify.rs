@@ -2,15 +2,16 @@
 //! does; the executor samples one NIC per managed route table, checks every KMS address, and
 //! resolves the KMS names through an injected resolver. Real client, emulator over HTTP.
 
-use kmsroute::api::{DesiredState, parse_policies, validate_policy};
+#[path = "support/arm.rs"]
+mod harness;
+
+use kmsroute::api::DesiredState;
 use kmsroute::azure::NetworkApi;
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
-use kmsroute::azure::credential::StaticToken;
 use kmsroute::azure::policy::BucketShape;
-use kmsroute::catalog::Cloud;
 use kmsroute::dns::StaticResolver;
 use kmsroute::effective::{EffectiveRoute, winning_route};
-use kmsroute::emulator::{self, Config, EmulatorHandle, Seed};
+use kmsroute::emulator::{Config, EmulatorHandle, Seed};
 use kmsroute::model::NextHopType;
 use kmsroute::reconcile::{Options, Report, RunMode, reconcile};
 use serde_json::{Value, json};
@@ -58,24 +59,11 @@ fn estate_with_nics() -> Seed {
 }
 
 fn policy(extra: &str) -> DesiredState {
-    let yaml = std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap() + extra;
-    let docs = parse_policies(&yaml).unwrap();
-    validate_policy(docs[0].policy.as_ref().unwrap(), Cloud::AzurePublic)
-        .unwrap()
-        .desired
+    harness::example_policy(extra)
 }
 
 async fn setup(seed: Seed, settings: ClientSettings) -> (EmulatorHandle, AzureNetworkApi) {
-    let em = emulator::start(Config::default(), seed, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let api = AzureNetworkApi::new(
-        url::Url::parse(&em.url()).unwrap(),
-        Arc::new(StaticToken::new("t")),
-        settings,
-    )
-    .unwrap();
-    (em, api)
+    harness::emulator_and_client(Config::default(), seed, settings).await
 }
 
 async fn pass(api: &AzureNetworkApi, p: &DesiredState, options: Options) -> Report {

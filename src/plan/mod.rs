@@ -24,8 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-/// Azure's limit of routes in one route table (without Virtual Network Manager).
-pub const MAX_ROUTES_PER_TABLE: usize = 400;
+pub use crate::model::MAX_ROUTES_PER_TABLE;
 
 /// What reconcile would do: writes in execution order, and a verdict per selected subnet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
