@@ -380,31 +380,7 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             ctx.forget_event(&name, "InvalidSpec").await;
             v.desired
         }
-        Err(errors) => {
-            ctx.inventory.release(&name);
-            let message = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            let status = KmsRoutePolicyStatus {
-                observed_generation: generation,
-                conditions: error_conditions(
-                    "InvalidSpec",
-                    message.clone(),
-                    generation,
-                    &old.conditions,
-                ),
-                ..KmsRoutePolicyStatus::default()
-            };
-            write_status(ctx, policy, status).await?;
-            ctx.metrics
-                .set_policy(&name, false, &crate::api::Summary::default());
-            ctx.event(policy, EventType::Warning, "InvalidSpec", message)
-                .await;
-            // Only an edit can fix it, and an edit triggers a reconcile.
-            return Ok(Action::await_change());
-        }
+        Err(errors) => return invalid_spec(policy, ctx, &errors, &old).await,
     };
     let resync = ctx
         .settings
@@ -425,21 +401,9 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     ctx.inventory.want(&name, subscriptions.clone());
     let drift_seen = ctx.dirty.lock().await.remove(&name);
     if drift_seen.is_none()
-        && let Some((g, until)) = ctx.held_back.lock().await.get(&name).copied()
-        && g == generation
-        && until > std::time::Instant::now()
+        && let Some(wait) = not_yet(ctx, &name, generation, resync).await
     {
-        // Waiting on the user-action timer; only an edit or a change in Azure cuts it short.
-        return Ok(Action::requeue(until - std::time::Instant::now()));
-    }
-    if drift_seen.is_none()
-        && let Some((g, at)) = ctx.last_pass.lock().await.get(&name)
-        && *g == generation
-        && at.elapsed() < resync.mul_f64(0.9)
-    {
-        // Nothing the user controls changed since the last good pass (a status-only update),
-        // and the inventory saw no change to this policy's subnets: keep the resync schedule.
-        return Ok(Action::requeue(resync - at.elapsed()));
+        return Ok(Action::requeue(wait));
     }
     let mut policies = ctx.others(&name, &subscriptions);
     policies.push(desired.clone());
@@ -456,35 +420,11 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         approved: None,
         interrupt: None,
     };
-    let report: Report = match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {})
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            if e.class == ErrorClass::NeedsUserAction {
-                ctx.hold_back(&name, generation).await;
-            }
-            let reason = match e.class {
-                ErrorClass::NeedsUserAction => "AzureAuthFailed",
-                ErrorClass::Throttled => "Throttled",
-                _ => "AzureUnavailable",
-            };
-            let status = KmsRoutePolicyStatus {
-                observed_generation: generation,
-                conditions: error_conditions(reason, e.to_string(), generation, &old.conditions),
-                summary: old.summary.clone(),
-                destinations: old.destinations.clone(),
-                last_sync_time: old.last_sync_time.clone(),
-                problems: old.problems.clone(),
-            };
-            write_status(ctx, policy, status).await?;
-            ctx.metrics
-                .set_policy(&name, false, &old.summary.clone().unwrap_or_default());
-            ctx.event(policy, EventType::Warning, reason, e.to_string())
-                .await;
-            return Err(e.into());
-        }
-    };
+    let report: Report =
+        match reconcile::reconcile(ctx.arm.as_ref(), &policies, &options, &|_| {}).await {
+            Ok(r) => r,
+            Err(e) => return Err(pass_failed(policy, ctx, e, &old).await),
+        };
     let mut report = report;
     match report.policies.iter_mut().find(|p| p.name == name) {
         Some(mine) => reconcile::report_group_errors(mine, &group_errors),
@@ -511,6 +451,131 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
         problems: mine.problems.clone(),
     };
     write_status(ctx, policy, status).await?;
+    announce(policy, ctx, &report, mine).await;
+    if mine.writes_failed > 0 {
+        ctx.last_pass.lock().await.remove(&name);
+        let class = worst_class(
+            report
+                .outcomes()
+                .filter(|(w, _)| w.policy == name)
+                .filter_map(|(_, e)| e.map(|e| e.class)),
+        )
+        .unwrap_or(ErrorClass::Retryable);
+        if class == ErrorClass::NeedsUserAction {
+            ctx.hold_back(&name, generation).await;
+        }
+        return Err(Error::WritesFailed {
+            class,
+            count: mine.writes_failed,
+        });
+    }
+    ctx.held_back.lock().await.remove(&name);
+    ctx.last_pass
+        .lock()
+        .await
+        .insert(name, (generation, std::time::Instant::now()));
+    Ok(Action::requeue(jitter(resync, 0.1)))
+}
+
+/// A spec `validate` refuses: the status and an Event say why, and only an edit (which
+/// triggers a reconcile) can fix it.
+async fn invalid_spec(
+    policy: &KmsRoutePolicy,
+    ctx: &Context,
+    errors: &[crate::api::FieldError],
+    old: &KmsRoutePolicyStatus,
+) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let generation = policy.meta().generation;
+    ctx.inventory.release(&name);
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let status = KmsRoutePolicyStatus {
+        observed_generation: generation,
+        conditions: error_conditions("InvalidSpec", message.clone(), generation, &old.conditions),
+        ..KmsRoutePolicyStatus::default()
+    };
+    write_status(ctx, policy, status).await?;
+    ctx.metrics
+        .set_policy(&name, false, &crate::api::Summary::default());
+    ctx.event(policy, EventType::Warning, "InvalidSpec", message)
+        .await;
+    Ok(Action::await_change())
+}
+
+/// How long to wait before a pass is due, when none is: the user-action timer runs, or
+/// nothing the user controls changed since the last good pass (a status-only update) and the
+/// inventory saw no change to this policy's subnets (the resync schedule holds).
+async fn not_yet(
+    ctx: &Context,
+    name: &str,
+    generation: Option<i64>,
+    resync: Duration,
+) -> Option<Duration> {
+    if let Some((g, until)) = ctx.held_back.lock().await.get(name).copied()
+        && g == generation
+        && until > std::time::Instant::now()
+    {
+        return Some(until - std::time::Instant::now());
+    }
+    if let Some((g, at)) = ctx.last_pass.lock().await.get(name)
+        && *g == generation
+        && at.elapsed() < resync.mul_f64(0.9)
+    {
+        return Some(resync - at.elapsed());
+    }
+    None
+}
+
+/// A pass that could not run (Azure unreachable, throttled, refused): the status keeps what
+/// the last pass found, says why in its conditions, and an Event says it too.
+async fn pass_failed(
+    policy: &KmsRoutePolicy,
+    ctx: &Context,
+    e: ArmError,
+    old: &KmsRoutePolicyStatus,
+) -> Error {
+    let name = policy.name_any();
+    let generation = policy.meta().generation;
+    if e.class == ErrorClass::NeedsUserAction {
+        ctx.hold_back(&name, generation).await;
+    }
+    let reason = match e.class {
+        ErrorClass::NeedsUserAction => "AzureAuthFailed",
+        ErrorClass::Throttled => "Throttled",
+        _ => "AzureUnavailable",
+    };
+    let status = KmsRoutePolicyStatus {
+        observed_generation: generation,
+        conditions: error_conditions(reason, e.to_string(), generation, &old.conditions),
+        summary: old.summary.clone(),
+        destinations: old.destinations.clone(),
+        last_sync_time: old.last_sync_time.clone(),
+        problems: old.problems.clone(),
+    };
+    if let Err(status_error) = write_status(ctx, policy, status).await {
+        return status_error;
+    }
+    ctx.metrics
+        .set_policy(&name, false, &old.summary.clone().unwrap_or_default());
+    ctx.event(policy, EventType::Warning, reason, e.to_string())
+        .await;
+    e.into()
+}
+
+/// The Events of a pass: repairs and releases (news every time), a selector that matches
+/// nothing, and one Warning per problem reason that raises one (cleared when it is gone).
+async fn announce(
+    policy: &KmsRoutePolicy,
+    ctx: &Context,
+    report: &Report,
+    mine: &crate::reconcile::PolicyReport,
+) {
+    let name = policy.name_any();
+    let done = report.writes_done();
     // Release writes (tables no selected subnet uses any more) apart from repairs.
     let released_tables: std::collections::BTreeSet<&str> = report
         .plan
@@ -583,29 +648,6 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
                 .await;
         }
     }
-    if mine.writes_failed > 0 {
-        ctx.last_pass.lock().await.remove(&name);
-        let class = worst_class(
-            report
-                .outcomes()
-                .filter(|(w, _)| w.policy == name)
-                .filter_map(|(_, e)| e.map(|e| e.class)),
-        )
-        .unwrap_or(ErrorClass::Retryable);
-        if class == ErrorClass::NeedsUserAction {
-            ctx.hold_back(&name, generation).await;
-        }
-        return Err(Error::WritesFailed {
-            class,
-            count: mine.writes_failed,
-        });
-    }
-    ctx.held_back.lock().await.remove(&name);
-    ctx.last_pass
-        .lock()
-        .await
-        .insert(name, (generation, std::time::Instant::now()));
-    Ok(Action::requeue(jitter(resync, 0.1)))
 }
 
 async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> {
