@@ -53,61 +53,8 @@ pub(super) fn conditions_for(
     old: &[Condition],
 ) -> Vec<Condition> {
     let s = &report.summary;
-    let failed = report.writes_failed > 0;
     let drift = report.mode == Mode::Audit && s.in_sync + s.skipped < s.subnets_matched;
-    let denied = report
-        .problems
-        .iter()
-        .filter(|p| Reason::PolicyDenied.is(p))
-        .count();
-    let (degraded, reason, message) = if failed && denied > 0 {
-        (
-            true,
-            "PolicyDenied",
-            format!(
-                "Azure Policy denied writes for {denied} subnet(s); see status.problems for the assignment, and ask for an exemption"
-            ),
-        )
-    } else if failed {
-        (
-            true,
-            "PartiallyFailed",
-            format!(
-                "{} write(s) failed; see status.problems",
-                report.writes_failed
-            ),
-        )
-    } else if !report.unreadable_subscriptions.is_empty() {
-        (
-            true,
-            "SubscriptionUnreadable",
-            format!(
-                "{} selected subscription(s) cannot be listed ({}); see status.problems",
-                report.unreadable_subscriptions.len(),
-                report.unreadable_subscriptions.join(", ")
-            ),
-        )
-    } else if s.conflicts > 0 {
-        (
-            true,
-            "Conflict",
-            format!(
-                "{} subnet(s) have a foreign route sending a KMS address elsewhere",
-                s.conflicts
-            ),
-        )
-    } else if s.errors > 0 {
-        (
-            true,
-            "SubnetErrors",
-            format!(
-                "{} subnet(s) could not be handled; see status.problems",
-                s.errors
-            ),
-        )
-    } else {
-        (false, "AsExpected", String::new())
-    };
+    let (degraded, reason, message) = degraded(report);
     let is_ready = report.ready();
     let ready_reason = if is_ready {
         if writes_done > 0 {
@@ -170,60 +117,13 @@ pub(super) fn conditions_for(
         condition("EgressReady", true, "AsExpected", String::new(), generation, old)
     });
     if let Some(v) = &report.verification {
-        let (status, reason, message) = if v.not_verified > 0 {
-            (
-                "False",
-                "NotVerified",
-                format!(
-                    "{} of {} sampled subnet(s) send a KMS address elsewhere; see status.problems",
-                    v.not_verified, v.checked
-                ),
-            )
-        } else if v.verified > 0 {
-            (
-                "True",
-                "EffectiveRoutesVerified",
-                format!(
-                    "{} sampled subnet(s): every KMS address leaves through a user route to Internet",
-                    v.verified
-                ),
-            )
-        } else if v.failed > 0 {
-            (
-                "Unknown",
-                "VerificationFailed",
-                "effective routes could not be read; see status.problems".into(),
-            )
-        } else {
-            (
-                "Unknown",
-                "NotChecked",
-                format!(
-                    "no route table sampled this pass ({} without an attached NIC or over the budget)",
-                    v.not_checked
-                ),
-            )
-        };
+        let (status, reason, message) = verified(v);
         out.push(condition_with(
             "Verified", status, reason, message, generation, old,
         ));
     }
     if let Some(d) = &report.dns {
-        let (status, reason, message) = if !d.drift.is_empty() {
-            let list: Vec<String> = d.drift.iter().map(|a| a.to_string()).collect();
-            (
-                if d.routed { "True" } else { "False" },
-                "KmsAddressDrift",
-                format!(
-                    "the KMS names resolve to unlisted address(es) {}",
-                    list.join(", ")
-                ),
-            )
-        } else if d.resolved.is_empty() {
-            ("Unknown", "DnsFailed", d.errors.join("; "))
-        } else {
-            ("True", "AsExpected", String::new())
-        };
+        let (status, reason, message) = kms_addresses_routed(d);
         out.push(condition_with(
             "KmsAddressesRouted",
             status,
@@ -234,6 +134,127 @@ pub(super) fn conditions_for(
         ));
     }
     out
+}
+
+/// Degraded, its reason and message: the worst of failed writes (denied by Azure Policy
+/// first), unreadable subscriptions, conflicts and subnet errors.
+fn degraded(report: &PolicyReport) -> (bool, &'static str, String) {
+    let s = &report.summary;
+    let failed = report.writes_failed > 0;
+    let denied = report
+        .problems
+        .iter()
+        .filter(|p| Reason::PolicyDenied.is(p))
+        .count();
+    if failed && denied > 0 {
+        (
+            true,
+            "PolicyDenied",
+            format!(
+                "Azure Policy denied writes for {denied} subnet(s); see status.problems for the assignment, and ask for an exemption"
+            ),
+        )
+    } else if failed {
+        (
+            true,
+            "PartiallyFailed",
+            format!(
+                "{} write(s) failed; see status.problems",
+                report.writes_failed
+            ),
+        )
+    } else if !report.unreadable_subscriptions.is_empty() {
+        (
+            true,
+            "SubscriptionUnreadable",
+            format!(
+                "{} selected subscription(s) cannot be listed ({}); see status.problems",
+                report.unreadable_subscriptions.len(),
+                report.unreadable_subscriptions.join(", ")
+            ),
+        )
+    } else if s.conflicts > 0 {
+        (
+            true,
+            "Conflict",
+            format!(
+                "{} subnet(s) have a foreign route sending a KMS address elsewhere",
+                s.conflicts
+            ),
+        )
+    } else if s.errors > 0 {
+        (
+            true,
+            "SubnetErrors",
+            format!(
+                "{} subnet(s) could not be handled; see status.problems",
+                s.errors
+            ),
+        )
+    } else {
+        (false, "AsExpected", String::new())
+    }
+}
+
+/// The Verified condition from the effective-route sample.
+fn verified(
+    v: &crate::reconcile::verify::VerificationReport,
+) -> (&'static str, &'static str, String) {
+    if v.not_verified > 0 {
+        (
+            "False",
+            "NotVerified",
+            format!(
+                "{} of {} sampled subnet(s) send a KMS address elsewhere; see status.problems",
+                v.not_verified, v.checked
+            ),
+        )
+    } else if v.verified > 0 {
+        (
+            "True",
+            "EffectiveRoutesVerified",
+            format!(
+                "{} sampled subnet(s): every KMS address leaves through a user route to Internet",
+                v.verified
+            ),
+        )
+    } else if v.failed > 0 {
+        (
+            "Unknown",
+            "VerificationFailed",
+            "effective routes could not be read; see status.problems".into(),
+        )
+    } else {
+        (
+            "Unknown",
+            "NotChecked",
+            format!(
+                "no route table sampled this pass ({} without an attached NIC or over the budget)",
+                v.not_checked
+            ),
+        )
+    }
+}
+
+/// The KmsAddressesRouted condition from what the KMS names resolved to.
+fn kms_addresses_routed(
+    d: &crate::reconcile::verify::DnsReport,
+) -> (&'static str, &'static str, String) {
+    if !d.drift.is_empty() {
+        let list: Vec<String> = d.drift.iter().map(|a| a.to_string()).collect();
+        (
+            if d.routed { "True" } else { "False" },
+            "KmsAddressDrift",
+            format!(
+                "the KMS names resolve to unlisted address(es) {}",
+                list.join(", ")
+            ),
+        )
+    } else if d.resolved.is_empty() {
+        ("Unknown", "DnsFailed", d.errors.join("; "))
+    } else {
+        ("True", "AsExpected", String::new())
+    }
 }
 
 pub(super) fn error_conditions(
