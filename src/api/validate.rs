@@ -376,80 +376,11 @@ pub fn validate(
 
     // Route name prefix first: destinations' route names depend on it.
     let prefix = &spec.route_name_prefix;
-    let prefix_ok = !prefix.is_empty()
-        && prefix.len() <= 40
-        && prefix.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !prefix_ok {
-        err(
-            &mut errors,
-            "spec.routeNamePrefix".into(),
-            format!(
-                "{prefix:?} must be 1-40 letters, digits, '_', '.' or '-', starting with a letter or digit"
-            ),
-        );
-    }
+    check_prefix(prefix, &mut errors);
 
-    let catalog: BTreeSet<Ipv4Addr> = cloud.endpoints().kms_addresses.iter().copied().collect();
-    let mut addresses = catalog.clone();
-    let mut seen = BTreeMap::new();
-    for (i, a) in spec.kms.additional_addresses.iter().enumerate() {
-        let path = format!("spec.kms.additionalAddresses[{i}]");
-        match check_host_address(a) {
-            Ok(ip) => {
-                if let Some(first) = seen.insert(ip, i) {
-                    err(
-                        &mut errors,
-                        path,
-                        format!("{ip} duplicates additionalAddresses[{first}]"),
-                    );
-                } else if catalog.contains(&ip) {
-                    warnings.push(format!(
-                        "{path}: {ip} is already in the {cloud} catalog; the entry is redundant"
-                    ));
-                } else {
-                    addresses.insert(ip);
-                }
-            }
-            Err(m) => err(&mut errors, path, m.0),
-        }
-    }
-    let destinations: Vec<Destination> = addresses
-        .into_iter()
-        .map(|address| Destination {
-            address,
-            route_name: route_name_for(prefix, address),
-        })
-        .collect();
+    let destinations = check_destinations(spec, cloud, &mut errors, &mut warnings);
 
-    let mut subnets = BTreeSet::new();
-    for (i, s) in spec.subnets.iter().enumerate() {
-        let path = format!("spec.subnets[{i}]");
-        match SubnetId::parse(s) {
-            Ok(id) if !is_guid(id.subscription()) => err(
-                &mut errors,
-                path,
-                format!(
-                    "subscription {:?} is not a subscription ID (a GUID)",
-                    id.subscription()
-                ),
-            ),
-            Ok(id) => {
-                // Harmless (the entry counts once), and the CRD cannot afford to compare
-                // 5,000 IDs pairwise, so a warning on both sides.
-                if let Some(dup) = subnets.get(&id) {
-                    warnings.push(format!(
-                        "{path}: duplicates {dup} (ARM IDs are case-insensitive); counted once"
-                    ));
-                } else {
-                    subnets.insert(id);
-                }
-            }
-            Err(e) => err(&mut errors, path, e.to_string()),
-        }
-    }
+    let subnets = check_subnets(&spec.subnets, &mut errors, &mut warnings);
 
     let selector = spec
         .selector
@@ -468,29 +399,7 @@ pub fn validate(
         err(&mut errors, "spec.routeTable.nameTemplate".into(), m.0);
     }
 
-    let resync = match parse_duration(&spec.resync_interval) {
-        Ok(d) if d < Duration::from_secs(30) => {
-            err(
-                &mut errors,
-                "spec.resyncInterval".into(),
-                format!("{:?} is below the minimum of 30s", spec.resync_interval),
-            );
-            d
-        }
-        Ok(d) if d > Duration::from_secs(24 * 3600) => {
-            err(
-                &mut errors,
-                "spec.resyncInterval".into(),
-                format!("{:?} is above the maximum of 24h", spec.resync_interval),
-            );
-            d
-        }
-        Ok(d) => d,
-        Err(m) => {
-            err(&mut errors, "spec.resyncInterval".into(), m.0);
-            Duration::ZERO
-        }
-    };
+    let resync = check_resync(&spec.resync_interval, &mut errors);
 
     if spec.kms.route_resolved_addresses && !spec.kms.resolve_dns {
         err(
@@ -541,6 +450,137 @@ pub fn validate(
         },
         warnings,
     })
+}
+
+fn push(errors: &mut Vec<FieldError>, path: String, message: String) {
+    errors.push(FieldError { path, message });
+}
+
+/// `spec.routeNamePrefix`: the names of the routes the policy owns start with it.
+fn check_prefix(prefix: &str, errors: &mut Vec<FieldError>) {
+    let err = push;
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 40
+        && prefix.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !prefix_ok {
+        err(
+            errors,
+            "spec.routeNamePrefix".into(),
+            format!(
+                "{prefix:?} must be 1-40 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            ),
+        );
+    }
+}
+
+/// The cloud's catalog and `spec.kms.additionalAddresses`, each a /32 with its route name.
+fn check_destinations(
+    spec: &KmsRoutePolicySpec,
+    cloud: Cloud,
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<String>,
+) -> Vec<Destination> {
+    let err = push;
+    let prefix = &spec.route_name_prefix;
+    let catalog: BTreeSet<Ipv4Addr> = cloud.endpoints().kms_addresses.iter().copied().collect();
+    let mut addresses = catalog.clone();
+    let mut seen = BTreeMap::new();
+    for (i, a) in spec.kms.additional_addresses.iter().enumerate() {
+        let path = format!("spec.kms.additionalAddresses[{i}]");
+        match check_host_address(a) {
+            Ok(ip) => {
+                if let Some(first) = seen.insert(ip, i) {
+                    err(
+                        errors,
+                        path,
+                        format!("{ip} duplicates additionalAddresses[{first}]"),
+                    );
+                } else if catalog.contains(&ip) {
+                    warnings.push(format!(
+                        "{path}: {ip} is already in the {cloud} catalog; the entry is redundant"
+                    ));
+                } else {
+                    addresses.insert(ip);
+                }
+            }
+            Err(m) => err(errors, path, m.0),
+        }
+    }
+    addresses
+        .into_iter()
+        .map(|address| Destination {
+            address,
+            route_name: route_name_for(prefix, address),
+        })
+        .collect()
+}
+
+/// `spec.subnets`: subnet IDs in subscriptions given by ID, each counted once.
+fn check_subnets(
+    ids: &[String],
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<String>,
+) -> BTreeSet<SubnetId> {
+    let err = push;
+    let mut subnets = BTreeSet::new();
+    for (i, s) in ids.iter().enumerate() {
+        let path = format!("spec.subnets[{i}]");
+        match SubnetId::parse(s) {
+            Ok(id) if !is_guid(id.subscription()) => err(
+                errors,
+                path,
+                format!(
+                    "subscription {:?} is not a subscription ID (a GUID)",
+                    id.subscription()
+                ),
+            ),
+            Ok(id) => {
+                // Harmless (the entry counts once), and the CRD cannot afford to compare
+                // 5,000 IDs pairwise, so a warning on both sides.
+                if let Some(dup) = subnets.get(&id) {
+                    warnings.push(format!(
+                        "{path}: duplicates {dup} (ARM IDs are case-insensitive); counted once"
+                    ));
+                } else {
+                    subnets.insert(id);
+                }
+            }
+            Err(e) => err(errors, path, e.to_string()),
+        }
+    }
+
+    subnets
+}
+
+/// `spec.resyncInterval`: 30s to 24h.
+fn check_resync(interval: &str, errors: &mut Vec<FieldError>) -> Duration {
+    let err = push;
+    match parse_duration(interval) {
+        Ok(d) if d < Duration::from_secs(30) => {
+            err(
+                errors,
+                "spec.resyncInterval".into(),
+                format!("{:?} is below the minimum of 30s", interval),
+            );
+            d
+        }
+        Ok(d) if d > Duration::from_secs(24 * 3600) => {
+            err(
+                errors,
+                "spec.resyncInterval".into(),
+                format!("{:?} is above the maximum of 24h", interval),
+            );
+            d
+        }
+        Ok(d) => d,
+        Err(m) => {
+            err(errors, "spec.resyncInterval".into(), m.0);
+            Duration::ZERO
+        }
+    }
 }
 
 fn check_selector(
