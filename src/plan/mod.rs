@@ -952,6 +952,100 @@ struct Want<'a> {
     route_name: &'a str,
 }
 
+/// The writes that bring an existing table to what its members want: a route kept where one
+/// already sends the address to the Internet, an owned one repaired, a foreign one replaced
+/// (`conflictPolicy: Replace`) or reported as a conflict, a missing one created, owned
+/// leftovers deleted; repairs first, so no create lands beside a route with its prefix. Also
+/// how many routes the table will hold.
+fn repair_table<'a>(
+    table: &'a RouteTable,
+    wants: &BTreeMap<Ipv4Addr, Want>,
+    owned: &dyn Fn(&str) -> bool,
+) -> (Vec<Write>, Vec<(Ipv4Addr, &'a Route)>, usize) {
+    let mut conflicts: Vec<(Ipv4Addr, &Route)> = Vec::new();
+    let mut chosen: BTreeSet<&str> = BTreeSet::new();
+    let mut repairs: Vec<Write> = Vec::new();
+    let mut creates: Vec<Write> = Vec::new();
+    // A route carrying the expected name of one wanted address is reserved for it: it
+    // may not satisfy another address, or repairing it would undo that (non-convergence).
+    let reserved_for_other = |r: &Route, address: Ipv4Addr| {
+        wants
+            .values()
+            .any(|w| w.address != address && r.name.eq_ignore_ascii_case(w.route_name))
+    };
+    for want in wants.values() {
+        let candidates: Vec<&Route> = table
+            .routes
+            .iter()
+            .filter(|r| {
+                r.host_address() == Some(want.address) && !reserved_for_other(r, want.address)
+            })
+            .collect();
+        let satisfied = candidates
+            .iter()
+            .filter(|r| r.next_hop_type == NextHopType::Internet)
+            .min_by_key(|r| {
+                (
+                    !r.name.eq_ignore_ascii_case(want.route_name),
+                    !owned(&r.name),
+                )
+            });
+        if let Some(r) = satisfied {
+            chosen.insert(&r.name);
+            continue;
+        }
+        let owned_candidate = candidates.iter().find(|r| owned(&r.name));
+        let foreign_candidate = candidates.iter().find(|r| !owned(&r.name));
+        let (name, change) = if let Some(r) = owned_candidate {
+            (r.name.as_str(), RouteChange::Repair)
+        } else if let Some(r) = foreign_candidate {
+            if want.policy.conflict_policy == ConflictPolicy::Replace {
+                (r.name.as_str(), RouteChange::Replace)
+            } else {
+                conflicts.push((want.address, *r));
+                continue;
+            }
+        } else if let Some(r) = table
+            .routes
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(want.route_name))
+        {
+            // Our name, edited to another prefix: put it back.
+            (r.name.as_str(), RouteChange::Repair)
+        } else {
+            (want.route_name, RouteChange::Create)
+        };
+        chosen.insert(name);
+        let put = Write::PutRoute {
+            table: table.id.clone(),
+            route: internet_route(name, want.address),
+            change,
+        };
+        // Repairs move routes off prefixes; they go first so that no create ever lands
+        // beside another route with the same prefix.
+        if change == RouteChange::Create {
+            creates.push(put)
+        } else {
+            repairs.push(put)
+        }
+    }
+    let deletes: Vec<Write> = table
+        .routes
+        .iter()
+        .filter(|r| owned(&r.name) && !chosen.iter().any(|c| c.eq_ignore_ascii_case(&r.name)))
+        .map(|r| Write::DeleteRoute {
+            table: table.id.clone(),
+            name: r.name.to_string(),
+            address_prefix: r.address_prefix.to_string(),
+        })
+        .collect();
+    let routes_after = table.routes.len() + creates.len() - deletes.len();
+    let mut writes = repairs;
+    writes.extend(creates);
+    writes.extend(deletes);
+    (writes, conflicts, routes_after)
+}
+
 fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<SubnetVerdict>) {
     // Members are in claim order (oldest policy first), so the first policy to want an address
     // names its route.
@@ -972,8 +1066,8 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
         .map(|m| m.policy);
     let owned = |name: &str| group.members.iter().any(|m| m.policy.owns_route_name(name));
 
-    let mut table_writes: Vec<Write> = Vec::new();
-    let mut conflicts: Vec<(Ipv4Addr, &Route)> = Vec::new();
+    let table_writes: Vec<Write>;
+    let conflicts: Vec<(Ipv4Addr, &Route)>;
     let routes_after: usize;
     match group.existing {
         None => {
@@ -982,8 +1076,9 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
                 .map(|w| internet_route(w.route_name, w.address))
                 .collect();
             routes_after = routes.len();
+            conflicts = Vec::new();
             let creator = writer.unwrap_or(group.members[0].policy);
-            table_writes.push(Write::CreateRouteTable {
+            table_writes = vec![Write::CreateRouteTable {
                 table: group.id.clone(),
                 location: group.location.to_string(),
                 tags: BTreeMap::from([
@@ -992,92 +1087,10 @@ fn plan_group(group: &Group, writes: &mut Vec<PlannedWrite>, verdicts: &mut Vec<
                 ]),
                 disable_bgp_route_propagation: creator.disable_bgp_route_propagation,
                 routes,
-            });
+            }];
         }
         Some(table) => {
-            let mut chosen: BTreeSet<&str> = BTreeSet::new();
-            let mut repairs: Vec<Write> = Vec::new();
-            let mut creates: Vec<Write> = Vec::new();
-            // A route carrying the expected name of one wanted address is reserved for it: it
-            // may not satisfy another address, or repairing it would undo that (non-convergence).
-            let reserved_for_other = |r: &Route, address: Ipv4Addr| {
-                wants
-                    .values()
-                    .any(|w| w.address != address && r.name.eq_ignore_ascii_case(w.route_name))
-            };
-            for want in wants.values() {
-                let candidates: Vec<&Route> = table
-                    .routes
-                    .iter()
-                    .filter(|r| {
-                        r.host_address() == Some(want.address)
-                            && !reserved_for_other(r, want.address)
-                    })
-                    .collect();
-                let satisfied = candidates
-                    .iter()
-                    .filter(|r| r.next_hop_type == NextHopType::Internet)
-                    .min_by_key(|r| {
-                        (
-                            !r.name.eq_ignore_ascii_case(want.route_name),
-                            !owned(&r.name),
-                        )
-                    });
-                if let Some(r) = satisfied {
-                    chosen.insert(&r.name);
-                    continue;
-                }
-                let owned_candidate = candidates.iter().find(|r| owned(&r.name));
-                let foreign_candidate = candidates.iter().find(|r| !owned(&r.name));
-                let (name, change) = if let Some(r) = owned_candidate {
-                    (r.name.as_str(), RouteChange::Repair)
-                } else if let Some(r) = foreign_candidate {
-                    if want.policy.conflict_policy == ConflictPolicy::Replace {
-                        (r.name.as_str(), RouteChange::Replace)
-                    } else {
-                        conflicts.push((want.address, r));
-                        continue;
-                    }
-                } else if let Some(r) = table
-                    .routes
-                    .iter()
-                    .find(|r| r.name.eq_ignore_ascii_case(want.route_name))
-                {
-                    // Our name, edited to another prefix: put it back.
-                    (r.name.as_str(), RouteChange::Repair)
-                } else {
-                    (want.route_name, RouteChange::Create)
-                };
-                chosen.insert(name);
-                let put = Write::PutRoute {
-                    table: table.id.clone(),
-                    route: internet_route(name, want.address),
-                    change,
-                };
-                // Repairs move routes off prefixes; they go first so that no create ever lands
-                // beside another route with the same prefix.
-                if change == RouteChange::Create {
-                    creates.push(put)
-                } else {
-                    repairs.push(put)
-                }
-            }
-            let deletes: Vec<Write> = table
-                .routes
-                .iter()
-                .filter(|r| {
-                    owned(&r.name) && !chosen.iter().any(|c| c.eq_ignore_ascii_case(&r.name))
-                })
-                .map(|r| Write::DeleteRoute {
-                    table: table.id.clone(),
-                    name: r.name.to_string(),
-                    address_prefix: r.address_prefix.to_string(),
-                })
-                .collect();
-            routes_after = table.routes.len() + creates.len() - deletes.len();
-            table_writes.extend(repairs);
-            table_writes.extend(creates);
-            table_writes.extend(deletes);
+            (table_writes, conflicts, routes_after) = repair_table(table, &wants, &owned);
         }
     }
 
