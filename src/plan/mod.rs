@@ -1165,6 +1165,51 @@ fn internet_route(name: &str, address: Ipv4Addr) -> Route {
     }
 }
 
+/// What cleaning one table up takes: dissociating and deleting it, when the policy created it
+/// and nothing but its footprint and its own routes are left there; otherwise deleting its
+/// owned routes, except those to addresses another policy's subnets on it still need (`keep`).
+fn cleanup_table(
+    policy: &DesiredState,
+    table: &RouteTable,
+    keep: &BTreeSet<Ipv4Addr>,
+    footprint: &BTreeMap<&str, &Subnet>,
+) -> Vec<Write> {
+    let removable: Vec<&Route> = table
+        .routes
+        .iter()
+        .filter(|r| {
+            policy.owns_route_name(&r.name) && !r.host_address().is_some_and(|a| keep.contains(&a))
+        })
+        .collect();
+    let only_ours = table
+        .subnets
+        .iter()
+        .all(|s| footprint.contains_key(s.key()));
+    if created_by(table, &policy.name) && only_ours && removable.len() == table.routes.len() {
+        let mut writes: Vec<Write> = table
+            .subnets
+            .iter()
+            .map(|s| Write::DissociateSubnet {
+                subnet: s.clone(),
+                table: table.id.clone(),
+            })
+            .collect();
+        writes.push(Write::DeleteRouteTable {
+            table: table.id.clone(),
+        });
+        writes
+    } else {
+        removable
+            .into_iter()
+            .map(|r| Write::DeleteRoute {
+                table: table.id.clone(),
+                name: r.name.to_string(),
+                address_prefix: r.address_prefix.to_string(),
+            })
+            .collect()
+    }
+}
+
 /// Plans what deleting `policy` does in Azure (`deletionPolicy: Delete`): remove its owned
 /// routes, and dissociate and delete the tables it created once nothing else uses them.
 /// Subnets that `others` also select are left to them, as are routes they still need.
@@ -1248,45 +1293,12 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
     let empty = BTreeSet::new();
     for table in tables.values() {
         let keep = kept.get(table.id.key()).unwrap_or(&empty);
-        let removable: Vec<&Route> = table
-            .routes
-            .iter()
-            .filter(|r| {
-                policy.owns_route_name(&r.name)
-                    && !r.host_address().is_some_and(|a| keep.contains(&a))
-            })
-            .collect();
-        let only_ours = table
-            .subnets
-            .iter()
-            .all(|s| footprint.contains_key(s.key()));
-        let before = writes.len();
-        let mut push = |write| {
-            writes.push(PlannedWrite {
-                policy: policy.name.clone(),
-                write,
-            })
-        };
-        if created_by(table, &policy.name) && only_ours && removable.len() == table.routes.len() {
-            for s in &table.subnets {
-                push(Write::DissociateSubnet {
-                    subnet: s.clone(),
-                    table: table.id.clone(),
-                });
-            }
-            push(Write::DeleteRouteTable {
-                table: table.id.clone(),
-            });
-        } else {
-            for r in removable {
-                push(Write::DeleteRoute {
-                    table: table.id.clone(),
-                    name: r.name.to_string(),
-                    address_prefix: r.address_prefix.to_string(),
-                });
-            }
-        }
-        changes_by_table.insert(table.id.key(), writes.len() - before);
+        let table_writes = cleanup_table(policy, table, keep, &footprint);
+        changes_by_table.insert(table.id.key(), table_writes.len());
+        writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
+            policy: policy.name.clone(),
+            write,
+        }));
     }
 
     let verdicts = footprint
