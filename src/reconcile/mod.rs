@@ -866,6 +866,114 @@ pub async fn apply(
     flat
 }
 
+/// Failed writes, by the subnets they concern: a subnet write names its subnet; a table
+/// write concerns every subnet the first plan put on that table.
+fn failures_by_subnet<'a>(
+    first: &Plan,
+    results: &[(&PlannedWrite, Option<&'a ArmError>)],
+) -> BTreeMap<String, &'a ArmError> {
+    let mut on_table: HashMap<&str, Vec<&SubnetId>> = HashMap::new();
+    if results
+        .iter()
+        .any(|(w, e)| e.is_some() && w.write.subnet().is_none())
+    {
+        for v in &first.verdicts {
+            if let Some(t) = &v.route_table {
+                on_table.entry(t.key()).or_default().push(&v.subnet);
+            }
+        }
+    }
+    let mut failed: BTreeMap<String, &ArmError> = BTreeMap::new();
+    for &(w, e) in results {
+        let Some(e) = e else { continue };
+        match w.write.subnet() {
+            Some(s) => {
+                failed.entry(s.key().to_string()).or_insert(e);
+            }
+            None => {
+                for s in on_table.get(w.write.table().key()).into_iter().flatten() {
+                    failed.entry(s.key().to_string()).or_insert(e);
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// One policy's counts and problems as its verdicts are judged.
+struct Tally {
+    summary: Summary,
+    problems: TopProblems,
+    egress_warnings: usize,
+}
+
+impl Tally {
+    /// Counts one verdict after the pass (`failed`: a write it needed failed; `repaired`: the
+    /// first plan found drift there) and offers its problems and warnings.
+    fn judge(&mut self, v: &SubnetVerdict, failed: Option<&ArmError>, repaired: bool) {
+        let s = &mut self.summary;
+        match (&v.verdict, failed) {
+            (_, Some(e)) => {
+                s.errors += 1;
+                // A denial needs an exemption, not a retry: its own reason.
+                let reason = if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
+                    Reason::PolicyDenied
+                } else {
+                    Reason::WriteFailed
+                };
+                self.problems.offer(reason, v.subnet.as_str(), || {
+                    reason.problem(v.subnet.to_string(), e.to_string())
+                });
+                return;
+            }
+            (Verdict::InSync, None) => {
+                s.in_sync += 1;
+                if repaired {
+                    s.repaired += 1;
+                }
+            }
+            (Verdict::WillRepair { .. }, None) => {}
+            (Verdict::Conflict { .. }, None) => s.conflicts += 1,
+            (Verdict::Skipped { .. }, None) => s.skipped += 1,
+            (Verdict::Error { .. }, None) => s.errors += 1,
+        }
+        if let Some(reason) = Reason::of_verdict(&v.verdict) {
+            self.problems.offer(reason, v.subnet.as_str(), || {
+                reason.problem(v.subnet.to_string(), v.verdict.message())
+            });
+        }
+        for w in &v.warnings {
+            if matches!(w, crate::plan::Warning::NoInternetEgress) {
+                self.egress_warnings += 1;
+            }
+            let reason = Reason::of_warning(w);
+            self.problems.offer(reason, v.subnet.as_str(), || {
+                reason.problem(v.subnet.to_string(), w.message())
+            });
+        }
+    }
+
+    /// A table the policy releases: its subnets count as released; under `Audit` it is a
+    /// problem saying what `Enforce` would do.
+    fn released(&mut self, r: &crate::plan::Release, mode: Mode) {
+        self.summary.released += r.subnets.len() as i64;
+        if mode == Mode::Audit {
+            self.problems.push(Reason::WouldRelease.problem(
+                r.table.to_string(),
+                format!(
+                    "no selected subnet uses this table any more ({} subnet(s) left the selection); Enforce would {}",
+                    r.subnets.len(),
+                    if r.created {
+                        "dissociate and delete it"
+                    } else {
+                        "remove the policy's routes from it"
+                    }
+                ),
+            ));
+        }
+    }
+}
+
 /// Turns verdicts and write results into per-policy summaries and capped problem lists.
 fn summarize(
     policies: &[DesiredState],
@@ -875,28 +983,7 @@ fn summarize(
     applied: bool,
     unreadable: &BTreeMap<String, crate::model::SubscriptionError>,
 ) -> Vec<PolicyReport> {
-    // Failed writes, by the subnets they concern: a subnet write names its subnet; a table
-    // write concerns every subnet the first plan put on that table.
-    let mut failed_by_subnet: BTreeMap<String, &ArmError> = BTreeMap::new();
-    for &(w, e) in results {
-        let Some(e) = e else { continue };
-        match w.write.subnet() {
-            Some(s) => {
-                failed_by_subnet.entry(s.key().to_string()).or_insert(e);
-            }
-            None => {
-                for v in first
-                    .verdicts
-                    .iter()
-                    .filter(|v| v.route_table.as_ref() == Some(w.write.table()))
-                {
-                    failed_by_subnet
-                        .entry(v.subnet.key().to_string())
-                        .or_insert(e);
-                }
-            }
-        }
-    }
+    let failed_by_subnet = failures_by_subnet(first, results);
     let before: HashMap<(&str, &str), &Verdict> = first
         .verdicts
         .iter()
@@ -909,7 +996,7 @@ fn summarize(
                 .iter()
                 .filter(|v| v.policy == p.name)
                 .collect();
-            let mut s = Summary {
+            let s = Summary {
                 subnets_matched: verdicts.len() as i64,
                 ..Summary::default()
             };
@@ -927,73 +1014,27 @@ fn summarize(
                     unreadable_subscriptions.push(sub);
                 }
             }
-            let mut egress_warnings = 0usize;
+            let mut tally = Tally {
+                summary: s,
+                problems,
+                egress_warnings: 0,
+            };
             for v in &verdicts {
-                let failed = failed_by_subnet.get(v.subnet.key());
-                match (&v.verdict, failed) {
-                    (_, Some(e)) => {
-                        s.errors += 1;
-                        // A denial needs an exemption, not a retry: its own reason.
-                        let reason = if e.code.as_deref() == Some(POLICY_DENIED_CODE) {
-                            Reason::PolicyDenied
-                        } else {
-                            Reason::WriteFailed
-                        };
-                        problems.offer(reason, v.subnet.as_str(), || {
-                            reason.problem(v.subnet.to_string(), e.to_string())
-                        });
-                        continue;
-                    }
-                    (Verdict::InSync, None) => {
-                        s.in_sync += 1;
-                        if applied
-                            && matches!(
-                                before.get(&(p.name.as_str(), v.subnet.key())),
-                                Some(Verdict::WillRepair { .. })
-                            )
-                        {
-                            s.repaired += 1;
-                        }
-                    }
-                    (Verdict::WillRepair { .. }, None) => {}
-                    (Verdict::Conflict { .. }, None) => s.conflicts += 1,
-                    (Verdict::Skipped { .. }, None) => s.skipped += 1,
-                    (Verdict::Error { .. }, None) => s.errors += 1,
-                }
-                if let Some(reason) = Reason::of_verdict(&v.verdict) {
-                    problems.offer(reason, v.subnet.as_str(), || {
-                        reason.problem(v.subnet.to_string(), v.verdict.message())
-                    });
-                }
-                for w in &v.warnings {
-                    if matches!(w, crate::plan::Warning::NoInternetEgress) {
-                        egress_warnings += 1;
-                    }
-                    let reason = Reason::of_warning(w);
-                    problems.offer(reason, v.subnet.as_str(), || {
-                        reason.problem(v.subnet.to_string(), w.message())
-                    });
-                }
+                let repaired = applied
+                    && matches!(
+                        before.get(&(p.name.as_str(), v.subnet.key())),
+                        Some(Verdict::WillRepair { .. })
+                    );
+                tally.judge(v, failed_by_subnet.get(v.subnet.key()).copied(), repaired);
             }
-            // Sorted and cut to MAX_PROBLEMS once, at the end of the pass, which counts them all.
             for r in first.released.iter().filter(|r| r.policy == p.name) {
-                s.released += r.subnets.len() as i64;
-                if p.mode == Mode::Audit {
-                    problems.push(Problem {
-                        subnet_id: r.table.to_string(),
-                        reason: Reason::WouldRelease.code().into(),
-                        message: format!(
-                            "no selected subnet uses this table any more ({} subnet(s) left the selection); Enforce would {}",
-                            r.subnets.len(),
-                            if r.created {
-                                "dissociate and delete it"
-                            } else {
-                                "remove the policy's routes from it"
-                            }
-                        ),
-                    });
-                }
+                tally.released(r, p.mode);
             }
+            let Tally {
+                summary: s,
+                problems,
+                egress_warnings,
+            } = tally;
             let mine = |w: &PlannedWrite| w.policy == p.name;
             PolicyReport {
                 name: p.name.clone(),
