@@ -438,21 +438,7 @@ impl Policy for ArmPolicy {
             let status = resp.status();
             self.metrics
                 .record(&label, &u16::from(status).to_string(), t0.elapsed());
-            let header = if read {
-                "x-ms-ratelimit-remaining-subscription-reads"
-            } else {
-                "x-ms-ratelimit-remaining-subscription-writes"
-            };
-            if let Some(remaining) = resp
-                .headers()
-                .get_optional_str(&azure_core::headers::HeaderName::from_static(header))
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                self.limiter
-                    .observe_remaining(&subscription, read, remaining)
-                    .await;
-                self.metrics.remaining(&subscription, read, remaining);
-            }
+            self.observe_remaining(&resp, &subscription, read).await;
             if status.is_success() {
                 return Ok(resp);
             }
@@ -470,21 +456,7 @@ impl Policy for ArmPolicy {
             }
             // Read the body to tell retryable 409/429s from the rest, then rebuild the response.
             let hinted = retry_after(&resp);
-            let (status, headers, body) = resp.deconstruct();
-            let bytes = body.collect().await?;
-            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/code")
-                        .and_then(|c| c.as_str())
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
-            let rebuilt = Response::new(
-                status,
-                headers,
-                Box::pin(azure_core::BytesStream::new(bytes)),
-            );
+            let (rebuilt, code) = with_error_code(resp).await?;
             let retryable = match status {
                 StatusCode::Conflict => code == "AnotherOperationInProgress",
                 _ => true,
@@ -507,6 +479,50 @@ impl Policy for ArmPolicy {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+impl ArmPolicy {
+    /// What ARM says is left of the subscription's budget
+    /// (`x-ms-ratelimit-remaining-subscription-{reads,writes}`): the limiter follows it and the
+    /// metrics show it.
+    async fn observe_remaining(&self, resp: &Response, subscription: &str, read: bool) {
+        let header = if read {
+            "x-ms-ratelimit-remaining-subscription-reads"
+        } else {
+            "x-ms-ratelimit-remaining-subscription-writes"
+        };
+        if let Some(remaining) = resp
+            .headers()
+            .get_optional_str(&azure_core::headers::HeaderName::from_static(header))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            self.limiter
+                .observe_remaining(subscription, read, remaining)
+                .await;
+            self.metrics.remaining(subscription, read, remaining);
+        }
+    }
+}
+
+/// The response as it was (its body read into memory) and ARM's `error.code` in it ("" when
+/// there is none).
+async fn with_error_code(resp: Response) -> Result<(Response, String), azure_core::Error> {
+    let (status, headers, body) = resp.deconstruct();
+    let bytes = body.collect().await?;
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/code")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let rebuilt = Response::new(
+        status,
+        headers,
+        Box::pin(azure_core::BytesStream::new(bytes)),
+    );
+    Ok((rebuilt, code))
 }
 
 #[cfg(test)]
