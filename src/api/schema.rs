@@ -69,42 +69,11 @@ pub fn check(value: &Value, schema: &Value, path: &str, out: &mut Vec<FieldError
             names.join(", ")
         ));
     }
-    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
     let count = |k: &str| schema.get(k).and_then(Value::as_u64);
+    for message in bounds(value, schema) {
+        err(message);
+    }
     match value {
-        Value::String(s) => {
-            let chars = s.chars().count() as u64;
-            if let Some(max) = count("maxLength")
-                && chars > max
-            {
-                err(format!(
-                    "may not be longer than {max} characters (is {chars})"
-                ));
-            }
-            if let Some(min) = count("minLength")
-                && chars < min
-            {
-                err(format!("must be at least {min} characters long"));
-            }
-            if let Some(p) = schema.get("pattern").and_then(Value::as_str)
-                && !matches(p, s)
-            {
-                err(format!("{s:?} does not match the pattern {p}"));
-            }
-        }
-        Value::Number(n) => {
-            let v = n.as_f64().unwrap_or(0.0);
-            if let Some(max) = num("maximum")
-                && v > max
-            {
-                err(format!("must be at most {max}, not {n}"));
-            }
-            if let Some(min) = num("minimum")
-                && v < min
-            {
-                err(format!("must be at least {min}, not {n}"));
-            }
-        }
         Value::Array(items) => {
             if let Some(max) = count("maxItems")
                 && items.len() as u64 > max
@@ -152,6 +121,52 @@ pub fn check(value: &Value, schema: &Value, path: &str, out: &mut Vec<FieldError
         }
         _ => {}
     }
+}
+
+/// What a string's or a number's schema bounds say of it: lengths in characters (as
+/// Kubernetes counts them), the pattern, the minimum and maximum.
+fn bounds(value: &Value, schema: &Value) -> Vec<String> {
+    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
+    let count = |k: &str| schema.get(k).and_then(Value::as_u64);
+    let mut out = Vec::new();
+    let mut err = |m: String| out.push(m);
+    match value {
+        Value::String(s) => {
+            let chars = s.chars().count() as u64;
+            if let Some(max) = count("maxLength")
+                && chars > max
+            {
+                err(format!(
+                    "may not be longer than {max} characters (is {chars})"
+                ));
+            }
+            if let Some(min) = count("minLength")
+                && chars < min
+            {
+                err(format!("must be at least {min} characters long"));
+            }
+            if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+                && !matches(p, s)
+            {
+                err(format!("{s:?} does not match the pattern {p}"));
+            }
+        }
+        Value::Number(n) => {
+            let v = n.as_f64().unwrap_or(0.0);
+            if let Some(max) = num("maximum")
+                && v > max
+            {
+                err(format!("must be at most {max}, not {n}"));
+            }
+            if let Some(min) = num("minimum")
+                && v < min
+            {
+                err(format!("must be at least {min}, not {n}"));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Removes the fields `schema` does not know, as the API server prunes them, so the rest can
