@@ -279,27 +279,8 @@ async fn arm_request(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let Some(token) = auth.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
-        return Reply::error(
-            StatusCode::UNAUTHORIZED,
-            "AuthenticationFailed",
-            "Authentication failed. The 'Authorization' header is missing.",
-        )
-        .header(
-            "www-authenticate",
-            "Bearer authorization_uri=\"https://login.microsoftonline.com/common\"",
-        );
-    };
-    if app.config.token.as_deref().is_some_and(|t| t != token) {
-        return Reply::error(
-            StatusCode::UNAUTHORIZED,
-            "InvalidAuthenticationToken",
-            "The access token is invalid.",
-        );
+    if let Some(refused) = authenticate(app, headers) {
+        return refused;
     }
     if let Some(rest) = path
         .to_ascii_lowercase()
@@ -307,24 +288,8 @@ async fn arm_request(
     {
         return management_groups(app, method, path, rest, query, headers);
     }
-    match query_param(query, "api-version") {
-        None => {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "MissingApiVersionParameter",
-                "The api-version query parameter (?api-version=) is required for all requests.",
-            );
-        }
-        Some(v) if v != API_VERSION => {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidApiVersionParameter",
-                format!(
-                    "The api-version '{v}' is invalid. The supported versions are '{API_VERSION}'."
-                ),
-            );
-        }
-        Some(_) => {}
+    if let Some(refused) = check_api_version(query) {
+        return refused;
     }
     let segs: Vec<String> = path
         .trim_start_matches('/')
@@ -341,24 +306,7 @@ async fn arm_request(
         .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
     {
         let mut store = app.lock();
-        let refused = match store.subscription_access(&subscription) {
-            state::SubscriptionAccess::Allowed => None,
-            state::SubscriptionAccess::NotFound => Some(Reply::error(
-                StatusCode::NOT_FOUND,
-                "SubscriptionNotFound",
-                format!("The subscription '{subscription}' could not be found."),
-            )),
-            state::SubscriptionAccess::Unauthorized => Some(Reply::error(
-                StatusCode::FORBIDDEN,
-                "AuthorizationFailed",
-                format!(
-                    "The client 'kmsroute-emulator' with object id '00000000-0000-0000-0000-000000000000' does not have authorization to perform action '{}' over scope '{}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
-                    arm::action_name(method, &segs),
-                    path
-                ),
-            )),
-        };
-        if let Some(reply) = refused {
+        if let Some(reply) = subscription_refused(&store, method, &segs, path, &subscription) {
             record(&mut store, &subscription, &op, is_read, reply.status, false);
             return reply;
         }
@@ -388,87 +336,16 @@ async fn arm_request(
     }
 
     let mut store = app.lock();
-    let mut throttle_headers = Vec::new();
-    if let Some(t) = app.config.throttle {
-        let (cap, rate) = if is_read {
-            (t.read_capacity, t.read_refill)
-        } else {
-            (t.write_capacity, t.write_refill)
-        };
-        let now = Instant::now();
-        let key = (subscription.clone(), is_read);
-        let header = if is_read {
-            "x-ms-ratelimit-remaining-subscription-reads"
-        } else {
-            "x-ms-ratelimit-remaining-subscription-writes"
-        };
-        let kind = if is_read { "read" } else { "write" };
-        let throttled = |store: &mut Store, message: String, wait: u64| {
-            store.stats.throttled += 1;
-            record(
-                store,
-                &subscription,
-                &op,
-                is_read,
-                StatusCode::TOO_MANY_REQUESTS,
-                false,
-            );
-            Reply::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "SubscriptionRequestsThrottled",
-                message,
-            )
-            .header("retry-after", wait.to_string())
-        };
-        let left = match state::take_token(&mut store.buckets, key.clone(), cap, rate, now) {
-            Ok(left) => left,
-            Err((wait, left)) => {
-                let message = format!(
-                    "Number of {kind} requests for subscription '{subscription}' exceeded the limit. Please try again after '{wait}' seconds."
-                );
-                return throttled(&mut store, message, wait)
-                    .header(header, (left.floor() as u64).to_string());
-            }
-        };
-        throttle_headers.push((header, (left.floor() as u64).to_string()));
-        // The Network RP's own window (inferred code: ARM's throttling code, with Retry-After).
-        if let Some(w) = t.provider {
-            let cap = if is_read { w.reads } else { w.writes };
-            let rate = cap / w.window.as_secs_f64().max(1.0);
-            if let Err((wait, _)) =
-                state::take_token(&mut store.provider_buckets, key.clone(), cap, rate, now)
-            {
-                // The ARM token is given back: the request never reached the provider.
-                if let Some(arm) = store.buckets.get_mut(&key) {
-                    arm.tokens += 1.0;
-                }
-                let message = format!(
-                    "Number of {kind} requests for subscription '{subscription}' exceeded the Microsoft.Network limit of {cap} per {} seconds. Please try again after '{wait}' seconds.",
-                    w.window.as_secs()
-                );
-                return throttled(&mut store, message, wait);
-            }
-        }
-    }
+    let throttle_headers = match app.config.throttle {
+        Some(t) => match throttle(&mut store, t, &subscription, &op, is_read) {
+            Ok(headers) => headers,
+            Err(reply) => return reply,
+        },
+        None => Vec::new(),
+    };
 
-    if let Some(f) = &fault
-        && let Some(status) = f.status
-    {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = f
-            .code
-            .clone()
-            .unwrap_or_else(|| "InternalServerError".into());
-        let mut reply = Reply::error(status, &code, format!("Injected fault {code}."));
-        if code == "RetryableError" {
-            reply.body = Some(
-                json!({"error": {"code": code, "message": "Retryable error.", "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": "Another operation is in progress."}]}}),
-            );
-        }
-        if let Some(s) = f.retry_after {
-            reply = reply.header("retry-after", s.to_string());
-        }
-        record(&mut store, &subscription, &op, is_read, status, false);
+    if let Some(reply) = fault.as_ref().and_then(injected) {
+        record(&mut store, &subscription, &op, is_read, reply.status, false);
         return reply;
     }
 
@@ -508,6 +385,173 @@ async fn arm_request(
     );
     reply.headers.extend(throttle_headers);
     reply
+}
+
+/// ARM's authentication: a bearer token (the emulator's own when configured).
+fn authenticate(app: &App, headers: &HeaderMap) -> Option<Reply> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(token) = auth.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
+        return Some(
+            Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            )
+            .header(
+                "www-authenticate",
+                "Bearer authorization_uri=\"https://login.microsoftonline.com/common\"",
+            ),
+        );
+    };
+    if app.config.token.as_deref().is_some_and(|t| t != token) {
+        return Some(Reply::error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        ));
+    }
+    None
+}
+
+/// `?api-version=`: required, and the one the emulator speaks.
+fn check_api_version(query: &str) -> Option<Reply> {
+    match query_param(query, "api-version") {
+        None => Some(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )),
+        Some(v) if v != API_VERSION => Some(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{v}' is invalid. The supported versions are '{API_VERSION}'."
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// A subscription that does not exist (404) or where the caller has no role (403).
+fn subscription_refused(
+    store: &Store,
+    method: &Method,
+    segs: &[String],
+    path: &str,
+    subscription: &str,
+) -> Option<Reply> {
+    match store.subscription_access(subscription) {
+        state::SubscriptionAccess::Allowed => None,
+        state::SubscriptionAccess::NotFound => Some(Reply::error(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            format!("The subscription '{subscription}' could not be found."),
+        )),
+        state::SubscriptionAccess::Unauthorized => Some(Reply::error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            format!(
+                "The client 'kmsroute-emulator' with object id '00000000-0000-0000-0000-000000000000' does not have authorization to perform action '{}' over scope '{}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+                arm::action_name(method, segs),
+                path
+            ),
+        )),
+    }
+}
+
+/// ARM's per-subscription token buckets and the Network RP's window: the remaining-budget
+/// header of an admitted request, or the 429 that refuses it.
+fn throttle(
+    store: &mut Store,
+    t: Throttle,
+    subscription: &str,
+    op: &str,
+    is_read: bool,
+) -> Result<Vec<(&'static str, String)>, Reply> {
+    let (cap, rate) = if is_read {
+        (t.read_capacity, t.read_refill)
+    } else {
+        (t.write_capacity, t.write_refill)
+    };
+    let now = Instant::now();
+    let key = (subscription.to_string(), is_read);
+    let header = if is_read {
+        "x-ms-ratelimit-remaining-subscription-reads"
+    } else {
+        "x-ms-ratelimit-remaining-subscription-writes"
+    };
+    let kind = if is_read { "read" } else { "write" };
+    let throttled = |store: &mut Store, message: String, wait: u64| {
+        store.stats.throttled += 1;
+        record(
+            store,
+            subscription,
+            op,
+            is_read,
+            StatusCode::TOO_MANY_REQUESTS,
+            false,
+        );
+        Reply::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "SubscriptionRequestsThrottled",
+            message,
+        )
+        .header("retry-after", wait.to_string())
+    };
+    let left = match state::take_token(&mut store.buckets, key.clone(), cap, rate, now) {
+        Ok(left) => left,
+        Err((wait, left)) => {
+            let message = format!(
+                "Number of {kind} requests for subscription '{subscription}' exceeded the limit. Please try again after '{wait}' seconds."
+            );
+            return Err(
+                throttled(store, message, wait).header(header, (left.floor() as u64).to_string())
+            );
+        }
+    };
+    let headers = vec![(header, (left.floor() as u64).to_string())];
+    // The Network RP's own window (inferred code: ARM's throttling code, with Retry-After).
+    if let Some(w) = t.provider {
+        let cap = if is_read { w.reads } else { w.writes };
+        let rate = cap / w.window.as_secs_f64().max(1.0);
+        if let Err((wait, _)) =
+            state::take_token(&mut store.provider_buckets, key.clone(), cap, rate, now)
+        {
+            // The ARM token is given back: the request never reached the provider.
+            if let Some(arm) = store.buckets.get_mut(&key) {
+                arm.tokens += 1.0;
+            }
+            let message = format!(
+                "Number of {kind} requests for subscription '{subscription}' exceeded the Microsoft.Network limit of {cap} per {} seconds. Please try again after '{wait}' seconds.",
+                w.window.as_secs()
+            );
+            return Err(throttled(store, message, wait));
+        }
+    }
+    Ok(headers)
+}
+
+/// The reply an injected fault gives instead of the real one, if it gives one.
+fn injected(f: &FaultRule) -> Option<Reply> {
+    let status = f.status?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = f
+        .code
+        .clone()
+        .unwrap_or_else(|| "InternalServerError".into());
+    let mut reply = Reply::error(status, &code, format!("Injected fault {code}."));
+    if code == "RetryableError" {
+        reply.body = Some(
+            json!({"error": {"code": code, "message": "Retryable error.", "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": "Another operation is in progress."}]}}),
+        );
+    }
+    if let Some(s) = f.retry_after {
+        reply = reply.header("retry-after", s.to_string());
+    }
+    Some(reply)
 }
 
 fn record(
