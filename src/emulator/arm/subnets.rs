@@ -106,77 +106,13 @@ pub(super) fn put_subnet(
             format!("Subnet {name} has neither an addressPrefix nor addressPrefixes."),
         );
     }
-    for (field, kind) in [
-        ("routeTable", "routeTables"),
-        ("networkSecurityGroup", "networkSecurityGroups"),
-        ("natGateway", "natGateways"),
-    ] {
-        let Some(r) = props.get(field).filter(|v| !v.is_null()) else {
-            continue;
-        };
-        let rid = r.get("id").and_then(Value::as_str).unwrap_or_default();
-        let Some(target) = store
-            .resources()
-            .get(&lower(rid))
-            .filter(|_| is_type(rid, kind))
-        else {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidResourceReference",
-                format!(
-                    "Resource {rid} referenced by resource {subnet_id} was not found. Please make sure that the referenced resource exists, and that both resources are in the same region."
-                ),
-            );
-        };
-        let same_sub = rid
-            .split('/')
-            .nth(2)
-            .is_some_and(|s| s.eq_ignore_ascii_case(sub));
-        let same_region = target["location"]
-            .as_str()
-            .is_some_and(|l| l.eq_ignore_ascii_case(&location));
-        if !same_sub || !same_region {
-            // inferred code
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidResourceReference",
-                format!(
-                    "Resource {rid} referenced by {subnet_id} must be in the same subscription and region ({location}) as the virtual network."
-                ),
-            );
-        }
+    if let Some(refused) = check_references(store, &props, sub, &location, &subnet_id) {
+        return refused;
     }
     let old = idx.map(|i| vnet["properties"]["subnets"][i].clone());
     let mut new_props = props;
-    if let Some(old) = &old {
-        for ro in SUBNET_READ_ONLY {
-            new_props.remove(ro);
-            if let Some(v) = old["properties"].get(ro) {
-                new_props.insert(ro.to_string(), v.clone());
-            }
-        }
-        // Create-only: kept when omitted, refused when changed.
-        match (
-            old["properties"].get("defaultOutboundAccess"),
-            new_props.get("defaultOutboundAccess"),
-        ) {
-            (Some(o), Some(n)) if o != n => {
-                // inferred code
-                return Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "DefaultOutboundAccessCannotBeUpdated",
-                    "defaultOutboundAccess can only be set when the subnet is created.",
-                );
-            }
-            (Some(o), None) => {
-                new_props.insert("defaultOutboundAccess".into(), o.clone());
-            }
-            _ => {}
-        }
-    } else {
-        for ro in SUBNET_READ_ONLY {
-            new_props.remove(ro);
-        }
+    if let Err(refused) = keep_read_only(old.as_ref(), &mut new_props) {
+        return refused;
     }
     new_props.retain(|_, v| !v.is_null());
     // The service completes service endpoints with their regions and state.
@@ -229,6 +165,97 @@ pub(super) fn put_subnet(
         false,
         Reply::json(status, shown),
     )
+}
+
+/// The resources a subnet body references (route table, NSG, NAT gateway) exist and are in
+/// the VNet's subscription and region.
+fn check_references(
+    store: &Store,
+    props: &serde_json::Map<String, Value>,
+    sub: &str,
+    location: &str,
+    subnet_id: &str,
+) -> Option<Reply> {
+    for (field, kind) in [
+        ("routeTable", "routeTables"),
+        ("networkSecurityGroup", "networkSecurityGroups"),
+        ("natGateway", "natGateways"),
+    ] {
+        let Some(r) = props.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let rid = r.get("id").and_then(Value::as_str).unwrap_or_default();
+        let Some(target) = store
+            .resources()
+            .get(&lower(rid))
+            .filter(|_| is_type(rid, kind))
+        else {
+            return Some(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceReference",
+                format!(
+                    "Resource {rid} referenced by resource {subnet_id} was not found. Please make sure that the referenced resource exists, and that both resources are in the same region."
+                ),
+            ));
+        };
+        let same_sub = rid
+            .split('/')
+            .nth(2)
+            .is_some_and(|s| s.eq_ignore_ascii_case(sub));
+        let same_region = target["location"]
+            .as_str()
+            .is_some_and(|l| l.eq_ignore_ascii_case(location));
+        if !same_sub || !same_region {
+            // inferred code
+            return Some(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceReference",
+                format!(
+                    "Resource {rid} referenced by {subnet_id} must be in the same subscription and region ({location}) as the virtual network."
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// ARM keeps what a PUT may not change: the read-only properties of the subnet as it is, and
+/// `defaultOutboundAccess` (create-only: kept when omitted, refused when changed).
+fn keep_read_only(
+    old: Option<&Value>,
+    new_props: &mut serde_json::Map<String, Value>,
+) -> Result<(), Reply> {
+    if let Some(old) = old {
+        for ro in SUBNET_READ_ONLY {
+            new_props.remove(ro);
+            if let Some(v) = old["properties"].get(ro) {
+                new_props.insert(ro.to_string(), v.clone());
+            }
+        }
+        // Create-only: kept when omitted, refused when changed.
+        match (
+            old["properties"].get("defaultOutboundAccess"),
+            new_props.get("defaultOutboundAccess"),
+        ) {
+            (Some(o), Some(n)) if o != n => {
+                // inferred code
+                return Err(Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "DefaultOutboundAccessCannotBeUpdated",
+                    "defaultOutboundAccess can only be set when the subnet is created.",
+                ));
+            }
+            (Some(o), None) => {
+                new_props.insert("defaultOutboundAccess".into(), o.clone());
+            }
+            _ => {}
+        }
+    } else {
+        for ro in SUBNET_READ_ONLY {
+            new_props.remove(ro);
+        }
+    }
+    Ok(())
 }
 
 /// Edits behind the client's back, with ARM's own rules (a table in use cannot be deleted).
