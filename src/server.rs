@@ -1,4 +1,4 @@
-//! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the lease loop,
+//! The controller's HTTP endpoints: `/metrics` (OpenMetrics text, from `prometheus-client`), `/healthz` (the lease loop,
 //! and on the leader the controller loop, are still going round) and `/readyz` (ARM credentials
 //! work now, the API server and the lease namespace answer, and a leader has its cache). The
 //! facts come from [`Probes`], kept by the loops themselves.
@@ -32,12 +32,22 @@ impl Health {
     }
 }
 
-async fn metrics(State(h): State<Health>) -> String {
-    let mut out = h.controller.render();
+/// The OpenMetrics text of the controller's and the ARM client's families, one exposition.
+async fn metrics(State(h): State<Health>) -> impl axum::response::IntoResponse {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::new();
+    let _ = encode_registry(&mut out, h.controller.registry());
     if let Some(arm) = &h.arm {
-        out.push_str(&arm.render());
+        let _ = encode_registry(&mut out, arm.registry());
     }
-    out
+    let _ = encode_eof(&mut out);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
 }
 
 async fn healthz(State(h): State<Health>) -> (StatusCode, &'static str) {

@@ -1,10 +1,16 @@
-//! Controller metrics in the Prometheus text format: reconciles by result, reconcile duration,
-//! errors by class, drift repairs and how long they took, the shared inventory's refreshes and
-//! age, leader state.
+//! Controller metrics on the Prometheus project's client (`prometheus-client`): reconciles by
+//! result, reconcile duration, errors by class, drift repairs and how long they took, the
+//! shared inventory's refreshes and age, leader state, each policy's readiness and counts.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 /// Upper bounds of the drift-repair histogram, in seconds.
@@ -12,33 +18,8 @@ const REPAIR_BUCKETS: [f64; 12] = [
     1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Counts per bucket of [`REPAIR_BUCKETS`] (not cumulative), then +Inf.
-    counts: [u64; REPAIR_BUCKETS.len() + 1],
-    sum: f64,
-}
-
-#[derive(Debug, Default)]
-pub struct ControllerMetrics {
-    reconciles: Mutex<BTreeMap<String, u64>>,
-    errors: Mutex<BTreeMap<String, u64>>,
-    duration_sum: Mutex<f64>,
-    duration_count: AtomicU64,
-    repairs: AtomicU64,
-    leader: AtomicBool,
-    /// Last successful inventory read per subscription.
-    inventory_reads: Mutex<HashMap<String, Instant>>,
-    /// Refreshes by outcome (`changed`, `unchanged`, `error`).
-    refreshes: Mutex<BTreeMap<&'static str, u64>>,
-    /// Subnets a refresh found changed.
-    changes: AtomicU64,
-    /// Passes queued because the inventory changed, by policy.
-    triggered: Mutex<BTreeMap<String, u64>>,
-    repair_latency: Mutex<Histogram>,
-    /// The last pass's readiness and counts of each policy.
-    policies: Mutex<BTreeMap<String, (bool, crate::api::Summary)>>,
-}
+/// Upper bounds of the reconcile-duration histogram, in seconds.
+const PASS_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
 
 /// Error classes always rendered (at 0 until they happen), so alerts and panels can use them.
 const ERROR_CLASSES: [&str; 8] = [
@@ -52,23 +33,198 @@ const ERROR_CLASSES: [&str; 8] = [
     "internal",
 ];
 
+/// The states of `kmsroute_policy_subnets`.
+const SUBNET_STATES: [&str; 7] = [
+    "matched",
+    "in_sync",
+    "repaired",
+    "conflicts",
+    "skipped",
+    "errors",
+    "released",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByResult {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByClass {
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByOutcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPolicy {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPolicyState {
+    policy: String,
+    state: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn histogram(buckets: &'static [f64]) -> Histogram {
+    Histogram::new(buckets.iter().copied())
+}
+
+#[derive(Debug)]
+pub struct ControllerMetrics {
+    registry: Registry,
+    reconciles: Family<ByResult, Counter>,
+    errors: Family<ByClass, Counter>,
+    duration: Histogram,
+    repairs: Counter,
+    leader: Gauge,
+    inventory_subscriptions: Gauge,
+    inventory_max_age: FloatGauge,
+    refreshes: Family<ByOutcome, Counter>,
+    changes: Counter,
+    triggered_total: Counter,
+    repair_latency: Histogram,
+    /// How many repairs the histogram holds (the client reads a histogram's count only in its
+    /// own tests).
+    repairs_timed: Counter,
+    ready: Family<ByPolicy, Gauge>,
+    subnets: Family<ByPolicyState, Gauge>,
+    /// Last successful inventory read per subscription (the age gauges are set from it when
+    /// the metrics are read).
+    inventory_reads: Mutex<HashMap<String, Instant>>,
+    /// Passes queued because the inventory changed, by policy (the metric is their total).
+    triggered: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        let m = ControllerMetrics {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: histogram(&PASS_BUCKETS),
+            repairs: Counter::default(),
+            leader: Gauge::default(),
+            inventory_subscriptions: Gauge::default(),
+            inventory_max_age: FloatGauge::default(),
+            refreshes: Family::default(),
+            changes: Counter::default(),
+            triggered_total: Counter::default(),
+            repair_latency: histogram(&REPAIR_BUCKETS),
+            repairs_timed: Counter::default(),
+            ready: Family::default(),
+            subnets: Family::default(),
+            inventory_reads: Mutex::default(),
+            triggered: Mutex::default(),
+        };
+        for class in ERROR_CLASSES {
+            drop(m.errors.get_or_create(&ByClass {
+                class: class.into(),
+            }));
+        }
+        for outcome in ["changed", "unchanged", "error"] {
+            drop(m.refreshes.get_or_create(&ByOutcome {
+                outcome: outcome.into(),
+            }));
+        }
+        m.register()
+    }
+}
+
 impl ControllerMetrics {
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "kmsroute_reconciles",
+            "Reconciles by result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "kmsroute_reconcile_errors",
+            "Reconcile errors by class",
+            self.errors.clone(),
+        );
+        r.register(
+            "kmsroute_policy_ready",
+            "Whether the policy's last pass left it Ready (1) or not (0)",
+            self.ready.clone(),
+        );
+        r.register(
+            "kmsroute_policy_subnets",
+            "Subnets of each policy by state after its last pass",
+            self.subnets.clone(),
+        );
+        r.register(
+            "kmsroute_reconcile_duration_seconds",
+            "Time spent reconciling",
+            self.duration.clone(),
+        );
+        r.register(
+            "kmsroute_drift_repairs",
+            "ARM writes that repaired drift",
+            self.repairs.clone(),
+        );
+        r.register(
+            "kmsroute_inventory_subscriptions",
+            "Subscriptions the shared inventory refreshes",
+            self.inventory_subscriptions.clone(),
+        );
+        r.register(
+            "kmsroute_inventory_max_age_seconds",
+            "Age of the oldest subscription's last successful read",
+            self.inventory_max_age.clone(),
+        );
+        r.register(
+            "kmsroute_inventory_refreshes",
+            "Inventory refreshes by outcome",
+            self.refreshes.clone(),
+        );
+        r.register(
+            "kmsroute_inventory_changes",
+            "Subnets a refresh found changed",
+            self.changes.clone(),
+        );
+        r.register(
+            "kmsroute_inventory_triggered_passes",
+            "Passes queued because the inventory changed",
+            self.triggered_total.clone(),
+        );
+        r.register(
+            "kmsroute_drift_repair_seconds",
+            "Seconds from a drift seen by an inventory refresh to its repair",
+            self.repair_latency.clone(),
+        );
+        r.register(
+            "kmsroute_leader",
+            "Whether this replica holds the lease",
+            self.leader.clone(),
+        );
+        self
+    }
+
     pub fn reconcile_done(&self, result: &str, took: Duration) {
-        if let Ok(mut r) = self.reconciles.lock() {
-            *r.entry(result.to_string()).or_insert(0) += 1;
-        }
-        if let Ok(mut s) = self.duration_sum.lock() {
-            *s += took.as_secs_f64();
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
+        self.reconciles
+            .get_or_create(&ByResult {
+                result: result.into(),
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
     }
     pub fn error(&self, class: &str) {
-        if let Ok(mut e) = self.errors.lock() {
-            *e.entry(class.to_string()).or_insert(0) += 1;
-        }
+        self.errors
+            .get_or_create(&ByClass {
+                class: class.into(),
+            })
+            .inc();
     }
     pub fn repairs(&self, writes: u64) {
-        self.repairs.fetch_add(writes, Ordering::Relaxed);
+        self.repairs.inc_by(writes);
     }
     /// One inventory refresh of `subscription`: `Some(n)` read with n subnets changed, `None` failed.
     pub fn inventory_refreshed(&self, subscription: &str, changed: Option<u64>) {
@@ -76,7 +232,7 @@ impl ControllerMetrics {
             None => "error",
             Some(0) => "unchanged",
             Some(n) => {
-                self.changes.fetch_add(n, Ordering::Relaxed);
+                self.changes.inc_by(n);
                 "changed"
             }
         };
@@ -85,9 +241,11 @@ impl ControllerMetrics {
         {
             r.insert(subscription.to_string(), Instant::now());
         }
-        if let Ok(mut r) = self.refreshes.lock() {
-            *r.entry(outcome).or_insert(0) += 1;
-        }
+        self.refreshes
+            .get_or_create(&ByOutcome {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
     /// The subscription is no longer watched.
     pub fn inventory_forget(&self, subscription: &str) {
@@ -97,152 +255,99 @@ impl ControllerMetrics {
     }
     /// A policy's readiness and counts after a pass.
     pub fn set_policy(&self, policy: &str, ready: bool, summary: &crate::api::Summary) {
-        if let Ok(mut p) = self.policies.lock() {
-            p.insert(policy.to_string(), (ready, summary.clone()));
+        self.ready
+            .get_or_create(&ByPolicy {
+                policy: policy.into(),
+            })
+            .set(i64::from(ready));
+        let counts = [
+            summary.subnets_matched,
+            summary.in_sync,
+            summary.repaired,
+            summary.conflicts,
+            summary.skipped,
+            summary.errors,
+            summary.released,
+        ];
+        for (state, n) in SUBNET_STATES.into_iter().zip(counts) {
+            self.subnets
+                .get_or_create(&ByPolicyState {
+                    policy: policy.into(),
+                    state: state.into(),
+                })
+                .set(n);
         }
     }
     /// The policy is gone: its series go with it.
     pub fn forget_policy(&self, policy: &str) {
-        if let Ok(mut p) = self.policies.lock() {
-            p.remove(policy);
+        self.ready.remove(&ByPolicy {
+            policy: policy.into(),
+        });
+        for state in SUBNET_STATES {
+            self.subnets.remove(&ByPolicyState {
+                policy: policy.into(),
+                state: state.into(),
+            });
         }
     }
 
     /// A pass of `policy` queued by a detected change.
     pub fn triggered(&self, policy: &str) {
+        self.triggered_total.inc();
         if let Ok(mut t) = self.triggered.lock() {
             *t.entry(policy.to_string()).or_insert(0) += 1;
         }
     }
     /// Passes queued by detected changes: of one policy, or of all with `None`.
     pub fn triggered_passes(&self, policy: Option<&str>) -> u64 {
-        self.triggered
-            .lock()
-            .map(|t| match policy {
-                Some(p) => t.get(p).copied().unwrap_or(0),
-                None => t.values().sum(),
-            })
-            .unwrap_or(0)
+        match policy {
+            None => self.triggered_total.get(),
+            Some(p) => self
+                .triggered
+                .lock()
+                .map(|t| t.get(p).copied().unwrap_or(0))
+                .unwrap_or(0),
+        }
     }
     /// A detected drift was repaired `took` after it was seen.
     pub fn drift_repaired(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        if let Ok(mut h) = self.repair_latency.lock() {
-            let i = REPAIR_BUCKETS
-                .iter()
-                .position(|b| secs <= *b)
-                .unwrap_or(REPAIR_BUCKETS.len());
-            h.counts[i] += 1;
-            h.sum += secs;
-        }
+        self.repair_latency.observe(took.as_secs_f64());
+        self.repairs_timed.inc();
     }
     pub fn drift_repairs_timed(&self) -> u64 {
-        self.repair_latency
-            .lock()
-            .map(|h| h.counts.iter().sum())
-            .unwrap_or(0)
+        self.repairs_timed.get()
     }
     pub fn refreshes(&self, outcome: &str) -> u64 {
         self.refreshes
-            .lock()
-            .map(|r| r.get(outcome).copied().unwrap_or(0))
-            .unwrap_or(0)
+            .get(&ByOutcome {
+                outcome: outcome.into(),
+            })
+            .map_or(0, |c| c.get())
     }
     pub fn set_leader(&self, leading: bool) {
-        self.leader.store(leading, Ordering::Relaxed);
+        self.leader.set(i64::from(leading));
     }
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        self.leader.get() == 1
     }
     pub fn reconciles(&self, result: &str) -> u64 {
         self.reconciles
-            .lock()
-            .map(|r| r.get(result).copied().unwrap_or(0))
-            .unwrap_or(0)
+            .get(&ByResult {
+                result: result.into(),
+            })
+            .map_or(0, |c| c.get())
     }
     pub fn errors(&self, class: &str) -> u64 {
         self.errors
-            .lock()
-            .map(|r| r.get(class).copied().unwrap_or(0))
-            .unwrap_or(0)
+            .get(&ByClass {
+                class: class.into(),
+            })
+            .map_or(0, |c| c.get())
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP kmsroute_reconciles_total Reconciles by result.\n# TYPE kmsroute_reconciles_total counter\n",
-        );
-        if let Ok(r) = self.reconciles.lock() {
-            for (k, v) in r.iter() {
-                out.push_str(&format!(
-                    "kmsroute_reconciles_total{{result=\"{k}\"}} {v}\n"
-                ));
-            }
-        }
-        out.push_str("# HELP kmsroute_reconcile_errors_total Reconcile errors by class.\n# TYPE kmsroute_reconcile_errors_total counter\n");
-        if let Ok(r) = self.errors.lock() {
-            let mut classes: Vec<&str> = ERROR_CLASSES.to_vec();
-            classes.extend(
-                r.keys()
-                    .map(String::as_str)
-                    .filter(|k| !ERROR_CLASSES.contains(k)),
-            );
-            for k in classes {
-                out.push_str(&format!(
-                    "kmsroute_reconcile_errors_total{{class=\"{k}\"}} {}\n",
-                    r.get(k).copied().unwrap_or(0)
-                ));
-            }
-        }
-        self.render_policies(&mut out);
-        let sum = self.duration_sum.lock().map(|s| *s).unwrap_or(0.0);
-        out.push_str(&format!(
-            "# HELP kmsroute_reconcile_duration_seconds Time spent reconciling.\n# TYPE kmsroute_reconcile_duration_seconds summary\nkmsroute_reconcile_duration_seconds_sum {sum}\nkmsroute_reconcile_duration_seconds_count {}\n",
-            self.duration_count.load(Ordering::Relaxed)
-        ));
-        out.push_str(&format!(
-            "# HELP kmsroute_drift_repairs_total ARM writes that repaired drift.\n# TYPE kmsroute_drift_repairs_total counter\nkmsroute_drift_repairs_total {}\n",
-            self.repairs.load(Ordering::Relaxed)
-        ));
-        self.render_inventory(&mut out);
-        out.push_str(&format!(
-            "# HELP kmsroute_leader Whether this replica holds the lease.\n# TYPE kmsroute_leader gauge\nkmsroute_leader {}\n",
-            u8::from(self.is_leader())
-        ));
-        out
-    }
-
-    fn render_policies(&self, out: &mut String) {
-        out.push_str("# HELP kmsroute_policy_ready Whether the policy's last pass left it Ready (1) or not (0).\n# TYPE kmsroute_policy_ready gauge\n");
-        let Ok(p) = self.policies.lock() else {
-            return;
-        };
-        for (name, (ready, _)) in p.iter() {
-            out.push_str(&format!(
-                "kmsroute_policy_ready{{policy=\"{}\"}} {}\n",
-                escape(name),
-                u8::from(*ready)
-            ));
-        }
-        out.push_str("# HELP kmsroute_policy_subnets Subnets of each policy by state after its last pass.\n# TYPE kmsroute_policy_subnets gauge\n");
-        for (name, (_, s)) in p.iter() {
-            for (state, n) in [
-                ("matched", s.subnets_matched),
-                ("in_sync", s.in_sync),
-                ("repaired", s.repaired),
-                ("conflicts", s.conflicts),
-                ("skipped", s.skipped),
-                ("errors", s.errors),
-                ("released", s.released),
-            ] {
-                out.push_str(&format!(
-                    "kmsroute_policy_subnets{{policy=\"{}\",state=\"{state}\"}} {n}\n",
-                    escape(name)
-                ));
-            }
-        }
-    }
-
-    fn render_inventory(&self, out: &mut String) {
+    /// Sets what is measured when the metrics are read (the inventory's age), and returns the
+    /// families.
+    pub fn registry(&self) -> &Registry {
         let (watched, oldest) = self
             .inventory_reads
             .lock()
@@ -255,48 +360,18 @@ impl ControllerMetrics {
                 )
             })
             .unwrap_or((0, 0.0));
-        out.push_str(&format!(
-            "# HELP kmsroute_inventory_subscriptions Subscriptions the shared inventory refreshes.\n# TYPE kmsroute_inventory_subscriptions gauge\nkmsroute_inventory_subscriptions {watched}\n\
-# HELP kmsroute_inventory_max_age_seconds Age of the oldest subscription's last successful read.\n# TYPE kmsroute_inventory_max_age_seconds gauge\nkmsroute_inventory_max_age_seconds {oldest:.3}\n"
-        ));
-        out.push_str("# HELP kmsroute_inventory_refreshes_total Inventory refreshes by outcome.\n# TYPE kmsroute_inventory_refreshes_total counter\n");
-        for outcome in ["changed", "unchanged", "error"] {
-            out.push_str(&format!(
-                "kmsroute_inventory_refreshes_total{{outcome=\"{outcome}\"}} {}\n",
-                self.refreshes(outcome)
-            ));
-        }
-        out.push_str(&format!(
-            "# HELP kmsroute_inventory_changes_total Subnets a refresh found changed.\n# TYPE kmsroute_inventory_changes_total counter\nkmsroute_inventory_changes_total {}\n\
-# HELP kmsroute_inventory_triggered_passes_total Passes queued because the inventory changed.\n# TYPE kmsroute_inventory_triggered_passes_total counter\nkmsroute_inventory_triggered_passes_total {}\n",
-            self.changes.load(Ordering::Relaxed),
-            self.triggered_passes(None)
-        ));
-        out.push_str("# HELP kmsroute_drift_repair_seconds Seconds from a drift seen by an inventory refresh to its repair.\n# TYPE kmsroute_drift_repair_seconds histogram\n");
-        let (counts, sum) = self
-            .repair_latency
-            .lock()
-            .map(|h| (h.counts, h.sum))
-            .unwrap_or_default();
-        let mut cumulative = 0;
-        for (i, bound) in REPAIR_BUCKETS.iter().enumerate() {
-            cumulative += counts[i];
-            out.push_str(&format!(
-                "kmsroute_drift_repair_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
-            ));
-        }
-        cumulative += counts[REPAIR_BUCKETS.len()];
-        out.push_str(&format!(
-            "kmsroute_drift_repair_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nkmsroute_drift_repair_seconds_sum {sum:.3}\nkmsroute_drift_repair_seconds_count {cumulative}\n"
-        ));
+        self.inventory_subscriptions
+            .set(i64::try_from(watched).unwrap_or(i64::MAX));
+        self.inventory_max_age.set(oldest);
+        &self.registry
     }
-}
 
-/// A label value in the Prometheus text format: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    /// The Prometheus text of these metrics alone.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, self.registry());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -305,8 +380,13 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("x\ny"), "x\\ny");
+        let m = ControllerMetrics::default();
+        m.set_policy("a\"b\\c\nd", true, &crate::api::Summary::default());
+        let text = m.render();
+        assert!(
+            text.contains(r#"kmsroute_policy_ready{policy="a\"b\\c\nd"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -324,5 +404,42 @@ mod tests {
         assert!(text.contains("kmsroute_policy_subnets{policy=\"spokes\",state=\"in_sync\"} 4"));
         m.forget_policy("spokes");
         assert!(!m.render().contains("policy=\"spokes\""));
+    }
+
+    #[test]
+    fn counters_histograms_and_gauges_read_back() {
+        let m = ControllerMetrics::default();
+        m.reconcile_done("ok", Duration::from_millis(300));
+        m.error("throttled");
+        m.drift_repaired(Duration::from_secs(12));
+        m.triggered("p");
+        m.inventory_refreshed("s", Some(3));
+        m.set_leader(true);
+        assert_eq!(
+            (
+                m.reconciles("ok"),
+                m.errors("throttled"),
+                m.drift_repairs_timed()
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (m.triggered_passes(Some("p")), m.triggered_passes(None)),
+            (1, 1)
+        );
+        assert!(m.is_leader());
+        let text = m.render();
+        for line in [
+            "kmsroute_reconciles_total{result=\"ok\"} 1",
+            "kmsroute_drift_repair_seconds_bucket{le=\"15.0\"} 1",
+            "kmsroute_drift_repair_seconds_count 1",
+            "kmsroute_inventory_changes_total 3",
+            "kmsroute_inventory_subscriptions 1",
+            "kmsroute_leader 1",
+            "kmsroute_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
     }
 }
