@@ -433,6 +433,37 @@ proptest! {
     }
 
     #[test]
+    fn the_tables_of_a_plan_are_its_writes_by_table_in_order((inv, policies) in estate()) {
+        let p = plan(&policies, &inv);
+        let mut seen = vec![0usize; p.writes.len()];
+        for t in &p.tables {
+            prop_assert!(!t.writes.is_empty());
+            prop_assert!(t.writes.windows(2).all(|w| w[0] < w[1]), "plan order in a lane");
+            for &i in &t.writes {
+                seen[i] += 1;
+                prop_assert_eq!(p.writes[i].write.table(), &t.table);
+                let needed = matches!(p.writes[i].write, Write::CreateRouteTable { .. } | Write::DissociateSubnet { .. });
+                prop_assert_eq!(t.prerequisites.contains(&i), needed);
+                if let Some(subnet) = p.writes[i].write.subnet() {
+                    prop_assert!(t.subnets.contains(subnet), "{subnet} concerns its table");
+                }
+            }
+            prop_assert!(t.prerequisites.iter().all(|i| t.writes.contains(i)));
+        }
+        prop_assert!(seen.iter().all(|&n| n == 1), "every write in exactly one table: {seen:?}");
+        let keys: BTreeSet<&str> = p.tables.iter().map(|t| t.table.key()).collect();
+        prop_assert_eq!(keys.len(), p.tables.len(), "one lane per table");
+        // A policy's share keeps the same shape.
+        for policy in &policies {
+            let mut mine = p.clone();
+            mine.retain_policy(&policy.name);
+            let total: usize = mine.tables.iter().map(|t| t.writes.len()).sum();
+            prop_assert_eq!(total, mine.writes.len());
+            prop_assert!(mine.writes.iter().all(|w| w.policy == policy.name));
+        }
+    }
+
+    #[test]
     fn one_plan_converges_and_a_second_plan_writes_nothing((inv, policies) in estate()) {
         let first = plan(&policies, &inv);
         let after = simulate::apply(&inv, writes(&first)).map_err(TestCaseError::fail)?;

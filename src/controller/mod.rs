@@ -680,7 +680,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     drop(inventory);
     let results = reconcile::apply(
         ctx.arm.as_ref(),
-        &plan.writes,
+        &plan,
         ctx.settings.concurrency,
         &|_| {},
         None,

@@ -26,10 +26,15 @@ use std::net::Ipv4Addr;
 
 pub use crate::model::MAX_ROUTES_PER_TABLE;
 
-/// What reconcile would do: writes in execution order, and a verdict per selected subnet.
+/// What reconcile would do: writes in execution order, grouped by the route table they belong
+/// to (each table's writes run in order, tables in parallel), and a verdict per selected subnet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
     pub writes: Vec<PlannedWrite>,
+    /// One entry per table written: which writes are its, which must succeed for the rest to
+    /// be attempted, and which subnets its writes concern. The executor runs these lanes.
+    #[serde(skip)]
+    pub tables: Vec<TablePlan>,
     pub verdicts: Vec<SubnetVerdict>,
     /// Tables a policy releases because no selected subnet uses them any more (its writes are
     /// in `writes`, except under `mode: Audit`, which only reports them).
@@ -364,10 +369,129 @@ impl Warning {
     }
 }
 
+/// One route table's share of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TablePlan {
+    pub table: RouteTableId,
+    /// Indices into [`Plan::writes`], in the order they run.
+    pub writes: Vec<usize>,
+    /// Of those, the writes the rest depend on: when one fails, the table's later writes are
+    /// not attempted (a table that was not created cannot take an association; a table whose
+    /// subnet is still associated cannot be deleted).
+    pub prerequisites: Vec<usize>,
+    /// The subnets the table's writes concern (those planned on it, or released from it): a
+    /// failure of a table write is theirs.
+    pub subnets: Vec<SubnetId>,
+}
+
+/// A write the rest of its table's writes depend on.
+fn is_prerequisite(w: &Write) -> bool {
+    matches!(
+        w,
+        Write::CreateRouteTable { .. } | Write::DissociateSubnet { .. }
+    )
+}
+
 impl Plan {
     /// True when the plan writes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
+    }
+
+    /// A plan of hand-made writes (tests, benchmarks): grouped by table in the order the
+    /// tables first appear, prerequisites by the planner's rule, no subnets or verdicts.
+    pub fn from_writes(writes: Vec<PlannedWrite>) -> Plan {
+        let mut plan = Plan {
+            writes,
+            ..Plan::default()
+        };
+        plan.group_tables(|_| Vec::new());
+        plan
+    }
+
+    /// Only the writes of one policy (a pass writes its own share); the tables follow.
+    pub fn retain_policy(&mut self, policy: &str) {
+        let subnets: HashMap<String, Vec<SubnetId>> = std::mem::take(&mut self.tables)
+            .into_iter()
+            .map(|t| (t.table.key().to_string(), t.subnets))
+            .collect();
+        self.writes.retain(|w| w.policy == policy);
+        self.group_tables(|t| subnets.get(t.key()).cloned().unwrap_or_default());
+    }
+
+    /// Rebuilds [`Plan::tables`] from the writes: one lane per table, in the order the tables
+    /// first appear, each table's writes in plan order.
+    fn group_tables(&mut self, subnets_of: impl Fn(&RouteTableId) -> Vec<SubnetId>) {
+        let mut tables: Vec<TablePlan> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in self.writes.iter().enumerate() {
+            let table = w.write.table();
+            let lane = *at.entry(table.key()).or_insert_with(|| {
+                tables.push(TablePlan {
+                    table: table.clone(),
+                    writes: Vec::new(),
+                    prerequisites: Vec::new(),
+                    subnets: subnets_of(table),
+                });
+                tables.len() - 1
+            });
+            tables[lane].writes.push(i);
+            if is_prerequisite(&w.write) {
+                tables[lane].prerequisites.push(i);
+            }
+        }
+        self.tables = tables;
+    }
+}
+
+/// Appends one table's writes to the plan's, in that table's lane (a new one, or the one an
+/// earlier policy's writes to the table opened: one table's writes never run side by side).
+struct Lanes {
+    tables: Vec<TablePlan>,
+    at: HashMap<RouteTableId, usize>,
+}
+
+impl Lanes {
+    fn new() -> Lanes {
+        Lanes {
+            tables: Vec::new(),
+            at: HashMap::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        writes: &mut Vec<PlannedWrite>,
+        table: &RouteTableId,
+        subnets: Vec<SubnetId>,
+        new: impl IntoIterator<Item = PlannedWrite>,
+    ) {
+        let first = writes.len();
+        writes.extend(new);
+        if writes.len() == first {
+            return;
+        }
+        let lane = *self.at.entry(table.clone()).or_insert_with(|| {
+            self.tables.push(TablePlan {
+                table: table.clone(),
+                writes: Vec::new(),
+                prerequisites: Vec::new(),
+                subnets: Vec::new(),
+            });
+            self.tables.len() - 1
+        });
+        let lane = &mut self.tables[lane];
+        for (i, w) in writes.iter().enumerate().skip(first) {
+            lane.writes.push(i);
+            if is_prerequisite(&w.write) {
+                lane.prerequisites.push(i);
+            }
+        }
+        for s in subnets {
+            if !lane.subnets.contains(&s) {
+                lane.subnets.push(s);
+            }
+        }
     }
 }
 
@@ -608,11 +732,16 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     }
     placed.sort_unstable_by(|a, b| a.table.cmp(&b.table).then(a.order.cmp(&b.order)));
     let mut writes = Vec::new();
+    let mut lanes = Lanes::new();
     // The tables this plan writes to (or judges), in key order.
     let mut planned: Vec<RouteTableId> = Vec::new();
     for run in placed.chunk_by(|a, b| a.table == b.table) {
         let group = group_of(run, &mut verdicts);
+        let before = writes.len();
         plan_group(&group, &mut writes, &mut verdicts);
+        let members = group.members.iter().map(|m| m.subnet.id.clone()).collect();
+        let new: Vec<PlannedWrite> = writes.drain(before..).collect();
+        lanes.push(&mut writes, &group.id, members, new);
         planned.push(group.id);
     }
     drop(placed);
@@ -655,10 +784,11 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                 continue;
             }
             if policy.mode == Mode::Enforce {
-                writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
+                let new = release_writes.into_iter().map(|write| PlannedWrite {
                     policy: policy.name.clone(),
                     write,
-                }));
+                });
+                lanes.push(&mut writes, &release.table, release.subnets.clone(), new);
             }
             released.push(release);
         }
@@ -667,6 +797,7 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
     verdicts.shrink_to_fit();
     Plan {
         writes,
+        tables: lanes.tables,
         verdicts,
         released,
     }
@@ -1289,16 +1420,23 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
     }
 
     let mut writes = Vec::new();
+    let mut lanes = Lanes::new();
     let mut changes_by_table: HashMap<&str, usize> = HashMap::new();
     let empty = BTreeSet::new();
     for table in tables.values() {
         let keep = kept.get(table.id.key()).unwrap_or(&empty);
         let table_writes = cleanup_table(policy, table, keep, &footprint);
         changes_by_table.insert(table.id.key(), table_writes.len());
-        writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
+        let concerned = footprint
+            .values()
+            .filter(|s| s.route_table.as_ref() == Some(&table.id))
+            .map(|s| s.id.clone())
+            .collect();
+        let new = table_writes.into_iter().map(|write| PlannedWrite {
             policy: policy.name.clone(),
             write,
-        }));
+        });
+        lanes.push(&mut writes, &table.id, concerned, new);
     }
 
     let verdicts = footprint
@@ -1324,6 +1462,7 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         .collect();
     Plan {
         writes,
+        tables: lanes.tables,
         verdicts,
         released: Vec::new(),
     }

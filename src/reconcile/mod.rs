@@ -564,7 +564,7 @@ async fn reconcile_resolved(
     });
     let mut first = plan(policies, &inventory);
     if let Some(name) = &options.only_policy {
-        first.writes.retain(|w| &w.policy == name);
+        first.retain_policy(name);
     }
     progress(Progress::Planned {
         writes: first.writes.len(),
@@ -583,7 +583,7 @@ async fn reconcile_resolved(
     drop(inventory);
     let concurrency = options.concurrency.max(1);
     let interrupt = options.interrupt.as_deref();
-    let mut results = apply(api, &first.writes, concurrency, progress, interrupt).await;
+    let mut results = apply(api, &first, concurrency, progress, interrupt).await;
     let mut written: BTreeSet<String> = first
         .writes
         .iter()
@@ -603,7 +603,7 @@ async fn reconcile_resolved(
         let mut second = plan(policies, &fresh);
         drop(fresh);
         if let Some(name) = &options.only_policy {
-            second.writes.retain(|w| &w.policy == name);
+            second.retain_policy(name);
         }
         tracing::info!(
             refused = results.iter().filter(|r| r.error.is_some()).count(),
@@ -619,7 +619,7 @@ async fn reconcile_resolved(
         );
         let offset = first.writes.len();
         results.extend(
-            apply(api, &second.writes, concurrency, progress, interrupt)
+            apply(api, &second, concurrency, progress, interrupt)
                 .await
                 .into_iter()
                 .map(|r| WriteResult {
@@ -728,36 +728,20 @@ pub async fn execute(api: &dyn NetworkApi, write: &Write) -> Result<(), ArmError
     }
 }
 
-/// One route table's writes, in plan order, by their index in the plan.
-type Lane = Vec<usize>;
-
 /// Most writes under way at once across all subscriptions (see [`apply`]).
 pub const MAX_ACTIVE_WRITES: usize = 4096;
 
-/// Groups writes into lanes, one per route table, keeping plan order within a lane.
-fn lanes(writes: &[PlannedWrite]) -> Vec<Lane> {
-    let mut lanes: Vec<Lane> = Vec::new();
-    let mut by_table: HashMap<&str, usize> = HashMap::new();
-    for (i, w) in writes.iter().enumerate() {
-        let lane = *by_table.entry(w.write.table().key()).or_insert_with(|| {
-            lanes.push(Vec::new());
-            lanes.len() - 1
-        });
-        lanes[lane].push(i);
-    }
-    lanes
-}
-
-/// Carries out writes: lanes in parallel up to `concurrency`, one subnet write per VNet at a
-/// time. A failed table creation (or dissociation before a delete) skips what depends on it;
-/// any other failure is reported and the rest goes on.
+/// Carries out a plan: its tables' lanes in parallel up to `concurrency` per subscription, one
+/// subnet write per VNet at a time. When a write the planner named a prerequisite fails, the
+/// rest of its table's writes are skipped; any other failure is reported and the rest goes on.
 pub async fn apply(
     api: &dyn NetworkApi,
-    writes: &[PlannedWrite],
+    plan: &Plan,
     concurrency: usize,
     progress: &(dyn Fn(Progress) + Sync),
     interrupt: Option<&std::sync::atomic::AtomicBool>,
 ) -> Vec<WriteResult> {
+    let writes = &plan.writes;
     let total = writes.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let vnet_locks: Mutex<HashMap<String, Arc<Mutex<()>>>> = Mutex::new(HashMap::new());
@@ -767,15 +751,17 @@ pub async fn apply(
     // a 520 MB peak at 100,000 subnets. 32 per connection still keeps every connection busy
     // through 1-30 s long-running operations.
     let active = tokio::sync::Semaphore::new(MAX_ACTIVE_WRITES);
-    let lanes = lanes(writes);
-    let run_lane = |lane: Lane| {
+    // A lane owns its indices (the plan's lists, copied: a future may not borrow the closure's
+    // argument).
+    let run_lane = |lane: (Vec<usize>, Vec<usize>)| {
         let done = &done;
         let vnet_locks = &vnet_locks;
         let active = &active;
         async move {
             let mut out = Vec::new();
             let mut blocked: Option<ArmError> = None;
-            for index in lane {
+            let (lane_writes, prerequisites) = lane;
+            for index in lane_writes {
                 let Some(w) = writes.get(index) else { continue };
                 let stopped =
                     interrupt.is_some_and(|i| i.load(std::sync::atomic::Ordering::SeqCst));
@@ -817,10 +803,7 @@ pub async fn apply(
                     execute(api, &w.write).await.err().map(Box::new)
                 };
                 if let Some(e) = &error
-                    && matches!(
-                        w.write,
-                        Write::CreateRouteTable { .. } | Write::DissociateSubnet { .. }
-                    )
+                    && prerequisites.contains(&index)
                     && blocked.is_none()
                 {
                     blocked = Some((**e).clone());
@@ -841,16 +824,14 @@ pub async fn apply(
     // lanes and all subscriptions run at once. One shared pool let a subscription whose bucket
     // was empty hold every slot while the others idled (measured: the dense 5-subscription
     // bench estate ran at 3.5 writes/s per subscription against the 10/s ARM allows).
+    type Lane = (Vec<usize>, Vec<usize>);
     let mut by_subscription: Vec<(String, Vec<Lane>)> = Vec::new();
-    for lane in lanes {
-        let sub = lane
-            .first()
-            .and_then(|&i| writes.get(i))
-            .map(|w| w.write.table().subscription().to_ascii_lowercase())
-            .unwrap_or_default();
+    for lane in &plan.tables {
+        let sub = lane.table.subscription().to_ascii_lowercase();
+        let own = (lane.writes.clone(), lane.prerequisites.clone());
         match by_subscription.iter_mut().find(|(s, _)| *s == sub) {
-            Some((_, l)) => l.push(lane),
-            None => by_subscription.push((sub, vec![lane])),
+            Some((_, l)) => l.push(own),
+            None => by_subscription.push((sub, vec![own])),
         }
     }
     let per_subscription = by_subscription.into_iter().map(|(_, lanes)| {
@@ -867,22 +848,16 @@ pub async fn apply(
 }
 
 /// Failed writes, by the subnets they concern: a subnet write names its subnet; a table
-/// write concerns every subnet the first plan put on that table.
+/// write concerns the subnets the first plan says its table's writes concern.
 fn failures_by_subnet<'a>(
     first: &Plan,
     results: &[(&PlannedWrite, Option<&'a ArmError>)],
 ) -> BTreeMap<String, &'a ArmError> {
-    let mut on_table: HashMap<&str, Vec<&SubnetId>> = HashMap::new();
-    if results
+    let on_table: HashMap<&str, &[SubnetId]> = first
+        .tables
         .iter()
-        .any(|(w, e)| e.is_some() && w.write.subnet().is_none())
-    {
-        for v in &first.verdicts {
-            if let Some(t) = &v.route_table {
-                on_table.entry(t.key()).or_default().push(&v.subnet);
-            }
-        }
-    }
+        .map(|t| (t.table.key(), t.subnets.as_slice()))
+        .collect();
     let mut failed: BTreeMap<String, &ArmError> = BTreeMap::new();
     for &(w, e) in results {
         let Some(e) = e else { continue };
@@ -891,7 +866,11 @@ fn failures_by_subnet<'a>(
                 failed.entry(s.key().to_string()).or_insert(e);
             }
             None => {
-                for s in on_table.get(w.write.table().key()).into_iter().flatten() {
+                for s in on_table
+                    .get(w.write.table().key())
+                    .copied()
+                    .unwrap_or_default()
+                {
                     failed.entry(s.key().to_string()).or_insert(e);
                 }
             }
@@ -1223,7 +1202,7 @@ mod tests {
         // The timeout only turns a deadlock into a failure; it is not a speed assertion.
         let results = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            apply(&api, &writes, 1, &|_| {}, None),
+            apply(&api, &Plan::from_writes(writes.clone()), 1, &|_| {}, None),
         )
         .await
         .expect("subscription b's writes ran while a's were stalled");
