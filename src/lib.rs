@@ -1,8 +1,11 @@
 //! kmsroute: declarative, self-healing KMS activation routes for force-tunneled Azure subnets.
 //!
-//! Layers, top to bottom (each knows only those below it): [`api`] (the custom resource and
-//! validation) → [`catalog`] (KMS and cloud endpoints) → [`plan`] (the pure planner over the
-//! [`model`] of observed Azure). See `docs/architecture.md`.
+//! Layers, each knowing only the ones before it: the foundations ([`ids`], [`model`],
+//! [`catalog`], [`effective`], [`dns`]) → [`api`] (the custom resource and its validation) →
+//! [`plan`] (the pure planner) → [`azure`] (the ARM port) → [`reconcile`] (the executor, and
+//! [`output`] for people) → [`controller`] → [`server`]; beside them the [`emulator`] (a
+//! stand-in for ARM with its own copies of Azure's rules) and the [`demo`]. See
+//! `docs/architecture.md`.
 
 pub mod api;
 pub mod azure;
