@@ -24,6 +24,15 @@ pub struct Document {
 }
 
 impl Document {
+    /// How messages name the document: its `metadata.name`, or its place in the file.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("document {}", self.index))
+    }
+}
+
+impl Document {
     /// Every error in this document: those found reading it and those `validate_policy` finds
     /// in what could be read (one per field path; the more specific message wins).
     pub fn check(&self, cloud: Cloud) -> Result<Validated, Vec<FieldError>> {

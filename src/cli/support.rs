@@ -61,10 +61,7 @@ pub(crate) fn load_policies(
     let mut policies = Vec::new();
     let mut invalid = false;
     for doc in docs {
-        let label = doc
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("document {}", doc.index));
+        let label = doc.label();
         match doc.check(cloud) {
             Ok(v) => {
                 for w in v.warnings {

@@ -14,10 +14,7 @@ pub(crate) fn validate(file: &str, cloud: Cloud) -> Result<ExitCode, CliError> {
     }
     let mut invalid = 0;
     for doc in docs {
-        let label = doc
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("document {}", doc.index));
+        let label = doc.label();
         match doc.check(cloud) {
             Ok(v) => {
                 println!(

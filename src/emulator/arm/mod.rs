@@ -225,6 +225,18 @@ fn list_in_group(store: &mut Store, ctx: &Ctx, r: &Request) -> Reply {
     list_top(store, ctx, &r.path, &prefix, r.value("resourceType"))
 }
 
+/// `GET …/{kind}/{name}/{child}`: a resource's children (routes, subnets), paged.
+fn list_children(store: &Store, ctx: &Ctx, r: &Request, kind: &str, child: &str) -> Reply {
+    let Some(parent) = store.resources().get(&r.key()) else {
+        return not_found(kind, r.name(), r.rg());
+    };
+    let children = parent["properties"][child]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    page(ctx, &r.path, children)
+}
+
 /// The top-level kinds a GET reads.
 const READABLE: [&str; 7] = [
     "routetables",

@@ -54,14 +54,7 @@ pub(super) fn delete(store: &mut Store, ctx: &Ctx, r: &Request) -> Reply {
 
 /// `GET …/routes`: the table's routes, paged.
 pub(super) fn list_routes(store: &mut Store, ctx: &Ctx, r: &Request) -> Reply {
-    let Some(table) = store.resources().get(&r.key()) else {
-        return not_found("routeTables", r.name(), r.rg());
-    };
-    let routes = table["properties"]["routes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    page(ctx, &r.path, routes)
+    list_children(store, ctx, r, "routeTables", "routes")
 }
 
 /// `PUT`, `GET` or `DELETE` of one route.

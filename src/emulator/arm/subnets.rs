@@ -7,14 +7,7 @@ use super::*;
 
 /// `GET …/subnets`: the VNet's subnets, paged.
 pub(super) fn list(store: &mut Store, ctx: &Ctx, r: &Request) -> Reply {
-    let Some(vnet) = store.resources().get(&r.key()) else {
-        return not_found("virtualNetworks", r.name(), r.rg());
-    };
-    let subnets = vnet["properties"]["subnets"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    page(ctx, &r.path, subnets)
+    list_children(store, ctx, r, "virtualNetworks", "subnets")
 }
 
 /// `GET …/subnets/{name}`, with its ETag.
