@@ -364,9 +364,12 @@ impl Policy for ArmPolicy {
         let path = request.url().path().to_string();
         let method = request.method().to_string();
         let read = method.eq_ignore_ascii_case("GET");
-        let subscription = subscription_of(&path);
-        let label = operation_label(&method, &path);
-        let start = Instant::now();
+        let call = Call {
+            subscription: subscription_of(&path),
+            label: operation_label(&method, &path),
+            read,
+            start: Instant::now(),
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -376,7 +379,7 @@ impl Policy for ArmPolicy {
                     .try_with(|p| p.replace(false))
                     .unwrap_or(false);
             if !prepaid {
-                self.limiter.acquire(&subscription, read).await;
+                self.limiter.acquire(&call.subscription, read).await;
             }
             // The semaphore is never closed; a closed one would only mean "no cap".
             let permit = self.in_flight.acquire().await.ok();
@@ -385,99 +388,146 @@ impl Policy for ArmPolicy {
                 tokio::time::timeout(self.retry.timeout, next[0].send(ctx, request, &next[1..]))
                     .await;
             drop(permit);
-            let can_retry = |delay: Duration| {
-                attempt < self.retry.max_attempts
-                    && start.elapsed() + delay <= self.retry.max_elapsed
-            };
-            let resp = match outcome {
+            let step = match outcome {
                 Err(_elapsed) => {
-                    self.metrics.record(&label, "timeout", t0.elapsed());
-                    let delay = backoff(&self.retry, attempt);
-                    if can_retry(delay) {
-                        tracing::warn!(operation = %label, attempt, "ARM request timed out; retrying");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    return Err(azure_core::Error::message(
-                        azure_core::error::ErrorKind::Io,
-                        format!(
-                            "ARM request {label} timed out after {:?}",
-                            self.retry.timeout
-                        ),
-                    ));
+                    self.metrics.record(&call.label, "timeout", t0.elapsed());
+                    self.timed_out(&call, attempt)
                 }
                 Ok(Err(e)) => {
-                    self.metrics.record(&label, "error", t0.elapsed());
-                    let delay = backoff(&self.retry, attempt);
-                    let cause = cause_chain(&e);
-                    let url = request.url().clone();
-                    // Cannot connect at all (refused, DNS, TLS, proxy): a short, visible budget,
-                    // not the minutes a throttled ARM deserves.
-                    if *e.kind() == azure_core::error::ErrorKind::Io
-                        && attempt < self.retry.connect_attempts
-                        && can_retry(delay)
-                    {
-                        tracing::warn!(
-                            "cannot reach {}: {cause}; retry {attempt} of {} in {delay:.1?}",
-                            url.origin().ascii_serialization(),
-                            self.retry.connect_attempts - 1
-                        );
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    return Err(azure_core::Error::message(
-                        e.kind().clone(),
-                        format!(
-                            "cannot reach {} ({label}): {cause}",
-                            url.as_str().split('?').next().unwrap_or_default()
-                        ),
-                    ));
+                    self.metrics.record(&call.label, "error", t0.elapsed());
+                    self.unreachable(&call, attempt, request, &e)
                 }
-                Ok(Ok(resp)) => resp,
+                Ok(Ok(resp)) => {
+                    let status = u16::from(resp.status()).to_string();
+                    self.metrics.record(&call.label, &status, t0.elapsed());
+                    self.observe_remaining(&resp, &call.subscription, read)
+                        .await;
+                    self.answered(&call, attempt, request, resp).await
+                }
             };
-            let status = resp.status();
-            self.metrics
-                .record(&label, &u16::from(status).to_string(), t0.elapsed());
-            self.observe_remaining(&resp, &subscription, read).await;
-            if status.is_success() {
-                return Ok(resp);
+            match step {
+                Step::Done(result) => return result,
+                Step::Retry(delay) => tokio::time::sleep(delay).await,
             }
-            let transient = matches!(
-                status,
-                StatusCode::TooManyRequests
-                    | StatusCode::Conflict
-                    | StatusCode::InternalServerError
-                    | StatusCode::BadGateway
-                    | StatusCode::ServiceUnavailable
-                    | StatusCode::GatewayTimeout
-            );
-            if !transient {
-                return self.keep_error_body(request, resp).await;
-            }
-            // Read the body to tell retryable 409/429s from the rest, then rebuild the response.
-            let hinted = retry_after(&resp);
-            let (rebuilt, code) = with_error_code(resp).await?;
-            let retryable = match status {
-                StatusCode::Conflict => code == "AnotherOperationInProgress",
-                _ => true,
-            };
-            let delay = hinted.unwrap_or_else(|| backoff(&self.retry, attempt));
-            // The Network RP's "another operation is updating this VNet" is a 429 too, but no
-            // throttling: only real throttling pauses the subscription.
-            if status == StatusCode::TooManyRequests
-                && code != "RetryableError"
-                && code != "RetryableErrorDueToAnotherOperation"
-            {
-                self.limiter
-                    .pause(&subscription, read, Instant::now() + delay)
-                    .await;
-            }
-            if !retryable || !can_retry(delay) {
-                return self.keep_error_body(request, rebuilt).await;
-            }
-            tracing::debug!(operation = %label, status = u16::from(status), code, attempt, ?delay, "retrying ARM request");
-            tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// The request [`ArmPolicy::send`] is sending, across its attempts.
+struct Call {
+    subscription: String,
+    /// The operation, for metrics and logs (`GET routeTables`).
+    label: String,
+    read: bool,
+    start: Instant,
+}
+
+/// What to do after an attempt.
+enum Step {
+    /// Wait this long, then send again.
+    Retry(Duration),
+    Done(PolicyResult),
+}
+
+impl ArmPolicy {
+    /// Whether another attempt, `delay` from now, stays within the retry budget.
+    fn may_retry(&self, call: &Call, attempt: u32, delay: Duration) -> bool {
+        attempt < self.retry.max_attempts && call.start.elapsed() + delay <= self.retry.max_elapsed
+    }
+
+    fn timed_out(&self, call: &Call, attempt: u32) -> Step {
+        let delay = backoff(&self.retry, attempt);
+        if self.may_retry(call, attempt, delay) {
+            tracing::warn!(operation = %call.label, attempt, "ARM request timed out; retrying");
+            return Step::Retry(delay);
+        }
+        Step::Done(Err(azure_core::Error::message(
+            azure_core::error::ErrorKind::Io,
+            format!(
+                "ARM request {} timed out after {:?}",
+                call.label, self.retry.timeout
+            ),
+        )))
+    }
+
+    /// The request got no answer: ARM could not be reached.
+    fn unreachable(
+        &self,
+        call: &Call,
+        attempt: u32,
+        request: &Request,
+        e: &azure_core::Error,
+    ) -> Step {
+        let delay = backoff(&self.retry, attempt);
+        let cause = cause_chain(e);
+        let url = request.url();
+        // Cannot connect at all (refused, DNS, TLS, proxy): a short, visible budget, not the
+        // minutes a throttled ARM deserves.
+        if *e.kind() == azure_core::error::ErrorKind::Io
+            && attempt < self.retry.connect_attempts
+            && self.may_retry(call, attempt, delay)
+        {
+            tracing::warn!(
+                "cannot reach {}: {cause}; retry {attempt} of {} in {delay:.1?}",
+                url.origin().ascii_serialization(),
+                self.retry.connect_attempts - 1
+            );
+            return Step::Retry(delay);
+        }
+        Step::Done(Err(azure_core::Error::message(
+            e.kind().clone(),
+            format!(
+                "cannot reach {} ({}): {cause}",
+                url.as_str().split('?').next().unwrap_or_default(),
+                call.label
+            ),
+        )))
+    }
+
+    /// ARM answered: success, an error to return, or a transient one to wait out.
+    async fn answered(&self, call: &Call, attempt: u32, request: &Request, resp: Response) -> Step {
+        let status = resp.status();
+        if status.is_success() {
+            return Step::Done(Ok(resp));
+        }
+        let transient = matches!(
+            status,
+            StatusCode::TooManyRequests
+                | StatusCode::Conflict
+                | StatusCode::InternalServerError
+                | StatusCode::BadGateway
+                | StatusCode::ServiceUnavailable
+                | StatusCode::GatewayTimeout
+        );
+        if !transient {
+            return Step::Done(self.keep_error_body(request, resp).await);
+        }
+        // Read the body to tell retryable 409/429s from the rest, then rebuild the response.
+        let hinted = retry_after(&resp);
+        let (rebuilt, code) = match with_error_code(resp).await {
+            Ok(read) => read,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        let retryable = match status {
+            StatusCode::Conflict => code == "AnotherOperationInProgress",
+            _ => true,
+        };
+        let delay = hinted.unwrap_or_else(|| backoff(&self.retry, attempt));
+        // The Network RP's "another operation is updating this VNet" is a 429 too, but no
+        // throttling: only real throttling pauses the subscription.
+        if status == StatusCode::TooManyRequests
+            && code != "RetryableError"
+            && code != "RetryableErrorDueToAnotherOperation"
+        {
+            self.limiter
+                .pause(&call.subscription, call.read, Instant::now() + delay)
+                .await;
+        }
+        if !retryable || !self.may_retry(call, attempt, delay) {
+            return Step::Done(self.keep_error_body(request, rebuilt).await);
+        }
+        tracing::debug!(operation = %call.label, status = u16::from(status), code, attempt, ?delay, "retrying ARM request");
+        Step::Retry(delay)
     }
 }
 

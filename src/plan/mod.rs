@@ -1350,74 +1350,11 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         return Plan::default();
     }
     let idx = Index::new(inventory);
-    let others: Vec<&DesiredState> = by_seniority(others);
-    let mut ignored = Vec::new();
-    let others_owned = claim(&others, &idx, &mut ignored);
-    let others_subnets: BTreeSet<&str> = others_owned.iter().map(|(_, _, s)| s.id.key()).collect();
-    // Addresses other policies need in each table their subnets use.
-    let mut kept: HashMap<&str, BTreeSet<Ipv4Addr>> = HashMap::new();
-    for (p, _, s) in &others_owned {
-        if let Some(t) = &s.route_table {
-            kept.entry(t.key())
-                .or_default()
-                .extend(p.destinations.iter().map(|d| d.address));
-        }
-    }
-
-    let mut footprint: BTreeMap<&str, &Subnet> = BTreeMap::new();
-    for (_, s) in resolve(policy, &idx).found {
-        // Special subnets were never managed, so their tables are not ours to clean.
-        if !others_subnets.contains(s.id.key()) && special_subnet_name(s.id.name()).is_none() {
-            footprint.insert(s.id.key(), s);
-        }
-    }
-    let mut tables: BTreeMap<&str, &RouteTable> = BTreeMap::new();
-    for s in footprint.values() {
-        if let Some(t) = s.route_table.as_ref().and_then(|t| idx.tables.get(t.key())) {
-            tables.insert(t.id.key(), t);
-        }
-    }
-    for t in &inventory.route_tables {
-        if created_by(t, &policy.name) {
-            tables.insert(t.id.key(), t);
-        }
-    }
-    // Everything else the policy's marks say it owns in its subscriptions, selected now or not
-    // (a subnet excluded last week still has its routes): tables holding its owned routes, used
-    // by subnets no other policy selects. Their subnets become part of the footprint.
-    let others_selected = selected_anywhere(&others, &idx);
-    let users = table_users(&idx, |_| true);
-    let subscriptions = policy.subscriptions();
-    for t in &inventory.route_tables {
-        if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {
-            continue;
-        }
-        let using: Vec<&str> = users
-            .get(t.id.key())
-            .map(|u| u.keys().copied().collect())
-            .unwrap_or_default();
-        let owned = t.routes.iter().any(|r| policy.owns_route_name(&r.name));
-        let special = using.iter().any(|key| {
-            idx.subnets
-                .get(key)
-                .is_some_and(|(_, s)| special_subnet_name(s.id.name()).is_some())
-        });
-        if using.is_empty()
-            || special
-            || !owned && !created_by(t, &policy.name)
-            || using.iter().any(|s| others_selected.contains(s))
-        {
-            continue;
-        }
-        tables.insert(t.id.key(), t);
-        for key in using {
-            if let Some((_, s)) = idx.subnets.get(key)
-                && special_subnet_name(s.id.name()).is_none()
-            {
-                footprint.insert(s.id.key(), s);
-            }
-        }
-    }
+    let Cleanup {
+        kept,
+        footprint,
+        tables,
+    } = cleanup_scope(policy, others, &idx);
 
     let mut writes = Vec::new();
     let mut lanes = Lanes::new();
@@ -1465,6 +1402,94 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         tables: lanes.tables,
         verdicts,
         released: Vec::new(),
+    }
+}
+/// What deleting `policy` concerns: the addresses other policies still need per table, the
+/// subnets whose verdicts the cleanup reports (its footprint) and the tables it cleans.
+struct Cleanup<'a> {
+    kept: HashMap<&'a str, BTreeSet<Ipv4Addr>>,
+    footprint: BTreeMap<&'a str, &'a Subnet>,
+    tables: BTreeMap<&'a str, &'a RouteTable>,
+}
+
+fn cleanup_scope<'a>(
+    policy: &DesiredState,
+    others: &'a [DesiredState],
+    idx: &Index<'a>,
+) -> Cleanup<'a> {
+    let inventory = idx.inventory;
+    let others: Vec<&DesiredState> = by_seniority(others);
+    let mut ignored = Vec::new();
+    let others_owned = claim(&others, idx, &mut ignored);
+    let others_subnets: BTreeSet<&str> = others_owned.iter().map(|(_, _, s)| s.id.key()).collect();
+    // Addresses other policies need in each table their subnets use.
+    let mut kept: HashMap<&str, BTreeSet<Ipv4Addr>> = HashMap::new();
+    for (p, _, s) in &others_owned {
+        if let Some(t) = &s.route_table {
+            kept.entry(t.key())
+                .or_default()
+                .extend(p.destinations.iter().map(|d| d.address));
+        }
+    }
+
+    let mut footprint: BTreeMap<&str, &Subnet> = BTreeMap::new();
+    for (_, s) in resolve(policy, idx).found {
+        // Special subnets were never managed, so their tables are not ours to clean.
+        if !others_subnets.contains(s.id.key()) && special_subnet_name(s.id.name()).is_none() {
+            footprint.insert(s.id.key(), s);
+        }
+    }
+    let mut tables: BTreeMap<&str, &RouteTable> = BTreeMap::new();
+    for s in footprint.values() {
+        if let Some(t) = s.route_table.as_ref().and_then(|t| idx.tables.get(t.key())) {
+            tables.insert(t.id.key(), t);
+        }
+    }
+    for t in &inventory.route_tables {
+        if created_by(t, &policy.name) {
+            tables.insert(t.id.key(), t);
+        }
+    }
+    // Everything else the policy's marks say it owns in its subscriptions, selected now or not
+    // (a subnet excluded last week still has its routes): tables holding its owned routes, used
+    // by subnets no other policy selects. Their subnets become part of the footprint.
+    let others_selected = selected_anywhere(&others, idx);
+    let users = table_users(idx, |_| true);
+    let subscriptions = policy.subscriptions();
+    for t in &inventory.route_tables {
+        if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {
+            continue;
+        }
+        let using: Vec<&str> = users
+            .get(t.id.key())
+            .map(|u| u.keys().copied().collect())
+            .unwrap_or_default();
+        let owned = t.routes.iter().any(|r| policy.owns_route_name(&r.name));
+        let special = using.iter().any(|key| {
+            idx.subnets
+                .get(key)
+                .is_some_and(|(_, s)| special_subnet_name(s.id.name()).is_some())
+        });
+        if using.is_empty()
+            || special
+            || !owned && !created_by(t, &policy.name)
+            || using.iter().any(|s| others_selected.contains(s))
+        {
+            continue;
+        }
+        tables.insert(t.id.key(), t);
+        for key in using {
+            if let Some((_, s)) = idx.subnets.get(key)
+                && special_subnet_name(s.id.name()).is_none()
+            {
+                footprint.insert(s.id.key(), s);
+            }
+        }
+    }
+    Cleanup {
+        kept,
+        footprint,
+        tables,
     }
 }
 #[cfg(test)]

@@ -549,19 +549,7 @@ async fn reconcile_resolved(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
     let subscriptions = pass_subscriptions(policies, options);
-    let mut inventory = match &options.inventory {
-        Some(source) => source.current(&subscriptions).await?,
-        None => api.inventory(&subscriptions).await?,
-    };
-    progress(Progress::Observed {
-        subscriptions: inventory.subscriptions.len(),
-        subnets: inventory
-            .virtual_networks
-            .iter()
-            .map(|v| v.subnets.len())
-            .sum(),
-        route_tables: inventory.route_tables.len(),
-    });
+    let mut inventory = observe_pass(api, options, &subscriptions, progress).await?;
     let mut first = plan(policies, &inventory);
     if let Some(name) = &options.only_policy {
         first.retain_policy(name);
@@ -584,11 +572,7 @@ async fn reconcile_resolved(
     let concurrency = options.concurrency.max(1);
     let interrupt = options.interrupt.as_deref();
     let mut results = apply(api, &first, concurrency, progress, interrupt).await;
-    let mut written: BTreeSet<String> = first
-        .writes
-        .iter()
-        .map(|w| w.write.table().subscription().to_ascii_lowercase())
-        .collect();
+    let mut written: BTreeSet<String> = subscriptions_written(&first.writes).collect();
     let mut replanned = Vec::new();
     if let Some(source) = &options.inventory
         && results
@@ -597,26 +581,14 @@ async fn reconcile_resolved(
     {
         // The cached view was stale where ARM refused: read those subscriptions afresh and
         // plan again (once; a view that is still wrong waits for the next pass).
-        let fresh = source
-            .reread(&written, &subscriptions, options.only_policy.as_deref())
-            .await?;
-        let mut second = plan(policies, &fresh);
-        drop(fresh);
-        if let Some(name) = &options.only_policy {
-            second.retain_policy(name);
-        }
+        let second = replan(source.as_ref(), policies, options, &written, &subscriptions).await?;
         tracing::info!(
             refused = results.iter().filter(|r| r.error.is_some()).count(),
             replanned = second.writes.len(),
             "the cached inventory was stale: re-read and re-planned"
         );
         results.retain(|r| r.error.is_none());
-        written.extend(
-            second
-                .writes
-                .iter()
-                .map(|w| w.write.table().subscription().to_ascii_lowercase()),
-        );
+        written.extend(subscriptions_written(&second.writes));
         let offset = first.writes.len();
         results.extend(
             apply(api, &second, concurrency, progress, interrupt)
@@ -663,6 +635,55 @@ async fn reconcile_resolved(
         policies,
         approval_stale: false,
     })
+}
+
+/// The pass's view of `subscriptions`: the shared inventory's, or a listing of its own.
+async fn observe_pass(
+    api: &dyn NetworkApi,
+    options: &Options,
+    subscriptions: &BTreeSet<String>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Inventory, ArmError> {
+    let inventory = match &options.inventory {
+        Some(source) => source.current(subscriptions).await?,
+        None => api.inventory(subscriptions).await?,
+    };
+    progress(Progress::Observed {
+        subscriptions: inventory.subscriptions.len(),
+        subnets: inventory
+            .virtual_networks
+            .iter()
+            .map(|v| v.subnets.len())
+            .sum(),
+        route_tables: inventory.route_tables.len(),
+    });
+    Ok(inventory)
+}
+
+/// The plan of a fresh read of the `written` subscriptions from the shared inventory.
+async fn replan(
+    source: &dyn InventorySource,
+    policies: &[DesiredState],
+    options: &Options,
+    written: &BTreeSet<String>,
+    subscriptions: &BTreeSet<String>,
+) -> Result<Plan, ArmError> {
+    let fresh = source
+        .reread(written, subscriptions, options.only_policy.as_deref())
+        .await?;
+    let mut second = plan(policies, &fresh);
+    drop(fresh);
+    if let Some(name) = &options.only_policy {
+        second.retain_policy(name);
+    }
+    Ok(second)
+}
+
+/// The subscriptions `writes` change, lowercased (ARM's IDs are case-insensitive).
+fn subscriptions_written(writes: &[PlannedWrite]) -> impl Iterator<Item = String> + '_ {
+    writes
+        .iter()
+        .map(|w| w.write.table().subscription().to_ascii_lowercase())
 }
 
 /// The verdicts of a fresh read of `subscriptions`, listed and judged one subscription at a

@@ -410,6 +410,34 @@ fn page(ctx: &Ctx, path: &str, items: Vec<Value>) -> Reply {
     Reply::json(StatusCode::OK, body)
 }
 
+/// ARM's answer to a PUT it accepted: the resource as it will be, `Updating`, with 201 for a
+/// new one and 200 for an update, as a long-running operation on `vnet`'s lock if given.
+fn accepted_put(
+    store: &mut Store,
+    ctx: &Ctx,
+    sub: &str,
+    location: &str,
+    vnet: Option<String>,
+    created: bool,
+    mut shown: Value,
+) -> Reply {
+    shown["properties"]["provisioningState"] = json!("Updating");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    lro(
+        store,
+        ctx,
+        sub,
+        location,
+        vnet,
+        false,
+        Reply::json(status, shown),
+    )
+}
+
 /// Registers a long-running operation and adds ARM's monitor headers to `reply`.
 fn lro(
     store: &mut Store,

@@ -99,75 +99,15 @@ pub(super) fn put_route_table(
     if let Some(r) = check_preconditions(ctx, current.as_deref(), id) {
         return r;
     }
-    let location = match (existing, b.get("location").and_then(Value::as_str)) {
-        (Some(r), Some(l))
-            if !r["location"]
-                .as_str()
-                .unwrap_or_default()
-                .eq_ignore_ascii_case(l) =>
-        {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidResourceLocation",
-                format!(
-                    "The resource '{name}' already exists in location '{}'; it cannot be moved to '{l}'.",
-                    r["location"].as_str().unwrap_or_default()
-                ),
-            );
-        }
-        (_, Some(l)) => l.to_string(),
-        (Some(r), None) => r["location"].as_str().unwrap_or_default().to_string(),
-        (None, None) => {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "LocationRequired",
-                "The location property is required for this definition.",
-            );
-        }
+    let location = match table_location(existing, &b, name) {
+        Ok(l) => l,
+        Err(e) => return e,
     };
     let props = b.get("properties").cloned().unwrap_or(json!({}));
-    let mut routes = Vec::new();
-    for r in props
-        .get("routes")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-    {
-        let rname = r["name"].as_str().unwrap_or_default().to_string();
-        let rp = match check_route(&rname, r.get("properties").unwrap_or(&json!({}))) {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
-        if let Some(denied) = policy_denial(store, &format!("{id}/routes/{rname}"), &rp) {
-            return denied;
-        }
-        if let Some(conflict) = route_conflict(&routes, &rname, &rp) {
-            return conflict;
-        }
-        if routes.iter().any(|x: &Value| {
-            x["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(&rname))
-        }) {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "DuplicateResourceName",
-                format!("Route table {name} has two routes named {rname}."),
-            );
-        }
-        routes.push(json!({"name": rname, "id": format!("{id}/routes/{rname}"), "type": "Microsoft.Network/routeTables/routes", "properties": rp}));
-    }
-    if routes.len() > rules::MAX_ROUTES {
-        // inferred code
-        return Reply::error(
-            StatusCode::BAD_REQUEST,
-            "RouteTableRoutesLimitExceeded",
-            format!(
-                "Route table {name} would have {} routes; the limit is 400.",
-                routes.len()
-            ),
-        );
-    }
+    let routes = match table_routes(store, id, name, &props) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
     let created = existing.is_none();
     let resource = json!({
         "id": id, "name": name, "type": "Microsoft.Network/routeTables", "location": location,
@@ -183,21 +123,81 @@ pub(super) fn put_route_table(
         store.bump(&key);
         shown = store.render(&store.resources()[&key]);
     }
-    shown["properties"]["provisioningState"] = json!("Updating");
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    lro(
-        store,
-        ctx,
-        sub,
-        &location,
-        None,
-        false,
-        Reply::json(status, shown),
-    )
+    accepted_put(store, ctx, sub, &location, None, created, shown)
+}
+
+/// The location a table PUT leaves: the body's, which must match an existing table's (ARM does
+/// not move resources), or the existing one's; a new table must name one.
+fn table_location(existing: Option<&Value>, body: &Value, name: &str) -> Result<String, Reply> {
+    match (existing, body.get("location").and_then(Value::as_str)) {
+        (Some(r), Some(l))
+            if !r["location"]
+                .as_str()
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(l) =>
+        {
+            Err(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceLocation",
+                format!(
+                    "The resource '{name}' already exists in location '{}'; it cannot be moved to '{l}'.",
+                    r["location"].as_str().unwrap_or_default()
+                ),
+            ))
+        }
+        (_, Some(l)) => Ok(l.to_string()),
+        (Some(r), None) => Ok(r["location"].as_str().unwrap_or_default().to_string()),
+        (None, None) => Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "LocationRequired",
+            "The location property is required for this definition.",
+        )),
+    }
+}
+
+/// The routes of a table PUT's body as stored, each checked as a route PUT would be (ARM's
+/// own rules, policy denials, duplicate names and the per-table limit).
+fn table_routes(store: &Store, id: &str, name: &str, props: &Value) -> Result<Vec<Value>, Reply> {
+    let mut routes = Vec::new();
+    for r in props
+        .get("routes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        let rname = r["name"].as_str().unwrap_or_default().to_string();
+        let rp = check_route(&rname, r.get("properties").unwrap_or(&json!({})))?;
+        if let Some(denied) = policy_denial(store, &format!("{id}/routes/{rname}"), &rp) {
+            return Err(denied);
+        }
+        if let Some(conflict) = route_conflict(&routes, &rname, &rp) {
+            return Err(conflict);
+        }
+        if routes.iter().any(|x: &Value| {
+            x["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&rname))
+        }) {
+            return Err(Reply::error(
+                StatusCode::BAD_REQUEST,
+                "DuplicateResourceName",
+                format!("Route table {name} has two routes named {rname}."),
+            ));
+        }
+        routes.push(json!({"name": rname, "id": format!("{id}/routes/{rname}"), "type": "Microsoft.Network/routeTables/routes", "properties": rp}));
+    }
+    if routes.len() > rules::MAX_ROUTES {
+        // inferred code
+        return Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "RouteTableRoutesLimitExceeded",
+            format!(
+                "Route table {name} would have {} routes; the limit is 400.",
+                routes.len()
+            ),
+        ));
+    }
+    Ok(routes)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -216,12 +216,20 @@ pub(super) fn route_op(
     let Some(table) = store.resources().get(key) else {
         return not_found("routeTables", &table_name, rg);
     };
-    let location = table["location"].as_str().unwrap_or_default().to_string();
-    let idx = find_child(table, "routes", name);
-    let route_etag = idx.and_then(|_| table["etag"].as_str()).map(str::to_string);
-    let route_id = format!("{table_id}/routes/{name}");
+    let index = find_child(table, "routes", name);
+    let at = RouteAt {
+        table: key,
+        table_name,
+        location: table["location"].as_str().unwrap_or_default().to_string(),
+        index,
+        etag: index
+            .and_then(|_| table["etag"].as_str())
+            .map(str::to_string),
+        id: format!("{table_id}/routes/{name}"),
+        name,
+    };
     match method.as_str() {
-        "GET" => match idx {
+        "GET" => match index {
             Some(i) => {
                 let r = table["properties"]["routes"][i].clone();
                 let etag = r["etag"].as_str().unwrap_or_default().to_string();
@@ -229,97 +237,109 @@ pub(super) fn route_op(
             }
             None => child_not_found("routes", name),
         },
-        "PUT" => {
-            if let Some(r) = check_preconditions(ctx, route_etag.as_deref(), &route_id) {
-                return r;
-            }
-            let b = match body_json(body) {
-                Ok(b) => b,
-                Err(e) => return e,
-            };
-            let props = match check_route(name, b.get("properties").unwrap_or(&json!({}))) {
-                Ok(p) => p,
-                Err(e) => return e,
-            };
-            if let Some(denied) = policy_denial(store, &route_id, &props) {
-                return denied;
-            }
-            if let Some(conflict) = route_conflict(
-                table["properties"]["routes"]
-                    .as_array()
-                    .map_or(&[][..], Vec::as_slice),
-                name,
-                &props,
-            ) {
-                return conflict;
-            }
-            let count = table["properties"]["routes"].as_array().map_or(0, Vec::len);
-            if idx.is_none() && count >= rules::MAX_ROUTES {
-                // inferred code
-                return Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "RouteTableRoutesLimitExceeded",
-                    format!(
-                        "Route table {table_name} already has {count} routes; the limit is 400."
-                    ),
-                );
-            }
-            let route = json!({"name": name, "id": route_id, "type": "Microsoft.Network/routeTables/routes", "properties": props});
-            let mut shown = route.clone();
-            if ctx.lro_failure.is_none() {
-                match upsert_child(store, key, "routes", route) {
-                    Ok(etag) => shown["etag"] = json!(etag),
-                    Err(e) => return e,
-                }
-            }
-            shown["properties"]["provisioningState"] = json!("Updating");
-            let status = if idx.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            lro(
-                store,
-                ctx,
-                sub,
-                &location,
-                None,
-                false,
-                Reply::json(status, shown),
-            )
-        }
-        "DELETE" => {
-            let Some(i) = idx else {
-                return Reply::empty(StatusCode::NO_CONTENT);
-            };
-            if let Some(r) = check_preconditions(ctx, route_etag.as_deref(), &route_id) {
-                return r;
-            }
-            if ctx.lro_failure.is_none() {
-                if let Some(routes) = store
-                    .resource_mut(key)
-                    .and_then(|t| t["properties"]["routes"].as_array_mut())
-                {
-                    routes.remove(i);
-                }
-                store.bump(key);
-            }
-            lro(
-                store,
-                ctx,
-                sub,
-                &location,
-                None,
-                true,
-                Reply::empty(StatusCode::ACCEPTED),
-            )
-        }
+        "PUT" => put_route(store, ctx, sub, &at, body),
+        "DELETE" => delete_route(store, ctx, sub, &at),
         _ => Reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             format!("{method} on a route"),
         ),
     }
+}
+
+/// A route a request names, and what its table says of it.
+struct RouteAt<'a> {
+    /// The table's key in the store.
+    table: &'a str,
+    table_name: String,
+    location: String,
+    /// The route's position among the table's routes, if it exists.
+    index: Option<usize>,
+    /// The route's ETag (its table's), if it exists.
+    etag: Option<String>,
+    id: String,
+    name: &'a str,
+}
+
+fn put_route(store: &mut Store, ctx: &Ctx, sub: &str, at: &RouteAt, body: &[u8]) -> Reply {
+    if let Some(r) = check_preconditions(ctx, at.etag.as_deref(), &at.id) {
+        return r;
+    }
+    let b = match body_json(body) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    let props = match check_route(at.name, b.get("properties").unwrap_or(&json!({}))) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if let Some(denied) = policy_denial(store, &at.id, &props) {
+        return denied;
+    }
+    let routes = store
+        .resources()
+        .get(at.table)
+        .and_then(|t| t["properties"]["routes"].as_array())
+        .map_or(&[][..], Vec::as_slice);
+    if let Some(conflict) = route_conflict(routes, at.name, &props) {
+        return conflict;
+    }
+    let count = routes.len();
+    if at.index.is_none() && count >= rules::MAX_ROUTES {
+        // inferred code
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "RouteTableRoutesLimitExceeded",
+            format!(
+                "Route table {} already has {count} routes; the limit is 400.",
+                at.table_name
+            ),
+        );
+    }
+    let route = json!({"name": at.name, "id": at.id, "type": "Microsoft.Network/routeTables/routes", "properties": props});
+    let mut shown = route.clone();
+    if ctx.lro_failure.is_none() {
+        match upsert_child(store, at.table, "routes", route) {
+            Ok(etag) => shown["etag"] = json!(etag),
+            Err(e) => return e,
+        }
+    }
+    accepted_put(
+        store,
+        ctx,
+        sub,
+        &at.location,
+        None,
+        at.index.is_none(),
+        shown,
+    )
+}
+
+fn delete_route(store: &mut Store, ctx: &Ctx, sub: &str, at: &RouteAt) -> Reply {
+    let Some(i) = at.index else {
+        return Reply::empty(StatusCode::NO_CONTENT);
+    };
+    if let Some(r) = check_preconditions(ctx, at.etag.as_deref(), &at.id) {
+        return r;
+    }
+    if ctx.lro_failure.is_none() {
+        if let Some(routes) = store
+            .resource_mut(at.table)
+            .and_then(|t| t["properties"]["routes"].as_array_mut())
+        {
+            routes.remove(i);
+        }
+        store.bump(at.table);
+    }
+    lro(
+        store,
+        ctx,
+        sub,
+        &at.location,
+        None,
+        true,
+        Reply::empty(StatusCode::ACCEPTED),
+    )
 }
 
 /// Validates a route body; returns the normalised properties or the ARM error.

@@ -143,20 +143,14 @@ pub(super) fn put_subnet(
         }
         shown["etag"] = json!(etag);
     }
-    shown["properties"]["provisioningState"] = json!("Updating");
-    let status = if idx.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    lro(
+    accepted_put(
         store,
         ctx,
         sub,
         &location,
         Some(vnet_key.to_string()),
-        false,
-        Reply::json(status, shown),
+        idx.is_none(),
+        shown,
     )
 }
 
