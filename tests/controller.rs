@@ -1520,3 +1520,60 @@ async fn a_policy_denial_shows_as_policy_denied_with_the_assignment_and_waits_on
     assert_eq!(later, attempts, "a denial is not retried in a loop");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_management_group_read_fails_the_pass_and_it_converges_once_arm_answers() {
+    let kube = FakeKube::start().await;
+    let mut seed = support::arm::demo_estate();
+    seed.management_groups = vec![emulator::ManagementGroup {
+        name: "corp".into(),
+        parent: None,
+        subscriptions: vec![S1.into()],
+    }];
+    let em = support::arm::emulator(Config::default(), seed).await;
+    // ARM failing (not refusing) the group's read: the pass cannot know what the policy
+    // selects, so it fails as a failed listing does, rather than planning from nothing.
+    em.add_fault(emulator::FaultRule {
+        method: Some("GET".into()),
+        path_contains: Some("/descendants".into()),
+        status: Some(503),
+        code: Some("ServiceUnavailable".into()),
+        ..Default::default()
+    });
+    let c = start_controller(&kube, &em, "a");
+    let group = json!({"selector": {"subscriptions": null, "managementGroups": ["corp"]}});
+    create(&kube, &policy("corp", group)).await;
+    let obj = wait_for(
+        "Ready=False AzureUnavailable",
+        Duration::from_secs(20),
+        || {
+            kube.policy("corp")
+                .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "AzureUnavailable"))
+        },
+    )
+    .await;
+    let (status, reason, message) = condition(&obj, "Degraded").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "AzureUnavailable")
+    );
+    assert!(
+        message.contains("ManagementGroups_GetDescendants"),
+        "{message}"
+    );
+    assert_eq!(
+        em.stats().writes,
+        0,
+        "nothing is written from a partial selection"
+    );
+    // ARM answers again: the backoff's next pass reads the group and converges.
+    em.clear_faults();
+    let obj = wait_ready(&kube, "corp").await;
+    assert_eq!(
+        obj["status"]["summary"]["subnetsMatched"], 5,
+        "{}",
+        obj["status"]
+    );
+    assert!(em.stats().writes > 0);
+    c.shutdown().await;
+}

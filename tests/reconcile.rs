@@ -789,6 +789,30 @@ async fn a_policy_selecting_a_management_group_covers_every_subscription_under_i
         r.policies[0].problems
     );
     assert_eq!(r.policies[0].summary.subnets_matched, 7);
+    // ARM failing (not refusing) the group's read fails the pass, as a subscription listing's
+    // failure does: no plan is made from a partial selection, and nothing is written.
+    em.add_fault(FaultRule {
+        method: Some("GET".into()),
+        path_contains: Some("/descendants".into()),
+        status: Some(503),
+        code: Some("ServiceUnavailable".into()),
+        ..Default::default()
+    });
+    let writes_before = em.stats().writes;
+    let failed = reconcile(
+        &api,
+        std::slice::from_ref(&typo),
+        &Options {
+            mode: RunMode::Apply,
+            ..Options::default()
+        },
+        &|_| {},
+    )
+    .await
+    .expect_err("a 503 on the descendants read fails the pass");
+    assert_eq!(failed.status, Some(503), "{failed}");
+    assert_eq!(failed.class, kmsroute::azure::ErrorClass::Retryable);
+    assert_eq!(em.stats().writes, writes_before);
 }
 
 #[tokio::test]

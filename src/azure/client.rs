@@ -747,9 +747,8 @@ impl NetworkApi for AzureNetworkApi {
                     inv.route_tables.append(&mut part.route_tables);
                 }
                 // A subscription that does not exist, or where the identity has no role, is the
-                // policy's problem to report; the other subscriptions still converge. Any other
-                // failure (401, throttling, 5xx) fails the observation as a whole.
-                Err(e) if matches!(e.status, Some(403 | 404)) => {
+                // policy's problem to report; the other subscriptions still converge.
+                Err(e) if e.refuses_scope() => {
                     tracing::warn!(subscription = %sub, error = %e, "subscription cannot be listed");
                     inv.unreadable.insert(
                         sub.to_ascii_lowercase(),

@@ -124,6 +124,13 @@ impl ArmError {
         }
     }
 
+    /// ARM refused the scope itself (403, 404): it does not exist or the identity has no role
+    /// there. That is the policy's problem to report while the rest converges; any other
+    /// failure (401, throttling, 5xx, no connection) fails the observation as a whole.
+    pub fn refuses_scope(&self) -> bool {
+        matches!(self.status, Some(403 | 404))
+    }
+
     /// Classifies an HTTP status and ARM error code.
     pub fn classify(status: Option<u16>, code: Option<&str>) -> ErrorClass {
         match (status, code) {

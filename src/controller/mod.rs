@@ -389,9 +389,13 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     // Management groups decide the subscriptions (re-read every pass, so a new landing-zone
     // subscription is covered at the next one).
     let (desired, group_errors) = {
-        let (mut resolved, mut errors) =
+        let resolved =
             reconcile::resolve_management_groups(ctx.arm.as_ref(), std::slice::from_ref(&desired))
                 .await;
+        let (mut resolved, mut errors) = match resolved {
+            Ok(r) => r,
+            Err(e) => return Err(pass_failed(policy, ctx, e, &old).await),
+        };
         (
             resolved.pop().unwrap_or(desired),
             errors.remove(&name).unwrap_or_default(),

@@ -286,6 +286,21 @@ async fn arm_request(
         .to_ascii_lowercase()
         .strip_prefix("/providers/microsoft.management/managementgroups/")
     {
+        // Injected faults reach the management-group API too: its reads fail like any other.
+        let fault = fault_for(app, method, path).await;
+        if let Some(reply) = fault.as_ref().and_then(injected) {
+            let mut store = app.lock();
+            store.stats.reads += 1;
+            *store
+                .stats
+                .by_operation
+                .entry(format!(
+                    "ManagementGroups_GetDescendants {}",
+                    reply.status.as_u16()
+                ))
+                .or_insert(0) += 1;
+            return reply;
+        }
         return management_groups(app, method, path, rest, query, headers);
     }
     if let Some(refused) = check_api_version(query) {
@@ -312,28 +327,7 @@ async fn arm_request(
         }
     }
 
-    // Faults: decided under the lock, slept outside it.
-    let fault = {
-        let mut store = app.lock();
-        let fault = pick_fault(&mut store, method, path);
-        if let Some(f) = &fault {
-            store.stats.faults += 1;
-            if let Some(w) = f.other_write.clone()
-                && let Err(e) = arm::other_write(&mut store, w)
-            {
-                tracing::warn!(error = %e, "an injected other-writer edit failed");
-            }
-        }
-        fault
-    };
-    if let Some(f) = &fault {
-        if let Some(ms) = f.latency_ms {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        if f.hang {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-    }
+    let fault = fault_for(app, method, path).await;
 
     let mut store = app.lock();
     let throttle_headers = match app.config.throttle {
@@ -532,6 +526,33 @@ fn throttle(
         }
     }
     Ok(headers)
+}
+
+/// The fault rule this request meets, if any: decided under the lock (an other-writer edit it
+/// carries is made then), its latency or hang slept outside it.
+async fn fault_for(app: &App, method: &Method, path: &str) -> Option<FaultRule> {
+    let fault = {
+        let mut store = app.lock();
+        let fault = pick_fault(&mut store, method, path);
+        if let Some(f) = &fault {
+            store.stats.faults += 1;
+            if let Some(w) = f.other_write.clone()
+                && let Err(e) = arm::other_write(&mut store, w)
+            {
+                tracing::warn!(error = %e, "an injected other-writer edit failed");
+            }
+        }
+        fault
+    };
+    if let Some(f) = &fault {
+        if let Some(ms) = f.latency_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if f.hang {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+    fault
 }
 
 /// The reply an injected fault gives instead of the real one, if it gives one.

@@ -314,12 +314,14 @@ pub type GroupErrors = BTreeMap<String, Vec<(String, ArmError)>>;
 
 /// Resolves every policy's `selector.managementGroups` into subscriptions (one descendants read
 /// per group, shared by the policies naming it) and adds them to `selector.subscriptions`; the
-/// groups are then cleared, so a resolved policy is not resolved again. A group that cannot be
-/// read is reported for the policies naming it; their other subscriptions still count.
+/// groups are then cleared, so a resolved policy is not resolved again. A group ARM refuses
+/// (403, 404) is reported for the policies naming it, whose other subscriptions still count;
+/// any other failure (no connection, throttling, 5xx) fails the resolution, as it fails a
+/// subscription's listing.
 pub async fn resolve_management_groups(
     api: &dyn NetworkApi,
     policies: &[DesiredState],
-) -> (Vec<DesiredState>, GroupErrors) {
+) -> Result<(Vec<DesiredState>, GroupErrors), ArmError> {
     let mut cache: BTreeMap<String, Result<BTreeSet<String>, ArmError>> = BTreeMap::new();
     let mut errors: GroupErrors = BTreeMap::new();
     let mut out = Vec::with_capacity(policies.len());
@@ -329,7 +331,10 @@ pub async fn resolve_management_groups(
             for group in std::mem::take(&mut sel.management_groups) {
                 let key = group.to_ascii_lowercase();
                 if !cache.contains_key(&key) {
-                    let found = api.management_group_subscriptions(&group).await;
+                    let found = match api.management_group_subscriptions(&group).await {
+                        Err(e) if !e.refuses_scope() => return Err(e),
+                        found => found,
+                    };
                     cache.insert(key.clone(), found);
                 }
                 match &cache[&key] {
@@ -343,7 +348,7 @@ pub async fn resolve_management_groups(
         }
         out.push(p);
     }
-    (out, errors)
+    Ok((out, errors))
 }
 
 /// Adds the management groups a policy could not read to its report (problems, and the
@@ -384,7 +389,7 @@ pub async fn reconcile(
     // KMS names first: with routeResolvedAddresses the answers become destinations.
     // Management groups first: they decide which subscriptions the policies cover.
     let (grouped, group_errors) = if has_groups(policies) {
-        let (resolved, errors) = resolve_management_groups(api, policies).await;
+        let (resolved, errors) = resolve_management_groups(api, policies).await?;
         (Cow::Owned(resolved), errors)
     } else {
         (Cow::Borrowed(policies), BTreeMap::new())
