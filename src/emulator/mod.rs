@@ -343,13 +343,7 @@ async fn arm_request(
         return reply;
     }
 
-    let base = format!(
-        "http://{}",
-        headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1")
-    );
+    let base = base_url(headers);
     let ctx = arm::Ctx {
         base,
         page_size: app.config.page_size.max(1),
@@ -631,6 +625,15 @@ fn pick_fault(store: &mut Store, method: &Method, path: &str) -> Option<FaultRul
 
 /// Microsoft.Management's descendants API: `GET …/managementGroups/{name}/descendants`, paged
 /// like ARM (`nextLink` with a `$skiptoken`), api-version 2020-05-01.
+/// The emulator's own URL as the client addressed it, for the links it returns.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
 fn management_groups(
     app: &App,
     method: &Method,
@@ -686,20 +689,9 @@ fn management_groups(
     let skip: usize = query_param(query, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let end = (skip + app.config.page_size).min(all.len());
-    let mut body = json!({"value": all.get(skip..end).unwrap_or_default()});
-    if end < all.len() {
-        let base = format!(
-            "http://{}",
-            headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1")
-        );
-        body["nextLink"] = json!(format!(
-            "{base}{path}?api-version={VERSION}&$skiptoken={end}"
-        ));
-    }
+    let base = base_url(headers);
+    let link = format!("{base}{path}?api-version={VERSION}");
+    let body = arm::page_body(&all, skip, app.config.page_size, &link, Value::clone);
     Reply::json(StatusCode::OK, body)
 }
 

@@ -422,30 +422,19 @@ impl Plan {
     /// Rebuilds [`Plan::tables`] from the writes: one lane per table, in the order the tables
     /// first appear, each table's writes in plan order.
     fn group_tables(&mut self, subnets_of: impl Fn(&RouteTableId) -> Vec<SubnetId>) {
-        let mut tables: Vec<TablePlan> = Vec::new();
-        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut lanes = Lanes::new();
         for (i, w) in self.writes.iter().enumerate() {
-            let table = w.write.table();
-            let lane = *at.entry(table.key()).or_insert_with(|| {
-                tables.push(TablePlan {
-                    table: table.clone(),
-                    writes: Vec::new(),
-                    prerequisites: Vec::new(),
-                    subnets: subnets_of(table),
-                });
-                tables.len() - 1
-            });
-            tables[lane].writes.push(i);
-            if is_prerequisite(&w.write) {
-                tables[lane].prerequisites.push(i);
-            }
+            lanes.add(&self.writes, i..i + 1, w.write.table(), []);
         }
-        self.tables = tables;
+        self.tables = lanes.tables;
+        for t in &mut self.tables {
+            t.subnets = subnets_of(&t.table);
+        }
     }
 }
 
-/// Appends one table's writes to the plan's, in that table's lane (a new one, or the one an
-/// earlier policy's writes to the table opened: one table's writes never run side by side).
+/// Puts one table's writes in that table's lane (a new one, or the one an earlier policy's
+/// writes to the table opened: one table's writes never run side by side).
 struct Lanes {
     tables: Vec<TablePlan>,
     at: HashMap<RouteTableId, usize>,
@@ -459,37 +448,46 @@ impl Lanes {
         }
     }
 
-    fn push(
+    /// Puts `writes[range]`, all of them writes to `table`, in the table's lane, and the
+    /// `subnets` they concern beside them (consumed only when there is a write).
+    fn add(
         &mut self,
-        writes: &mut Vec<PlannedWrite>,
+        writes: &[PlannedWrite],
+        range: std::ops::Range<usize>,
         table: &RouteTableId,
-        subnets: Vec<SubnetId>,
-        new: impl IntoIterator<Item = PlannedWrite>,
+        subnets: impl IntoIterator<Item = SubnetId>,
     ) {
-        let first = writes.len();
-        writes.extend(new);
-        if writes.len() == first {
+        let Some(added) = writes.get(range.clone()).filter(|w| !w.is_empty()) else {
             return;
-        }
-        let lane = *self.at.entry(table.clone()).or_insert_with(|| {
-            self.tables.push(TablePlan {
-                table: table.clone(),
-                writes: Vec::new(),
-                prerequisites: Vec::new(),
-                subnets: Vec::new(),
-            });
-            self.tables.len() - 1
-        });
+        };
+        let (lane, opened) = match self.at.get(table) {
+            Some(&lane) => (lane, false),
+            None => {
+                self.at.insert(table.clone(), self.tables.len());
+                self.tables.push(TablePlan {
+                    table: table.clone(),
+                    writes: Vec::new(),
+                    prerequisites: Vec::new(),
+                    subnets: Vec::new(),
+                });
+                (self.tables.len() - 1, true)
+            }
+        };
         let lane = &mut self.tables[lane];
-        for (i, w) in writes.iter().enumerate().skip(first) {
+        for (i, w) in range.zip(added) {
             lane.writes.push(i);
             if is_prerequisite(&w.write) {
                 lane.prerequisites.push(i);
             }
         }
-        for s in subnets {
-            if !lane.subnets.contains(&s) {
-                lane.subnets.push(s);
+        if opened {
+            // One caller's subnets are distinct already; only a second one's need checking.
+            lane.subnets.extend(subnets);
+        } else {
+            for s in subnets {
+                if !lane.subnets.contains(&s) {
+                    lane.subnets.push(s);
+                }
             }
         }
     }
@@ -739,9 +737,8 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
         let group = group_of(run, &mut verdicts);
         let before = writes.len();
         plan_group(&group, &mut writes, &mut verdicts);
-        let members = group.members.iter().map(|m| m.subnet.id.clone()).collect();
-        let new: Vec<PlannedWrite> = writes.drain(before..).collect();
-        lanes.push(&mut writes, &group.id, members, new);
+        let members = group.members.iter().map(|m| m.subnet.id.clone());
+        lanes.add(&writes, before..writes.len(), &group.id, members);
         planned.push(group.id);
     }
     drop(placed);
@@ -784,11 +781,17 @@ pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
                 continue;
             }
             if policy.mode == Mode::Enforce {
-                let new = release_writes.into_iter().map(|write| PlannedWrite {
+                let before = writes.len();
+                writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
                     policy: policy.name.clone(),
                     write,
-                });
-                lanes.push(&mut writes, &release.table, release.subnets.clone(), new);
+                }));
+                lanes.add(
+                    &writes,
+                    before..writes.len(),
+                    &release.table,
+                    release.subnets.iter().cloned(),
+                );
             }
             released.push(release);
         }
@@ -1367,13 +1370,13 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         let concerned = footprint
             .values()
             .filter(|s| s.route_table.as_ref() == Some(&table.id))
-            .map(|s| s.id.clone())
-            .collect();
-        let new = table_writes.into_iter().map(|write| PlannedWrite {
+            .map(|s| s.id.clone());
+        let before = writes.len();
+        writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
             policy: policy.name.clone(),
             write,
-        });
-        lanes.push(&mut writes, &table.id, concerned, new);
+        }));
+        lanes.add(&writes, before..writes.len(), &table.id, concerned);
     }
 
     let verdicts = footprint

@@ -395,19 +395,33 @@ fn check_preconditions(ctx: &Ctx, current: Option<&str>, id: &str) -> Option<Rep
 }
 
 fn page(ctx: &Ctx, path: &str, items: Vec<Value>) -> Reply {
-    let end = (ctx.skip + ctx.page_size).min(items.len());
+    let link = format!("{}{path}?api-version={API_VERSION}", ctx.base);
+    let body = page_body(&items, ctx.skip, ctx.page_size, &link, Value::clone);
+    Reply::json(StatusCode::OK, body)
+}
+
+/// One page of a listing as ARM returns it: `value`, the `size` items from `skip`, each
+/// rendered, and while more remain a `nextLink`: `link` (the listing's URL with its
+/// `api-version`) with the next `$skiptoken`.
+pub(super) fn page_body<T>(
+    items: &[T],
+    skip: usize,
+    size: usize,
+    link: &str,
+    render: impl Fn(&T) -> Value,
+) -> Value {
+    let end = (skip + size).min(items.len());
     let value: Vec<Value> = items
-        .get(ctx.skip..end)
-        .map(<[Value]>::to_vec)
-        .unwrap_or_default();
+        .get(skip..end)
+        .unwrap_or_default()
+        .iter()
+        .map(render)
+        .collect();
     let mut body = json!({"value": value});
     if end < items.len() {
-        body["nextLink"] = json!(format!(
-            "{}{path}?api-version={API_VERSION}&$skiptoken={end}",
-            ctx.base
-        ));
+        body["nextLink"] = json!(format!("{link}&$skiptoken={end}"));
     }
-    Reply::json(StatusCode::OK, body)
+    body
 }
 
 /// ARM's answer to a PUT it accepted: the resource as it will be, `Updating`, with 201 for a
@@ -536,20 +550,10 @@ fn list_top(store: &Store, ctx: &Ctx, path: &str, prefix: &str, kind: &str) -> R
         })
         .map(|(_, r)| r)
         .collect();
-    let end = (ctx.skip + ctx.page_size).min(matching.len());
-    let value: Vec<Value> = matching
-        .get(ctx.skip..end)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| store.render(r))
-        .collect();
-    let mut body = json!({"value": value});
-    if end < matching.len() {
-        body["nextLink"] = json!(format!(
-            "{}{path}?api-version={API_VERSION}&$skiptoken={end}",
-            ctx.base
-        ));
-    }
+    let link = format!("{}{path}?api-version={API_VERSION}", ctx.base);
+    let body = page_body(&matching, ctx.skip, ctx.page_size, &link, |r| {
+        store.render(r)
+    });
     Reply::json(StatusCode::OK, body)
 }
 
