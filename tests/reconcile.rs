@@ -173,6 +173,50 @@ async fn foreign_routes_and_every_non_route_table_subnet_property_are_identical_
 }
 
 #[tokio::test]
+async fn after_its_writes_a_pass_reads_again_only_the_subscriptions_it_wrote_to() {
+    let (em, api) = setup(Config::default(), estate()).await;
+    let policies = [example_policy()];
+    pass(&api, &policies, RunMode::Apply).await;
+    // A steady pass: what one observation of each subscription costs.
+    em.reset_stats();
+    let steady = pass(&api, &policies, RunMode::Apply).await;
+    assert!(steady.plan.writes.is_empty());
+    let once = em.stats().reads_by_subscription;
+    assert_eq!(once.len(), 2, "{once:?}");
+    // Drift in S1 only.
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: format!(
+            "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+        ),
+        route: "kms-20-118-99-224".into(),
+    })
+    .unwrap();
+    em.reset_stats();
+    let repair = pass(&api, &policies, RunMode::Apply).await;
+    assert_eq!(repair.writes_done(), 1);
+    let reads = em.stats().reads_by_subscription;
+    let s1 = S1.to_ascii_lowercase();
+    // S1: observed, then its listings read again for the verdicts after the write (the write's
+    // own reads, if any, on top); the other subscription exactly as in a steady pass.
+    let listings = 2;
+    assert!(reads[&s1] >= once[&s1] + listings, "{reads:?} vs {once:?}");
+    for (sub, n) in &once {
+        if *sub != s1 {
+            assert_eq!(reads.get(sub), Some(n), "{sub}: {reads:?} vs {once:?}");
+        }
+    }
+    // And what the pass reports is Azure after the write: every verdict, none left to repair.
+    let verdicts = repair.final_verdicts();
+    assert_eq!(verdicts.len(), steady.plan.verdicts.len());
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| !matches!(v.verdict, kmsroute::plan::Verdict::WillRepair { .. })),
+        "{verdicts:?}"
+    );
+}
+
+#[tokio::test]
 async fn drift_by_the_other_writer_is_repaired_on_the_next_pass() {
     let (em, api) = setup(Config::default(), estate()).await;
     let policies = [example_policy()];

@@ -583,15 +583,18 @@ pub fn verdicts_in(
     verdicts
 }
 
-/// The verdicts [`plan`] gives subnets named in a policy whose subscription is not in
-/// `listed` (not observed): with [`verdicts_in`] for each listed subscription, all of them.
+/// The verdicts of `before` outside the `relisted` subscriptions (lower-case): with
+/// [`verdicts_in`] for each relisted subscription, the verdicts of the estate after writes made
+/// only there.
 pub fn verdicts_outside(
-    policies: &[DesiredState],
-    listed: &BTreeSet<String>,
+    before: &[SubnetVerdict],
+    relisted: &BTreeSet<String>,
 ) -> Vec<SubnetVerdict> {
-    let mut verdicts = plan(policies, &Inventory::default()).verdicts;
-    verdicts.retain(|v| !listed.contains(&v.subnet.subscription().to_ascii_lowercase()));
-    verdicts
+    before
+        .iter()
+        .filter(|v| !relisted.contains(&v.subnet.subscription().to_ascii_lowercase()))
+        .cloned()
+        .collect()
 }
 
 /// Verdicts in the order [`plan`] gives them.

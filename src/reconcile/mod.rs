@@ -614,7 +614,7 @@ async fn reconcile_resolved(
                 .await?;
             plan(policies, &after).verdicts
         }
-        None => verdicts_after(api, policies, &subscriptions).await?,
+        None => verdicts_after(api, policies, &first.verdicts, &written).await?,
     };
     let outcomes: Vec<(&PlannedWrite, Option<&ArmError>)> = results
         .iter()
@@ -691,16 +691,19 @@ fn subscriptions_written(writes: &[PlannedWrite]) -> impl Iterator<Item = String
         .map(|w| w.write.table().subscription().to_ascii_lowercase())
 }
 
-/// The verdicts of a fresh read of `subscriptions`, listed and judged one subscription at a
-/// time (see [`crate::plan::verdicts_in`]): the pass never holds a second whole inventory beside
-/// its plan and results. The same reads as one listing of them all.
+/// The verdicts after the writes: the `written` subscriptions read afresh, listed and judged
+/// one at a time (see [`crate::plan::verdicts_in`]: the pass never holds a second whole
+/// inventory beside its plan and results); elsewhere nothing was written, and the first plan's
+/// verdicts stand (a subnet's verdict depends on its own subscription alone), so those are not
+/// listed a second time.
 async fn verdicts_after(
     api: &dyn NetworkApi,
     policies: &[DesiredState],
-    subscriptions: &BTreeSet<String>,
+    before: &[SubnetVerdict],
+    written: &BTreeSet<String>,
 ) -> Result<Vec<SubnetVerdict>, ArmError> {
-    let mut verdicts = crate::plan::verdicts_outside(policies, subscriptions);
-    for sub in subscriptions {
+    let mut verdicts = crate::plan::verdicts_outside(before, written);
+    for sub in written {
         let one = api.inventory(&BTreeSet::from([sub.clone()])).await?;
         verdicts.extend(crate::plan::verdicts_in(policies, &one, sub));
     }
