@@ -10,6 +10,7 @@
 //! - long-running-operation polling: the generated poller sleeps a fixed 30 s without
 //!   `Retry-After` and discards the operation's error.
 
+use super::credential::ArmCredential;
 use super::metrics::ArmMetrics;
 use super::policy::{ArmPolicy, BucketShape, RateLimiter, RateLimits, RetrySettings};
 use super::{ArmError, ErrorClass, NetworkApi, SetupError};
@@ -48,7 +49,7 @@ pub struct ClientSettings {
 pub struct AzureNetworkApi {
     client: azure_mgmt_network::Client,
     pipeline: Pipeline,
-    credential: Arc<dyn TokenCredential>,
+    credential: Arc<dyn ArmCredential>,
     endpoint: Url,
     scopes: Vec<String>,
     lro_timeout: Duration,
@@ -62,6 +63,16 @@ pub struct AzureNetworkApi {
 
 fn arm_err(operation: &'static str, resource: impl Into<String>, e: azure_core::Error) -> ArmError {
     let resource = resource.into();
+    // No token could be had: Entra ID's refusal (a human must act) or its outage (retry).
+    if let Some(f) = e.downcast_ref::<super::identity::EntraFailure>() {
+        return ArmError::local(
+            f.class,
+            operation,
+            resource,
+            f.code.as_deref(),
+            f.message.clone(),
+        );
+    }
     match e.as_http_error() {
         Some(h) => {
             let status = u16::from(h.status());
@@ -117,13 +128,19 @@ impl AzureNetworkApi {
 
     pub fn new(
         endpoint: Url,
-        credential: Arc<dyn TokenCredential>,
+        credential: Arc<dyn ArmCredential>,
         settings: ClientSettings,
     ) -> Result<Self, SetupError> {
         let metrics = Arc::new(ArmMetrics::default());
         let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
         let error_bodies = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let scope = endpoint
+            .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
+            .map_err(|e| SetupError::Refused(format!("ARM endpoint {endpoint}: {e}")))?
+            .to_string();
         let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
+            credential: credential.clone(),
+            scopes: vec![scope.clone()],
             error_bodies: error_bodies.clone(),
             limiter: limiter.clone(),
             metrics: metrics.clone(),
@@ -135,13 +152,9 @@ impl AzureNetworkApi {
         let options = ClientOptions::default()
             .retry(RetryOptions::none())
             .per_retry_policies(vec![policy]);
-        let scope = endpoint
-            .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
-            .map_err(|e| SetupError::Refused(format!("ARM endpoint {endpoint}: {e}")))?
-            .to_string();
         let client = azure_mgmt_network::Client::new(
             endpoint.clone(),
-            credential.clone(),
+            credential.clone() as Arc<dyn TokenCredential>,
             vec![scope.clone()],
             options.clone(),
         );

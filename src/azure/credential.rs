@@ -1,13 +1,23 @@
 //! Picking the Azure credential: workload identity, managed identity, client secret from the
 //! environment, or the Azure CLI, in that order, or the one `--auth` names. A static token is
 //! accepted only for loopback ARM endpoints (the emulator), never for a real cloud.
+//!
+//! Every credential but the static token comes from the GA identity library, through
+//! [`identity::Bridge`](super::identity::Bridge): workload identity as a client-assertion
+//! credential whose assertion is the projected token read fresh at every token request
+//! ([`ProjectedToken`]), not the library's `WorkloadIdentityCredential`, which keeps its copy of
+//! the file for 10 minutes.
 
 use super::SetupError;
+use super::identity::assertion::ProjectedToken;
+use super::identity::{Authority, Bridge, EntraRetry, Setup};
 use crate::catalog::Cloud;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
+use azure_core_ga::credentials::TokenCredential as GaCredential;
 use azure_identity::{
-    AppServiceManagedIdentityCredential, AzureCliCredential, ClientSecretCredential,
-    TokenCredentialOptions, VirtualMachineManagedIdentityCredential, WorkloadIdentityCredential,
+    AzureCliCredential, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -25,6 +35,43 @@ pub enum AuthMode {
     AzureCli,
     /// A fixed token (`KMSROUTE_STATIC_TOKEN`, default `emulator`): loopback endpoints only.
     StaticToken,
+}
+
+impl AuthMode {
+    /// How the mode is named in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AuthMode::Auto => "automatic",
+            AuthMode::WorkloadIdentity => "workload identity",
+            AuthMode::ManagedIdentity => "managed identity",
+            AuthMode::ClientSecret => "client secret",
+            AuthMode::AzureCli => "Azure CLI",
+            AuthMode::StaticToken => "static token",
+        }
+    }
+}
+
+/// A credential ARM requests carry: a token, and one fresh token after ARM refused one
+/// (`401 ExpiredAuthenticationToken` / `InvalidAuthenticationToken`).
+#[async_trait::async_trait]
+pub trait ArmCredential: TokenCredential {
+    /// A token other than `rejected` if one can be had (the static token has no other).
+    async fn refresh_after(
+        &self,
+        scopes: &[&str],
+        rejected: &str,
+    ) -> azure_core::Result<AccessToken>;
+}
+
+#[async_trait::async_trait]
+impl ArmCredential for Bridge {
+    async fn refresh_after(
+        &self,
+        scopes: &[&str],
+        rejected: &str,
+    ) -> azure_core::Result<AccessToken> {
+        Bridge::refresh_after(self, scopes, rejected).await
+    }
 }
 
 /// A fixed bearer token for the emulator. Its `Debug` never shows the token.
@@ -55,6 +102,13 @@ impl TokenCredential for StaticToken {
     }
 }
 
+#[async_trait::async_trait]
+impl ArmCredential for StaticToken {
+    async fn refresh_after(&self, scopes: &[&str], _: &str) -> azure_core::Result<AccessToken> {
+        self.get_token(scopes).await
+    }
+}
+
 /// True when the URL's host is a loopback address (or `localhost`).
 pub fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
@@ -81,12 +135,53 @@ fn resolve(mode: AuthMode, loopback: bool, set: impl Fn(&str) -> bool) -> AuthMo
     }
 }
 
+/// Where a credential reads its settings: the process environment in production, a map in
+/// tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment (empty values count as unset).
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, v)| *k == name && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// A tenant and an app registration (or user-assigned managed identity) to authenticate as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    pub tenant_id: String,
+    pub client_id: String,
+}
+
 /// The credential for `mode` against `endpoint`, or why there is none.
 pub fn credential(
     mode: AuthMode,
     endpoint: &url::Url,
     cloud: Cloud,
-) -> Result<Arc<dyn TokenCredential>, SetupError> {
+) -> Result<Arc<dyn ArmCredential>, SetupError> {
+    credential_from(mode, endpoint, cloud, &ProcessEnv, &EntraRetry::default())
+}
+
+/// [`credential`] with its environment and Entra ID retries given.
+pub fn credential_from(
+    mode: AuthMode,
+    endpoint: &url::Url,
+    cloud: Cloud,
+    env: &dyn Env,
+    retry: &EntraRetry,
+) -> Result<Arc<dyn ArmCredential>, SetupError> {
     let loopback = is_loopback(endpoint);
     if !matches!(endpoint.scheme(), "https" | "http") {
         return Err(SetupError::Refused(format!(
@@ -99,34 +194,149 @@ pub fn credential(
             "ARM endpoint {endpoint} must use https (plain http is allowed only on loopback)"
         )));
     }
-    let mut options = TokenCredentialOptions::default();
-    options.set_authority_host(cloud.endpoints().authority_host.to_string());
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mode = resolve(mode, loopback, |k| env(k).is_some());
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let err = |e: azure_core::Error| SetupError::Credential(format!("{mode:?} credential: {e}"));
-    Ok(match mode {
-        AuthMode::StaticToken if !loopback => {
+    let mode = resolve(mode, loopback, |k| env.var(k).is_some());
+    if mode == AuthMode::StaticToken {
+        if !loopback {
             return Err(SetupError::Refused(format!(
                 "a static token is only allowed for a loopback ARM endpoint (the emulator), not {endpoint}"
             )));
         }
-        AuthMode::StaticToken => {
-            let token = env("KMSROUTE_STATIC_TOKEN").unwrap_or_else(|| "emulator".into());
-            Arc::new(StaticToken(Secret::new(token)))
-        }
+        let token = env
+            .var("KMSROUTE_STATIC_TOKEN")
+            .unwrap_or_else(|| "emulator".into());
+        return Ok(Arc::new(StaticToken(Secret::new(token))));
+    }
+    let authority = Authority::resolve(
+        cloud.endpoints().authority_host,
+        env.var("AZURE_AUTHORITY_HOST").as_deref(),
+    )
+    .map_err(|e| SetupError::Refused(e.to_string()))?;
+    let identity = match (env.var("AZURE_TENANT_ID"), env.var("AZURE_CLIENT_ID")) {
+        (Some(tenant_id), Some(client_id)) => Some(Identity {
+            tenant_id,
+            client_id,
+        }),
+        _ => None,
+    };
+    build(mode, &authority, identity.as_ref(), env, retry).map(|b| b as Arc<dyn ArmCredential>)
+}
+
+/// A workload-identity credential for another app registration, presenting the same
+/// projected service-account token (a policy's `spec.azure.identity`).
+pub fn workload_identity_for(
+    identity: &Identity,
+    cloud: Cloud,
+    env: &dyn Env,
+    retry: &EntraRetry,
+) -> Result<Arc<Bridge>, SetupError> {
+    let authority = Authority::resolve(
+        cloud.endpoints().authority_host,
+        env.var("AZURE_AUTHORITY_HOST").as_deref(),
+    )
+    .map_err(|e| SetupError::Refused(e.to_string()))?;
+    build(
+        AuthMode::WorkloadIdentity,
+        &authority,
+        Some(identity),
+        env,
+        retry,
+    )
+}
+
+fn missing(mode: AuthMode, what: &str) -> SetupError {
+    SetupError::Credential(format!("{} credential: {what} is not set", mode.describe()))
+}
+
+/// The GA credential for `mode`, behind a [`Bridge`].
+fn build(
+    mode: AuthMode,
+    authority: &Authority,
+    identity: Option<&Identity>,
+    env: &dyn Env,
+    retry: &EntraRetry,
+) -> Result<Arc<Bridge>, SetupError> {
+    let options = authority.client_options(retry);
+    let mut setup = Setup {
+        mode: mode.describe(),
+        tenant: identity.map(|i| i.tenant_id.clone()),
+        client_id: identity.map(|i| i.client_id.clone()),
+        authority: Some(authority.url.to_string()),
+        ..Setup::default()
+    };
+    let err = move |e: azure_core_ga::Error| {
+        SetupError::Credential(format!("{} credential: {e}", mode.describe()))
+    };
+    type Make = Box<dyn Fn() -> azure_core_ga::Result<Arc<dyn GaCredential>> + Send + Sync>;
+    let (make, presented): (Make, _) = match mode {
         AuthMode::WorkloadIdentity => {
-            Arc::new(WorkloadIdentityCredential::create(options).map_err(err)?)
+            let id = identity
+                .cloned()
+                .ok_or_else(|| missing(mode, "AZURE_TENANT_ID or AZURE_CLIENT_ID"))?;
+            let file = env
+                .var("AZURE_FEDERATED_TOKEN_FILE")
+                .ok_or_else(|| missing(mode, "AZURE_FEDERATED_TOKEN_FILE"))?;
+            setup.token_file = Some(file.clone());
+            let token = ProjectedToken::new(file);
+            let presented = token.presented();
+            let make: Make = Box::new(move || {
+                let c: Arc<dyn GaCredential> = ClientAssertionCredential::new(
+                    id.tenant_id.clone(),
+                    id.client_id.clone(),
+                    token.clone(),
+                    Some(ClientAssertionCredentialOptions {
+                        client_options: options.clone(),
+                    }),
+                )?;
+                Ok(c)
+            });
+            (make, Some(presented))
         }
-        AuthMode::ClientSecret => Arc::new(ClientSecretCredential::create(options).map_err(err)?),
-        AuthMode::ManagedIdentity if env("IDENTITY_ENDPOINT").is_some() => {
-            Arc::new(AppServiceManagedIdentityCredential::create(options).map_err(err)?)
+        AuthMode::ClientSecret => {
+            let id = identity
+                .cloned()
+                .ok_or_else(|| missing(mode, "AZURE_TENANT_ID or AZURE_CLIENT_ID"))?;
+            let secret = env
+                .var("AZURE_CLIENT_SECRET")
+                .ok_or_else(|| missing(mode, "AZURE_CLIENT_SECRET"))?;
+            let make: Make = Box::new(move || {
+                let c: Arc<dyn GaCredential> = ClientSecretCredential::new(
+                    &id.tenant_id,
+                    id.client_id.clone(),
+                    secret.clone().into(),
+                    Some(ClientSecretCredentialOptions {
+                        client_options: options.clone(),
+                    }),
+                )?;
+                Ok(c)
+            });
+            (make, None)
         }
         AuthMode::ManagedIdentity => {
-            Arc::new(VirtualMachineManagedIdentityCredential::new(options))
+            // A user-assigned identity by client ID when one is given (AZURE_CLIENT_ID), else
+            // the system-assigned one.
+            let user = env.var("AZURE_CLIENT_ID").map(UserAssignedId::ClientId);
+            setup.client_id = env.var("AZURE_CLIENT_ID");
+            let make: Make = Box::new(move || {
+                let c: Arc<dyn GaCredential> =
+                    ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                        user_assigned_id: user.clone(),
+                        client_options: options.clone(),
+                    }))?;
+                Ok(c)
+            });
+            (make, None)
         }
-        AuthMode::AzureCli | AuthMode::Auto => Arc::new(AzureCliCredential::new()),
-    })
+        AuthMode::AzureCli | AuthMode::Auto | AuthMode::StaticToken => {
+            let make: Make = Box::new(|| {
+                let c: Arc<dyn GaCredential> = AzureCliCredential::new(None)?;
+                Ok(c)
+            });
+            (make, None)
+        }
+    };
+    Bridge::new(setup, make, presented)
+        .map(Arc::new)
+        .map_err(err)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod credential;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 

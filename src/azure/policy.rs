@@ -4,6 +4,7 @@
 //! and metrics. It replaces the SDK's retry policy (configured off) because that one hides
 //! the headers we need and cannot tell `AnotherOperationInProgress` from other 409s.
 
+use super::credential::ArmCredential;
 use super::metrics::ArmMetrics;
 use azure_core::{Context, Policy, PolicyResult, Request, Response, StatusCode};
 use std::collections::HashMap;
@@ -237,6 +238,19 @@ pub struct ArmPolicy {
     /// only the code and message, and `error.additionalInfo` (which Azure Policy assignment
     /// denied a write) is needed to tell the user what to do.
     pub error_bodies: Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>,
+    /// The token every attempt carries (taken anew per attempt: a retry after a long wait
+    /// does not carry a token that expired meanwhile).
+    pub credential: Arc<dyn ArmCredential>,
+    pub scopes: Vec<String>,
+}
+
+/// ARM's codes for a bearer token it no longer accepts: one fresh token and one retry.
+pub fn token_refused(status: u16, code: &str) -> bool {
+    status == 401
+        && matches!(
+            code,
+            "ExpiredAuthenticationToken" | "InvalidAuthenticationToken"
+        )
 }
 
 /// Request IDs starting with this have their error bodies kept in [`ArmPolicy::error_bodies`].
@@ -370,9 +384,19 @@ impl Policy for ArmPolicy {
             read,
             start: Instant::now(),
         };
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        let mut token = self.credential.get_token(&scopes).await?.token;
+        let mut reauthenticated = false;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if attempt > 1 && !reauthenticated {
+                token = self.credential.get_token(&scopes).await?.token;
+            }
+            request.insert_header(
+                azure_core::headers::AUTHORIZATION,
+                format!("Bearer {}", token.secret()),
+            );
             let prepaid = attempt == 1
                 && !read
                 && PREPAID_WRITE
@@ -402,7 +426,23 @@ impl Policy for ArmPolicy {
                     self.metrics.record(&call.label, &status, t0.elapsed());
                     self.observe_remaining(&resp, &call.subscription, read)
                         .await;
-                    self.answered(&call, attempt, request, resp).await
+                    if resp.status() == StatusCode::Unauthorized && !reauthenticated {
+                        let (rebuilt, code) = with_error_code(resp).await?;
+                        if token_refused(401, &code) {
+                            // One fresh token, one retry: not a failed pass.
+                            reauthenticated = true;
+                            tracing::info!(operation = %call.label, code, "ARM refused the access token; retrying once with a fresh one");
+                            token = self
+                                .credential
+                                .refresh_after(&scopes, token.secret())
+                                .await?
+                                .token;
+                            continue;
+                        }
+                        self.answered(&call, attempt, request, rebuilt).await
+                    } else {
+                        self.answered(&call, attempt, request, resp).await
+                    }
                 }
             };
             match step {
