@@ -124,6 +124,10 @@ pub(crate) struct EmulatorArgs {
     /// How long long-running operations stay InProgress, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub(crate) lro_ms: u64,
+    /// Play Entra ID too, from this JSON file (tenants, apps with secrets and federated
+    /// credentials, accessTokenSeconds): ARM then accepts only the tokens it issued.
+    #[arg(long)]
+    pub(crate) entra: Option<String>,
 }
 
 // `kmsroute run` (its help is the variant's doc comment).

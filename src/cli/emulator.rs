@@ -3,6 +3,7 @@
 use super::args::{EmulatorArgs, ThrottleMode};
 use super::error::CliError;
 use super::support::read_input;
+use kmsroute::emulator::entra::Entra;
 use kmsroute::emulator::{self, Config, Seed, Throttle};
 use std::process::ExitCode;
 
@@ -12,14 +13,29 @@ pub(crate) async fn emulator(a: EmulatorArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::Input(format!("{f}: {e}")))?,
         None => Seed::default(),
     };
+    let entra: Option<Entra> = match &a.entra {
+        Some(f) => Some(
+            serde_json::from_str(&read_input(f)?)
+                .map_err(|e| CliError::Input(format!("{f}: {e}")))?,
+        ),
+        None => None,
+    };
     let config = Config {
         page_size: a.page_size,
         throttle: (a.throttle == ThrottleMode::Arm).then_some(Throttle::ARM),
         token: a.token,
         lro_duration: std::time::Duration::from_millis(a.lro_ms),
+        entra,
     };
+    let playing_entra = config.entra.is_some();
     let handle = emulator::start(config, seed, a.listen).await?;
     println!("listening on {}", handle.url());
+    if playing_entra {
+        println!(
+            "Entra ID: AZURE_AUTHORITY_HOST={}/ (token endpoint /{{tenant}}/oauth2/v2.0/token)",
+            handle.url()
+        );
+    }
     tokio::signal::ctrl_c().await?;
     Ok(ExitCode::SUCCESS)
 }

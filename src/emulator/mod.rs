@@ -15,6 +15,7 @@
 
 mod arm;
 mod effective;
+pub mod entra;
 mod rules;
 mod service_tags;
 pub mod state;
@@ -40,12 +41,16 @@ pub const API_VERSION: &str = "2024-03-01";
 struct App {
     store: Mutex<Store>,
     config: Config,
+    entra: Mutex<entra::EntraState>,
 }
 
 impl App {
     fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock must not wedge every later request.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn entra(&self) -> MutexGuard<'_, entra::EntraState> {
+        self.entra.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -127,6 +132,7 @@ pub async fn start(
     let app = Arc::new(App {
         store: Mutex::new(store),
         config,
+        entra: Mutex::default(),
     });
     // A deep accept queue (tokio's bind uses 1,024): a burst of new connections beyond it is
     // dropped by the kernel and the clients' SYNs are retried after 1 s, which made the
@@ -176,6 +182,18 @@ impl EmulatorHandle {
     }
     pub fn clear_faults(&self) {
         self.app.lock().faults.clear();
+    }
+    /// What the emulator's Entra ID saw.
+    pub fn entra_stats(&self) -> entra::EntraStats {
+        self.app.entra().stats.clone()
+    }
+    /// Every access token issued so far expires now.
+    pub fn expire_access_tokens(&self) {
+        self.app.entra().expire_all();
+    }
+    /// An Entra ID outage: token requests answered with `status` (e.g. 503) until `None`.
+    pub fn set_entra_outage(&self, status: Option<u16>) {
+        self.app.entra().outage = status;
     }
     pub fn other_writer(&self, w: OtherWrite) -> Result<(), String> {
         arm::other_write(&mut self.app.lock(), w)
@@ -267,6 +285,11 @@ async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Bod
     let query = uri.query().unwrap_or_default().to_string();
     if let Some(rest) = path.strip_prefix("/_emulator/") {
         return into_response(control(&app, &method, rest, &body));
+    }
+    if let (Some(config), Some(tenant)) = (&app.config.entra, entra::token_path(&path))
+        && method == Method::POST
+    {
+        return into_response(app.entra().token(config, tenant, &body));
     }
     into_response(arm_request(&app, &method, &path, &query, &headers, &body).await)
 }
@@ -394,6 +417,9 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Option<Reply> {
             ),
         );
     };
+    if app.config.entra.is_some() {
+        return app.entra().check_arm_token(token);
+    }
     if app.config.token.as_deref().is_some_and(|t| t != token) {
         return Some(Reply::error(
             StatusCode::UNAUTHORIZED,

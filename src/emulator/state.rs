@@ -17,6 +17,9 @@ pub struct Config {
     pub token: Option<String>,
     /// How long a PUT/DELETE stays `InProgress` (and holds its VNet) before `Succeeded`.
     pub lro_duration: Duration,
+    /// Play Entra ID too (its token endpoint on the same address), and accept on ARM only the
+    /// access tokens it issued.
+    pub entra: Option<super::entra::Entra>,
 }
 
 impl Default for Config {
@@ -26,6 +29,7 @@ impl Default for Config {
             throttle: None,
             token: None,
             lro_duration: Duration::ZERO,
+            entra: None,
         }
     }
 }
