@@ -164,6 +164,20 @@ fn parse_segments(
     Ok(values)
 }
 
+/// A tenant and an app registration (or user-assigned managed identity) to authenticate as,
+/// lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identity {
+    pub tenant_id: String,
+    pub client_id: String,
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {} in tenant {}", self.client_id, self.tenant_id)
+    }
+}
+
 /// True when `s` has the 8-4-4-4-12 hexadecimal shape of an Azure subscription ID.
 pub fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();

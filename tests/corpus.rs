@@ -47,6 +47,32 @@ fn corpus() -> Vec<(&'static str, String, Option<&'static str>)> {
         // Valid.
         ("minimal selector", sel(), None),
         (
+            "an identity of its own",
+            with_sel(
+                "azure:\n  identity: {tenantID: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientID: 0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11}\n",
+            ),
+            None,
+        ),
+        (
+            "identity: the tenant ID as the client ID",
+            with_sel(
+                "azure:\n  identity: {tenantID: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientID: 72F988BF-86F1-41AF-91AB-2D7CD011DB47}\n",
+            ),
+            Some("spec.azure.identity"),
+        ),
+        (
+            "identity: a client ID that is no GUID",
+            with_sel(
+                "azure:\n  identity: {tenantID: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientID: kmsroute-app}\n",
+            ),
+            Some("spec.azure.identity.clientID"),
+        ),
+        (
+            "identity: no tenant",
+            with_sel("azure:\n  identity: {clientID: 0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11}\n"),
+            Some("spec.azure.identity"),
+        ),
+        (
             "explicit subnets",
             format!("subnets: [{:?}]\n", subnet(1)),
             None,

@@ -317,6 +317,9 @@ impl NetworkApi for Gate<'_> {
     fn read_budget(&self, subscription: &str) -> kmsroute::azure::ReadBudget {
         self.inner.read_budget(subscription)
     }
+    fn route_identities(&self, routes: &kmsroute::azure::IdentityRoutes) -> Result<(), ArmError> {
+        self.inner.route_identities(routes)
+    }
     async fn network_interfaces(
         &self,
         subscriptions: &BTreeSet<String>,

@@ -51,6 +51,7 @@ fn entra(access_token_seconds: u64) -> Entra {
             name: None,
         }],
         access_token_seconds,
+        subscription_tenants: Default::default(),
     }
 }
 
@@ -622,4 +623,135 @@ async fn the_librarys_own_workload_identity_credential_presents_an_expired_asser
     );
     ours.inventory(&subs()).await.unwrap();
     assert_eq!(em.entra_stats().expired_assertions, 1);
+}
+
+const TENANT_B: &str = "c0ffee00-1111-4222-8333-444455556666";
+const CLIENT_B: &str = "b0b0b0b0-2222-4333-8444-555566667777";
+const S2: &str = "22222222-2222-2222-2222-222222222222";
+
+/// Two tenants: the controller's home tenant owns S1, a partner tenant owns S2. A policy naming
+/// the partner's app (`spec.azure.identity`) reaches S2 as that app, with the same projected
+/// token federated to it; the home policy keeps the controller's identity; each identity keeps
+/// its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reaches_another_tenant_through_its_own_identity() {
+    let mut config = entra(2);
+    config.tenants.push(TENANT_B.into());
+    config.apps.push(App {
+        tenant: TENANT_B.into(),
+        client_id: CLIENT_B.into(),
+        secrets: vec![],
+        federated: vec![Federated {
+            issuer: ISSUER.into(),
+            subject: SUBJECT.into(),
+        }],
+        name: None,
+    });
+    config.subscription_tenants = [
+        (S1.to_string(), TENANT.to_string()),
+        (S2.to_string(), TENANT_B.to_string()),
+    ]
+    .into();
+    let em = support::arm::emulator(
+        Config {
+            entra: Some(config),
+            ..Config::default()
+        },
+        support::arm::demo_estate(),
+    )
+    .await;
+    let kubelet = Kubelet::start(SUBJECT, Duration::from_secs(1), Duration::from_secs(3));
+    let authority = em.url();
+    let file = kubelet.token_file();
+    let env = workload_env(&authority, &file, CLIENT);
+    let api = client(&em, AuthMode::WorkloadIdentity, &env);
+    // Without the partner's identity, ARM refuses the home tenant's token on S2.
+    let e = api
+        .inventory(&BTreeSet::from([S2.to_string()]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code.as_deref(),
+        Some("InvalidAuthenticationTokenTenant"),
+        "{e}"
+    );
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let url = url::Url::parse(&em.url()).unwrap();
+    let default = credential_from(
+        AuthMode::WorkloadIdentity,
+        &url,
+        Cloud::AzurePublic,
+        &env,
+        &quick_entra(),
+    )
+    .unwrap();
+    api.set_identity_factory(kmsroute::azure::credential::identity_factory(
+        AuthMode::WorkloadIdentity,
+        &url,
+        Cloud::AzurePublic,
+        Arc::new(owned),
+        quick_entra(),
+        default,
+    ));
+    let api = Arc::new(api);
+    let kube = FakeKube::start().await;
+    let (stop, metrics, _probes) = start_controller(&kube, api);
+    let mut partner = policy("partner");
+    partner.spec.selector.as_mut().unwrap().subscriptions = vec![S2.into()];
+    partner.spec.azure = Some(kmsroute::api::AzureSpec {
+        identity: Some(kmsroute::api::IdentitySpec {
+            tenant_id: TENANT_B.into(),
+            client_id: CLIENT_B.into(),
+        }),
+    });
+    for p in [policy("home"), partner] {
+        Api::<KmsRoutePolicy>::all(kube.client())
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap();
+    }
+    wait_for("home Ready=True", Duration::from_secs(30), || {
+        kube.policy("home")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    // The demo's spoke2 has a foreign route (a Conflict): the partner converges, not Ready.
+    let partner = wait_for("partner converged", Duration::from_secs(30), || {
+        kube.policy("partner").filter(|o| {
+            o.pointer("/status/summary/subnetsMatched") == Some(&json!(2))
+                && o.pointer("/status/summary/errors") == Some(&json!(0))
+        })
+    })
+    .await;
+    assert_eq!(condition(&partner, "Ready").unwrap().1, "Conflict");
+    // Across a few token lifetimes, nothing is refused and both tenants' tables hold the routes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let legacy = em
+        .dump()
+        .resources
+        .iter()
+        .find(|r| r["name"] == "rt-spoke2-legacy")
+        .cloned()
+        .unwrap();
+    let routes: Vec<&str> = legacy["properties"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(routes.contains(&"kms-20-118-99-224"), "{routes:?}");
+    let stats = em.entra_stats();
+    // Only the one refusal provoked above: every later request to S2 carried the partner's token.
+    assert_eq!(
+        stats.arm_refused.get("InvalidAuthenticationTokenTenant"),
+        Some(&1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.expired_assertions, 0, "{stats:?}");
+    assert!(stats.refused.is_empty(), "{stats:?}");
+    assert_eq!(metrics.reconciles("error"), 0);
+    let _ = stop.send(true);
 }

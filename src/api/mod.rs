@@ -98,6 +98,38 @@ pub struct KmsRoutePolicySpec {
     /// Effective-route verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationSpec>,
+    /// How this policy reaches Azure (another tenant's subscriptions through an identity of
+    /// their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSpec>,
+}
+
+/// How a policy reaches Azure.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureSpec {
+    /// The app registration (or user-assigned managed identity) that reads and writes this
+    /// policy's subscriptions, through workload identity with the controller's own
+    /// service-account token (federated to that app too); the controller's identity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+}
+
+/// A tenant and a client ID.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.tenantID.lowerAscii() != self.clientID.lowerAscii()",
+     "message": "tenantID and clientID are the same GUID: the client ID is the app registration's (Application (client) ID), not the directory's"}
+]))]
+pub struct IdentitySpec {
+    /// The tenant (directory) ID the app is registered in.
+    #[serde(rename = "tenantID")]
+    #[schemars(length(max = 36), regex(pattern = rules::GUID_PATTERN))]
+    pub tenant_id: String,
+    /// The app registration's Application (client) ID.
+    #[serde(rename = "clientID")]
+    #[schemars(length(max = 36), regex(pattern = rules::GUID_PATTERN))]
+    pub client_id: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

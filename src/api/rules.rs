@@ -43,6 +43,10 @@ pub const SUBNET_ID_PATTERN: &str = concat!(
     r"/[Ss][Uu][Bb][Nn][Ee][Tt][Ss]/[^/ \x00-\x1f\x7f]+$"
 );
 
+/// A GUID (tenant, client and subscription IDs).
+pub const GUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
 /// Names compared the way Azure compares them: no two entries differ only in case.
 const UNIQUE_CI: &str = "self.all(x, self.exists_one(y, y.lowerAscii() == x.lowerAscii()))";
 

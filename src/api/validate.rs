@@ -105,6 +105,9 @@ pub struct DesiredState {
     /// `spec.kms.resolveDns` / `routeResolvedAddresses`.
     pub resolve_dns: bool,
     pub route_resolved_addresses: bool,
+    /// `spec.azure.identity`: the identity that reads and writes this policy's subscriptions
+    /// (the controller's when `None`).
+    pub identity: Option<crate::ids::Identity>,
 }
 
 impl DesiredState {
@@ -418,6 +421,12 @@ pub fn validate(
         );
     }
 
+    let identity = spec
+        .azure
+        .as_ref()
+        .and_then(|a| a.identity.as_ref())
+        .map(|i| check_identity(i, &mut errors));
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -447,8 +456,39 @@ pub fn validate(
                 .map_or(10, |v| v.max_nics_per_pass.clamp(1, 100) as usize),
             resolve_dns: spec.kms.resolve_dns,
             route_resolved_addresses: spec.kms.resolve_dns && spec.kms.route_resolved_addresses,
+            identity: identity.flatten(),
         },
         warnings,
+    })
+}
+
+/// `spec.azure.identity`: two GUIDs (the schema's patterns) that differ (the CRD's CEL rule).
+fn check_identity(
+    i: &super::IdentitySpec,
+    errors: &mut Vec<FieldError>,
+) -> Option<crate::ids::Identity> {
+    let mut ok = true;
+    for (field, value) in [("tenantID", &i.tenant_id), ("clientID", &i.client_id)] {
+        if !crate::ids::is_guid(value) {
+            ok = false;
+            push(
+                errors,
+                format!("spec.azure.identity.{field}"),
+                format!("{value:?} is not a GUID"),
+            );
+        }
+    }
+    if ok && i.tenant_id.eq_ignore_ascii_case(&i.client_id) {
+        push(
+            errors,
+            "spec.azure.identity".into(),
+            "tenantID and clientID are the same GUID: the client ID is the app registration's (Application (client) ID), not the directory's".into(),
+        );
+        ok = false;
+    }
+    ok.then(|| crate::ids::Identity {
+        tenant_id: i.tenant_id.to_ascii_lowercase(),
+        client_id: i.client_id.to_ascii_lowercase(),
     })
 }
 

@@ -10,7 +10,7 @@
 //! - long-running-operation polling: the generated poller sleeps a fixed 30 s without
 //!   `Retry-After` and discards the operation's error.
 
-use super::credential::ArmCredential;
+use super::credential::{ArmCredential, Credentials, IdentityFactory};
 use super::metrics::ArmMetrics;
 use super::policy::{ArmPolicy, BucketShape, RateLimiter, RateLimits, RetrySettings};
 use super::{ArmError, ErrorClass, NetworkApi, SetupError};
@@ -49,7 +49,7 @@ pub struct ClientSettings {
 pub struct AzureNetworkApi {
     client: azure_mgmt_network::Client,
     pipeline: Pipeline,
-    credential: Arc<dyn ArmCredential>,
+    credentials: Arc<Credentials>,
     endpoint: Url,
     scopes: Vec<String>,
     lro_timeout: Duration,
@@ -138,8 +138,9 @@ impl AzureNetworkApi {
             .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
             .map_err(|e| SetupError::Refused(format!("ARM endpoint {endpoint}: {e}")))?
             .to_string();
+        let credentials = Arc::new(Credentials::new(credential));
         let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
-            credential: credential.clone(),
+            credentials: credentials.clone(),
             scopes: vec![scope.clone()],
             error_bodies: error_bodies.clone(),
             limiter: limiter.clone(),
@@ -154,7 +155,8 @@ impl AzureNetworkApi {
             .per_retry_policies(vec![policy]);
         let client = azure_mgmt_network::Client::new(
             endpoint.clone(),
-            credential.clone() as Arc<dyn TokenCredential>,
+            // The policy sets every attempt's token itself (by the scope it addresses).
+            Arc::new(super::credential::SetByPolicy) as Arc<dyn TokenCredential>,
             vec![scope.clone()],
             options.clone(),
         );
@@ -168,7 +170,7 @@ impl AzureNetworkApi {
         Ok(AzureNetworkApi {
             client,
             pipeline,
-            credential,
+            credentials,
             endpoint,
             scopes: vec![scope],
             lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
@@ -191,10 +193,17 @@ impl AzureNetworkApi {
         })
     }
 
+    /// How a policy's `spec.azure.identity` becomes a credential (see
+    /// [`credential::identity_factory`](super::credential::identity_factory)).
+    pub fn set_identity_factory(&self, factory: IdentityFactory) {
+        self.credentials.set_factory(factory);
+    }
+
     /// Checks that a token can be obtained (readiness).
     pub async fn check_credentials(&self) -> Result<(), SetupError> {
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        self.credential
+        self.credentials
+            .default_credential()
             .get_token(&scopes)
             .await
             .map(|_| ())
@@ -225,12 +234,6 @@ impl AzureNetworkApi {
             uuid::Uuid::new_v4().simple()
         );
         req.insert_header(azure_core::headers::CLIENT_REQUEST_ID, request_id.clone());
-        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        let token = self.credential.get_token(&scopes).await?;
-        req.insert_header(
-            azure_core::headers::AUTHORIZATION,
-            format!("Bearer {}", token.token.secret()),
-        );
         for (k, v) in headers {
             req.insert_header(*k, v.clone());
         }
@@ -540,6 +543,18 @@ pub fn policy_violation(body: &Value) -> Option<String> {
 
 #[async_trait::async_trait]
 impl NetworkApi for AzureNetworkApi {
+    fn route_identities(&self, routes: &super::IdentityRoutes) -> Result<(), ArmError> {
+        self.credentials.route(routes).map_err(|e| {
+            ArmError::local(
+                ErrorClass::NeedsUserAction,
+                "RouteIdentities",
+                "spec.azure.identity",
+                None,
+                e.to_string(),
+            )
+        })
+    }
+
     async fn network_interfaces(
         &self,
         subscriptions: &BTreeSet<String>,

@@ -74,6 +74,24 @@ impl ArmCredential for Bridge {
     }
 }
 
+/// What the generated client is given: every request passes through `ArmPolicy`, which sets
+/// the token of the credential routed to the request's scope, so this one is never sent.
+#[derive(Debug)]
+pub struct SetByPolicy;
+
+#[async_trait::async_trait]
+impl TokenCredential for SetByPolicy {
+    async fn get_token(&self, _scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            Secret::new("set-by-policy"),
+            OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        Ok(())
+    }
+}
+
 /// A fixed bearer token for the emulator. Its `Debug` never shows the token.
 pub struct StaticToken(Secret);
 
@@ -150,6 +168,14 @@ impl Env for ProcessEnv {
     }
 }
 
+impl Env for Vec<(String, String)> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    }
+}
+
 impl<const N: usize> Env for [(&str, &str); N] {
     fn var(&self, name: &str) -> Option<String> {
         self.iter()
@@ -158,12 +184,7 @@ impl<const N: usize> Env for [(&str, &str); N] {
     }
 }
 
-/// A tenant and an app registration (or user-assigned managed identity) to authenticate as.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
-    pub tenant_id: String,
-    pub client_id: String,
-}
+pub use crate::ids::Identity;
 
 /// The credential for `mode` against `endpoint`, or why there is none.
 pub fn credential(
@@ -241,6 +262,150 @@ pub fn workload_identity_for(
         env,
         retry,
     )
+}
+
+/// Builds the credential of a policy's `spec.azure.identity`.
+pub type IdentityFactory =
+    Arc<dyn Fn(&Identity) -> Result<Arc<dyn ArmCredential>, SetupError> + Send + Sync>;
+
+/// What `spec.azure.identity` means under `mode`: workload identity for that app with the same
+/// projected token; the emulator's static token stands for every identity; any other mode
+/// cannot act as another app, and says so.
+pub fn identity_factory(
+    mode: AuthMode,
+    endpoint: &url::Url,
+    cloud: Cloud,
+    env: Arc<dyn Env + Send + Sync>,
+    retry: EntraRetry,
+    default: Arc<dyn ArmCredential>,
+) -> IdentityFactory {
+    let mode = resolve(mode, is_loopback(endpoint), |k| env.var(k).is_some());
+    Arc::new(move |identity: &Identity| match mode {
+        AuthMode::WorkloadIdentity => workload_identity_for(identity, cloud, env.as_ref(), &retry)
+            .map(|b| b as Arc<dyn ArmCredential>),
+        AuthMode::StaticToken => Ok(default.clone()),
+        other => Err(SetupError::Credential(format!(
+            "spec.azure.identity ({identity}) is used through workload identity, but this \
+             controller authenticates with {}: run it with workload identity \
+             (AZURE_FEDERATED_TOKEN_FILE) and federate its ServiceAccount to that app",
+            other.describe()
+        ))),
+    })
+}
+
+/// The credentials of one ARM client: the controller's own, and one per identity a policy
+/// names (each with its own token), routed by the scope a request addresses.
+pub struct Credentials {
+    default: Arc<dyn ArmCredential>,
+    factory: std::sync::Mutex<Option<IdentityFactory>>,
+    /// One credential (one token cache) per identity, kept across passes.
+    made: std::sync::Mutex<std::collections::HashMap<Identity, Arc<dyn ArmCredential>>>,
+    /// Lower-cased subscription ID or `mg:{group}` → the credential for it.
+    routes: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn ArmCredential>>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?})", self.default)
+    }
+}
+
+impl Credentials {
+    pub fn new(default: Arc<dyn ArmCredential>) -> Credentials {
+        Credentials {
+            default,
+            factory: std::sync::Mutex::new(None),
+            made: std::sync::Mutex::default(),
+            routes: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The controller's own credential (readiness checks it).
+    pub fn default_credential(&self) -> &Arc<dyn ArmCredential> {
+        &self.default
+    }
+
+    pub fn set_factory(&self, factory: IdentityFactory) {
+        if let Ok(mut f) = self.factory.lock() {
+            *f = Some(factory);
+        }
+    }
+
+    /// The credential for a request to `path`: the identity routed to its subscription or
+    /// management group, else the controller's.
+    pub fn for_path(&self, path: &str) -> Arc<dyn ArmCredential> {
+        let key = scope_key(path);
+        key.and_then(|k| self.routes.read().ok()?.get(&k).cloned())
+            .unwrap_or_else(|| self.default.clone())
+    }
+
+    /// Routes the scopes listed to their identities (`None`: the controller's own); other
+    /// scopes keep theirs. Builds a credential the first time an identity is seen.
+    pub fn route(&self, routes: &super::IdentityRoutes) -> Result<(), SetupError> {
+        let mut changes = Vec::new();
+        let scopes = routes
+            .subscriptions
+            .iter()
+            .map(|(s, i)| (s.to_ascii_lowercase(), i))
+            .chain(
+                routes
+                    .management_groups
+                    .iter()
+                    .map(|(g, i)| (format!("mg:{}", g.to_ascii_lowercase()), i)),
+            );
+        for (key, identity) in scopes {
+            let credential = match identity {
+                Some(i) => Some(self.credential_for(i)?),
+                None => None,
+            };
+            changes.push((key, credential));
+        }
+        if let Ok(mut r) = self.routes.write() {
+            for (key, credential) in changes {
+                match credential {
+                    Some(c) => r.insert(key, c),
+                    None => r.remove(&key),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn credential_for(&self, identity: &Identity) -> Result<Arc<dyn ArmCredential>, SetupError> {
+        if let Some(c) = self.made.lock().ok().and_then(|m| m.get(identity).cloned()) {
+            return Ok(c);
+        }
+        let factory = self.factory.lock().ok().and_then(|f| f.clone());
+        let made = match factory {
+            Some(f) => f(identity)?,
+            None => {
+                return Err(SetupError::Credential(format!(
+                    "spec.azure.identity ({identity}): this client was built without identities"
+                )));
+            }
+        };
+        if let Ok(mut m) = self.made.lock() {
+            m.insert(identity.clone(), made.clone());
+        }
+        Ok(made)
+    }
+}
+
+/// The routing key of a request path: its subscription, or `mg:{group}` for the management
+/// group API.
+pub fn scope_key(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        [s, id, ..] if s.eq_ignore_ascii_case("subscriptions") => Some(id.to_ascii_lowercase()),
+        [p, ns, mgs, g, ..]
+            if p.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("Microsoft.Management")
+                && mgs.eq_ignore_ascii_case("managementGroups") =>
+        {
+            Some(format!("mg:{}", g.to_ascii_lowercase()))
+        }
+        _ => None,
+    }
 }
 
 fn missing(mode: AuthMode, what: &str) -> SetupError {

@@ -31,6 +31,15 @@ impl SetupError {
     }
 }
 
+/// Which identity reads and writes which scope: the subscriptions and management groups of a
+/// pass's policies, each with its policy's `spec.azure.identity` (`None`: the controller's
+/// own). Scopes not listed keep the identity routed to them before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityRoutes {
+    pub subscriptions: BTreeMap<String, Option<crate::ids::Identity>>,
+    pub management_groups: BTreeMap<String, Option<crate::ids::Identity>>,
+}
+
 /// The error code the port gives when its effective-route read budget is spent (the verifier
 /// tells that apart from a failed read).
 pub const BUDGET_EXHAUSTED: &str = "VerificationBudgetExhausted";
@@ -212,6 +221,9 @@ pub trait NetworkApi: Send + Sync {
         &self,
         group: &str,
     ) -> Result<BTreeSet<String>, ArmError>;
+    /// From now on, requests to these scopes authenticate as these identities (other scopes
+    /// keep theirs). Fails when an identity's credential cannot be built.
+    fn route_identities(&self, routes: &IdentityRoutes) -> Result<(), ArmError>;
     /// `POST {nic}/effectiveRouteTable`, waited for: the routes the NIC's packets follow.
     async fn effective_routes(
         &self,

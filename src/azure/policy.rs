@@ -4,7 +4,7 @@
 //! and metrics. It replaces the SDK's retry policy (configured off) because that one hides
 //! the headers we need and cannot tell `AnotherOperationInProgress` from other 409s.
 
-use super::credential::ArmCredential;
+use super::credential::Credentials;
 use super::metrics::ArmMetrics;
 use azure_core::{Context, Policy, PolicyResult, Request, Response, StatusCode};
 use std::collections::HashMap;
@@ -240,7 +240,7 @@ pub struct ArmPolicy {
     pub error_bodies: Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>,
     /// The token every attempt carries (taken anew per attempt: a retry after a long wait
     /// does not carry a token that expired meanwhile).
-    pub credential: Arc<dyn ArmCredential>,
+    pub credentials: Arc<Credentials>,
     pub scopes: Vec<String>,
 }
 
@@ -385,13 +385,15 @@ impl Policy for ArmPolicy {
             start: Instant::now(),
         };
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        let mut token = self.credential.get_token(&scopes).await?.token;
+        // The identity routed to the request's subscription or management group.
+        let credential = self.credentials.for_path(&path);
+        let mut token = credential.get_token(&scopes).await?.token;
         let mut reauthenticated = false;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             if attempt > 1 && !reauthenticated {
-                token = self.credential.get_token(&scopes).await?.token;
+                token = credential.get_token(&scopes).await?.token;
             }
             request.insert_header(
                 azure_core::headers::AUTHORIZATION,
@@ -432,8 +434,7 @@ impl Policy for ArmPolicy {
                             // One fresh token, one retry: not a failed pass.
                             reauthenticated = true;
                             tracing::info!(operation = %call.label, code, "ARM refused the access token; retrying once with a fresh one");
-                            token = self
-                                .credential
+                            token = credential
                                 .refresh_after(&scopes, token.secret())
                                 .await?
                                 .token;

@@ -89,7 +89,17 @@ pub(crate) fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, CliError> {
     let url = url::Url::parse(&endpoint)
         .map_err(|e| CliError::Input(format!("--arm-endpoint {endpoint}: {e}")))?;
     let cred = credential(arm.auth, &url, arm.cloud)?;
-    Ok(AzureNetworkApi::new(url, cred, ClientSettings::default())?)
+    let factory = kmsroute::azure::credential::identity_factory(
+        arm.auth,
+        &url,
+        arm.cloud,
+        std::sync::Arc::new(kmsroute::azure::credential::ProcessEnv),
+        kmsroute::azure::identity::EntraRetry::default(),
+        cred.clone(),
+    );
+    let api = AzureNetworkApi::new(url, cred, ClientSettings::default())?;
+    api.set_identity_factory(factory);
+    Ok(api)
 }
 
 /// The options of a CLI pass: the flags' concurrency, every policy, the system resolver.

@@ -610,6 +610,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NetworkApi for Budget {
+        fn route_identities(&self, _: &crate::azure::IdentityRoutes) -> Result<(), ArmError> {
+            Ok(())
+        }
         async fn inventory(&self, _: &BTreeSet<String>) -> Result<Inventory, ArmError> {
             Ok(Inventory::default())
         }

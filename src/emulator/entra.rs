@@ -80,6 +80,10 @@ pub struct Entra {
     /// Seconds an access token lives (Entra: 60–90 minutes).
     #[serde(default = "default_lifetime")]
     pub access_token_seconds: u64,
+    /// Subscription ID → the tenant it belongs to: ARM refuses a token of another tenant there
+    /// (`InvalidAuthenticationTokenTenant`). Subscriptions not listed take any tenant's token.
+    #[serde(default)]
+    pub subscription_tenants: BTreeMap<String, String>,
 }
 
 fn default_lifetime() -> u64 {
@@ -130,7 +134,8 @@ pub struct EntraStats {
 /// The issued tokens and the counters.
 #[derive(Debug, Default)]
 pub(crate) struct EntraState {
-    issued: HashMap<String, f64>,
+    /// Token → (expiry, tenant).
+    issued: HashMap<String, (f64, String)>,
     pub stats: EntraStats,
     /// Answer token requests with this status (an outage), when set.
     pub outage: Option<u16>,
@@ -352,8 +357,9 @@ impl EntraState {
         }
         let token = jwt::unsigned(&claims);
         // Forget tokens long expired: a months-long run issues one an hour per identity.
-        self.issued.retain(|_, e| *e + 3600.0 > t);
-        self.issued.insert(token.clone(), exp);
+        self.issued.retain(|_, (e, _)| *e + 3600.0 > t);
+        self.issued
+            .insert(token.clone(), (exp, tenant.to_ascii_lowercase()));
         self.stats.tokens_issued += 1;
         Reply::json(
             StatusCode::OK,
@@ -370,13 +376,19 @@ impl EntraState {
     /// `ExpiredAuthenticationToken`): what a client holding one past its time meets.
     pub fn expire_all(&mut self) {
         let t = now();
-        for exp in self.issued.values_mut() {
+        for (exp, _) in self.issued.values_mut() {
             *exp = exp.min(t);
         }
     }
 
-    /// ARM's check of a bearer token, in Entra mode.
-    pub fn check_arm_token(&mut self, token: &str) -> Option<Reply> {
+    /// ARM's check of a bearer token, in Entra mode, for a request to `subscription` ("" for
+    /// none).
+    pub fn check_arm_token(
+        &mut self,
+        config: &Entra,
+        token: &str,
+        subscription: &str,
+    ) -> Option<Reply> {
         let t = now();
         let refuse = |code: &str, message: String| {
             Reply::error(StatusCode::UNAUTHORIZED, code, message).header(
@@ -386,12 +398,17 @@ impl EntraState {
                 ),
             )
         };
-        let reply = match self.issued.get(token) {
-            None => refuse(
+        let home = config
+            .subscription_tenants
+            .iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(subscription))
+            .map(|(_, t)| t.to_ascii_lowercase());
+        let (code, message) = match self.issued.get(token) {
+            None => (
                 "InvalidAuthenticationToken",
-                "The access token is invalid.".into(),
+                "The access token is invalid.".to_string(),
             ),
-            Some(exp) if *exp <= t => refuse(
+            Some((exp, _)) if *exp <= t => (
                 "ExpiredAuthenticationToken",
                 format!(
                     "The access token expiry UTC time '{}' is earlier than current UTC time '{}'.",
@@ -399,18 +416,21 @@ impl EntraState {
                     iso(t)
                 ),
             ),
+            Some((_, tid)) if home.as_ref().is_some_and(|h| h != tid) => (
+                "InvalidAuthenticationTokenTenant",
+                format!(
+                    "The access token is from the wrong issuer 'https://sts.windows.net/{tid}/'. It must match the tenant 'https://sts.windows.net/{}/' associated with this subscription. Please use the authority (URL) 'https://login.windows.net/{}' to get the token.",
+                    home.as_deref().unwrap_or_default(),
+                    home.as_deref().unwrap_or_default()
+                ),
+            ),
             Some(_) => {
                 self.stats.arm_accepted += 1;
                 return None;
             }
         };
-        let code = if self.issued.contains_key(token) {
-            "ExpiredAuthenticationToken"
-        } else {
-            "InvalidAuthenticationToken"
-        };
         *self.stats.arm_refused.entry(code.to_string()).or_insert(0) += 1;
-        Some(reply)
+        Some(refuse(code, message))
     }
 }
 
@@ -444,6 +464,7 @@ mod tests {
                 name: None,
             }],
             access_token_seconds: 60,
+            subscription_tenants: BTreeMap::from([("s-other".to_string(), "t2".to_string())]),
         }
     }
 
@@ -527,8 +548,13 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        assert!(s.check_arm_token(&token).is_none());
-        let bad = s.check_arm_token("made-up").unwrap();
+        assert!(s.check_arm_token(&c, &token, "s-home").is_none());
+        let foreign = s.check_arm_token(&c, &token, "S-OTHER").unwrap();
+        assert_eq!(
+            foreign.body.unwrap()["error"]["code"],
+            "InvalidAuthenticationTokenTenant"
+        );
+        let bad = s.check_arm_token(&c, "made-up", "").unwrap();
         assert_eq!(
             bad.body.unwrap()["error"]["code"],
             "InvalidAuthenticationToken"
@@ -542,8 +568,8 @@ mod tests {
     #[test]
     fn an_expired_access_token_is_refused_as_expired() {
         let mut s = EntraState::default();
-        s.issued.insert("old".into(), now() - 1.0);
-        let r = s.check_arm_token("old").unwrap();
+        s.issued.insert("old".into(), (now() - 1.0, "t1".into()));
+        let r = s.check_arm_token(&config(), "old", "").unwrap();
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             r.body.unwrap()["error"]["code"],

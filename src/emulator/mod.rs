@@ -302,7 +302,7 @@ async fn arm_request(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
-    if let Some(refused) = authenticate(app, headers) {
+    if let Some(refused) = authenticate(app, path, headers) {
         return refused;
     }
     if let Some(rest) = path
@@ -399,7 +399,16 @@ async fn arm_request(
 }
 
 /// ARM's authentication: a bearer token (the emulator's own when configured).
-fn authenticate(app: &App, headers: &HeaderMap) -> Option<Reply> {
+/// The subscription a request path addresses ("" for none).
+fn request_subscription(path: &str) -> String {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    match (segs.next(), segs.next()) {
+        (Some(s), Some(id)) if s.eq_ignore_ascii_case("subscriptions") => lower(id),
+        _ => String::new(),
+    }
+}
+
+fn authenticate(app: &App, path: &str, headers: &HeaderMap) -> Option<Reply> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -417,8 +426,9 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Option<Reply> {
             ),
         );
     };
-    if app.config.entra.is_some() {
-        return app.entra().check_arm_token(token);
+    if let Some(config) = &app.config.entra {
+        let subscription = request_subscription(path);
+        return app.entra().check_arm_token(config, token, &subscription);
     }
     if app.config.token.as_deref().is_some_and(|t| t != token) {
         return Some(Reply::error(

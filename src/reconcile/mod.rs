@@ -6,6 +6,7 @@
 //! Crash-safe by construction: it keeps no state of its own. Every pass plans from what Azure
 //! holds now, so re-running after an interruption converges without duplicates.
 
+pub mod identities;
 pub mod problem;
 pub mod verify;
 
@@ -322,6 +323,8 @@ pub async fn resolve_management_groups(
     api: &dyn NetworkApi,
     policies: &[DesiredState],
 ) -> Result<(Vec<DesiredState>, GroupErrors), ArmError> {
+    // The groups are read as their policies' identities, and their subscriptions reached so.
+    identities::route(api, policies)?;
     let mut cache: BTreeMap<String, Result<BTreeSet<String>, ArmError>> = BTreeMap::new();
     let mut errors: GroupErrors = BTreeMap::new();
     let mut out = Vec::with_capacity(policies.len());
@@ -348,6 +351,7 @@ pub async fn resolve_management_groups(
         }
         out.push(p);
     }
+    identities::route(api, &out)?;
     Ok((out, errors))
 }
 
@@ -386,10 +390,18 @@ pub async fn reconcile(
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
+    // Identities first: each scope is reached as its policy's `spec.azure.identity`
+    // (management-group resolution routes the groups' subscriptions too).
+    let mut identity_conflicts = identities::route(api, policies)?;
     // KMS names first: with routeResolvedAddresses the answers become destinations.
     // Management groups first: they decide which subscriptions the policies cover.
     let (grouped, group_errors) = if has_groups(policies) {
         let (resolved, errors) = resolve_management_groups(api, policies).await?;
+        for c in identities::routes(&resolved).1 {
+            if !identity_conflicts.contains(&c) {
+                identity_conflicts.push(c);
+            }
+        }
         (Cow::Owned(resolved), errors)
     } else {
         (Cow::Borrowed(policies), BTreeMap::new())
@@ -465,6 +477,11 @@ pub async fn reconcile(
     for p in &mut report.policies {
         if let Some(errors) = group_errors.get(&p.name) {
             report_group_errors(p, errors);
+        }
+    }
+    for c in &identity_conflicts {
+        if let Some(p) = report.policies.iter_mut().find(|p| p.name == c.loser) {
+            p.problems.push(c.problem());
         }
     }
     for p in &mut report.policies {
@@ -1120,6 +1137,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NetworkApi for Blocking {
+        fn route_identities(&self, _: &crate::azure::IdentityRoutes) -> Result<(), ArmError> {
+            Ok(())
+        }
         async fn inventory(&self, _: &BTreeSet<String>) -> Result<Inventory, ArmError> {
             Ok(Inventory::default())
         }
