@@ -755,3 +755,82 @@ async fn a_policy_reaches_another_tenant_through_its_own_identity() {
     assert_eq!(metrics.reconciles("error"), 0);
     let _ = stop.send(true);
 }
+
+/// `kmsroute plan` as a user runs it with workload identity: the emulator's Entra answers, and a
+/// misconfiguration is an exit 4 naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_authenticates_with_workload_identity_and_names_a_wrong_subject() {
+    let em = emulator_with_entra(3600).await;
+    let run = |subject: &'static str, mode: &'static str, secret: &'static str| {
+        let url = em.url();
+        async move {
+            let kubelet = Kubelet::start(
+                subject,
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            );
+            let file = kubelet.token_file();
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+                    .args([
+                        "plan",
+                        "-f",
+                        "examples/kmsroutepolicy.yaml",
+                        "--arm-endpoint",
+                        &url,
+                        "--auth",
+                        mode,
+                    ])
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("AZURE_AUTHORITY_HOST", &url)
+                    .env("AZURE_TENANT_ID", TENANT)
+                    .env("AZURE_CLIENT_ID", CLIENT)
+                    .env("AZURE_FEDERATED_TOKEN_FILE", &file)
+                    .env("AZURE_CLIENT_SECRET", secret)
+                    .output()
+                    .unwrap();
+                drop(kubelet);
+                out
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let ok = run(SUBJECT, "workload-identity", "").await;
+    let text =
+        String::from_utf8_lossy(&ok.stdout).to_string() + &String::from_utf8_lossy(&ok.stderr);
+    // Changes pending (1) or problems found (3: the demo estate's conflict); not 4.
+    assert!(
+        matches!(ok.status.code(), Some(1 | 3)),
+        "{:?}: {text}",
+        ok.status
+    );
+    assert!(text.contains("vnet-spoke1-app-kms"), "{text}");
+
+    let wrong = run(
+        "system:serviceaccount:default:builder",
+        "workload-identity",
+        "",
+    )
+    .await;
+    let err = String::from_utf8_lossy(&wrong.stderr).to_string();
+    assert_eq!(wrong.status.code(), Some(4), "{err}");
+    for part in [
+        "AADSTS70021",
+        "system:serviceaccount:default:builder",
+        ISSUER,
+        "system:serviceaccount:<namespace>:<serviceaccount>",
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+
+    let secret = run(SUBJECT, "client-secret", "the-secret-id").await;
+    let err = String::from_utf8_lossy(&secret.stderr).to_string();
+    assert_eq!(secret.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("AADSTS7000215") && err.contains("not its secret ID"),
+        "{err}"
+    );
+    assert_eq!(em.stats().writes, 0);
+}
