@@ -240,8 +240,32 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// kmsroute's own refusal to present the projected token, if that is what failed.
+fn assertion_error(e: &azure_core_ga::Error) -> Option<&assertion::AssertionError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(a) = err.downcast_ref::<assertion::AssertionError>() {
+            return Some(a);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// A failed token request, explained.
 pub fn explain(e: &azure_core_ga::Error, s: &Setup) -> EntraFailure {
+    // Nothing was sent: the token file is missing, not a JWT, or holds only an expired token
+    // (kubelet may still replace that one: retried).
+    if let Some(a) = assertion_error(e) {
+        return EntraFailure {
+            class: match a {
+                assertion::AssertionError::Expired { .. } => ErrorClass::Retryable,
+                _ => ErrorClass::NeedsUserAction,
+            },
+            code: None,
+            message: format!("cannot get a {} token: {a}", s.mode),
+        };
+    }
     let text = chain(e);
     // The library's troubleshooting link and line breaks make a condition message hard to read.
     let text = text
@@ -535,6 +559,43 @@ mod tests {
                 "ClientAssertionCredential authentication failed. {description}\nTo troubleshoot, visit https://aka.ms/x"
             ),
         )
+    }
+
+    #[test]
+    fn a_token_file_kmsroute_refuses_to_present_is_not_called_entras_refusal() {
+        let a = assertion::AssertionError::Expired {
+            path: "/var/run/secrets/azure/tokens/azure-identity-token".into(),
+            expired: "2026-12-03 13:36:17".into(),
+        };
+        let inner = azure_core_ga::Error::with_error(
+            azure_core_ga::error::ErrorKind::Credential,
+            a.clone(),
+            a.to_string(),
+        );
+        let e = azure_core_ga::Error::with_error(
+            azure_core_ga::error::ErrorKind::Credential,
+            inner,
+            format!("ClientAssertionCredential authentication failed. {a}"),
+        );
+        let s = Setup {
+            mode: "workload identity",
+            ..Setup::default()
+        };
+        let f = explain(&e, &s);
+        assert_eq!(f.class, ErrorClass::Retryable);
+        assert_eq!(f.code, None);
+        assert!(!f.message.contains("Entra ID refused"), "{}", f.message);
+        assert!(f.message.contains("has not been replaced"), "{}", f.message);
+        let missing = assertion::AssertionError::Unreadable {
+            path: "/x".into(),
+            reason: "No such file".into(),
+        };
+        let e = azure_core_ga::Error::with_error(
+            azure_core_ga::error::ErrorKind::Credential,
+            missing.clone(),
+            missing.to_string(),
+        );
+        assert_eq!(explain(&e, &s).class, ErrorClass::NeedsUserAction);
     }
 
     #[test]
