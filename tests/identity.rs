@@ -231,6 +231,57 @@ fn policy(name: &str) -> KmsRoutePolicy {
     .unwrap()
 }
 
+/// A controller with workload identity on `em`, kubelet rotating `subject`'s token every
+/// `every` with tokens that live `life`, and the policy `spokes` created.
+struct Running {
+    _kubelet: Kubelet,
+    kube: FakeKube,
+    stop: watch::Sender<bool>,
+    metrics: Arc<ControllerMetrics>,
+    probes: Probes,
+}
+
+async fn controller_with_workload_identity(
+    em: &EmulatorHandle,
+    subject: &'static str,
+    every: Duration,
+    life: Duration,
+) -> Running {
+    let kubelet = Kubelet::start(subject, every, life);
+    let authority = em.url();
+    let file = kubelet.token_file();
+    let api = Arc::new(client(
+        em,
+        AuthMode::WorkloadIdentity,
+        &workload_env(&authority, &file, CLIENT),
+    ));
+    let kube = FakeKube::start().await;
+    let (stop, metrics, probes) = start_controller(&kube, api);
+    Api::<KmsRoutePolicy>::all(kube.client())
+        .create(&PostParams::default(), &policy("spokes"))
+        .await
+        .unwrap();
+    Running {
+        _kubelet: kubelet,
+        kube,
+        stop,
+        metrics,
+        probes,
+    }
+}
+
+async fn wait_ready(kube: &FakeKube, name: &str) {
+    wait_for(
+        &format!("{name} Ready=True"),
+        Duration::from_secs(20),
+        || {
+            kube.policy(name)
+                .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+        },
+    )
+    .await;
+}
+
 fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
     obj.pointer("/status/conditions")?
         .as_array()?
@@ -274,25 +325,15 @@ async fn delete_and_wait_repaired(em: &EmulatorHandle, limit: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_identity_keeps_repairing_across_many_token_rotations() {
     let em = emulator_with_entra(2).await;
-    let kubelet = Kubelet::start(SUBJECT, Duration::from_secs(1), Duration::from_secs(3));
-    let authority = em.url();
-    let file = kubelet.token_file();
-    let api = Arc::new(client(
+    let c = controller_with_workload_identity(
         &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    ));
-    let kube = FakeKube::start().await;
-    let (stop, metrics, probes) = start_controller(&kube, api.clone());
-    Api::<KmsRoutePolicy>::all(kube.client())
-        .create(&PostParams::default(), &policy("spokes"))
-        .await
-        .unwrap();
-    wait_for("spokes Ready=True", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
+        SUBJECT,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    )
     .await;
+    let (kube, metrics, probes) = (&c.kube, &c.metrics, &c.probes);
+    wait_ready(kube, "spokes").await;
     let started = std::time::Instant::now();
     let mut repairs = 0;
     // At least 12 s: six access-token lifetimes, four projected-token lifetimes.
@@ -311,7 +352,7 @@ async fn workload_identity_keeps_repairing_across_many_token_rotations() {
     assert!(probes.credentials_ok.load(Ordering::SeqCst));
     let obj = kube.policy("spokes").unwrap();
     assert_eq!(condition(&obj, "Ready").unwrap().0, "True");
-    let _ = stop.send(true);
+    let _ = c.stop.send(true);
 }
 
 /// ARM refuses a token that expired before the client thought (clock skew, revocation): one
@@ -469,25 +510,15 @@ async fn entra_refusals_are_named_with_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entra_outage_leaves_the_controller_unready_and_it_recovers_by_itself() {
     let em = emulator_with_entra(2).await;
-    let kubelet = Kubelet::start(SUBJECT, Duration::from_secs(1), Duration::from_secs(3));
-    let authority = em.url();
-    let file = kubelet.token_file();
-    let api = Arc::new(client(
+    let c = controller_with_workload_identity(
         &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    ));
-    let kube = FakeKube::start().await;
-    let (stop, _metrics, probes) = start_controller(&kube, api.clone());
-    Api::<KmsRoutePolicy>::all(kube.client())
-        .create(&PostParams::default(), &policy("spokes"))
-        .await
-        .unwrap();
-    wait_for("spokes Ready=True", Duration::from_secs(20), || {
-        kube.policy("spokes")
-            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
-    })
+        SUBJECT,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    )
     .await;
+    let (kube, probes) = (&c.kube, &c.probes);
+    wait_ready(kube, "spokes").await;
     em.set_entra_outage(Some(503));
     em.other_writer(OtherWrite::DeleteRoute {
         route_table: SHARED.into(),
@@ -525,7 +556,7 @@ async fn an_entra_outage_leaves_the_controller_unready_and_it_recovers_by_itself
     })
     .await;
     assert_eq!(em.entra_stats().expired_assertions, 0);
-    let _ = stop.send(true);
+    let _ = c.stop.send(true);
 }
 
 /// A wrong subject reaches the policy's status and Events as AzureAuthFailed, naming the
@@ -533,24 +564,14 @@ async fn an_entra_outage_leaves_the_controller_unready_and_it_recovers_by_itself
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_credential_mismatch_is_shown_on_the_policy() {
     let em = emulator_with_entra(3600).await;
-    let kubelet = Kubelet::start(
+    let c = controller_with_workload_identity(
+        &em,
         "system:serviceaccount:kube-system:default",
         Duration::from_secs(3600),
         Duration::from_secs(3600),
-    );
-    let authority = em.url();
-    let file = kubelet.token_file();
-    let api = Arc::new(client(
-        &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    ));
-    let kube = FakeKube::start().await;
-    let (stop, _metrics, probes) = start_controller(&kube, api);
-    Api::<KmsRoutePolicy>::all(kube.client())
-        .create(&PostParams::default(), &policy("spokes"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let (kube, probes) = (&c.kube, &c.probes);
     let obj = wait_for("AzureAuthFailed", Duration::from_secs(20), || {
         kube.policy("spokes")
             .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "AzureAuthFailed"))
@@ -579,7 +600,7 @@ async fn a_federated_credential_mismatch_is_shown_on_the_policy() {
     );
     assert!(!probes.credentials_ok.load(Ordering::SeqCst));
     assert_eq!(em.stats().writes, 0);
-    let _ = stop.send(true);
+    let _ = c.stop.send(true);
 }
 
 /// Why kmsroute reads the projected token itself: the GA library's own

@@ -1,6 +1,7 @@
 //! The ARM port: the few Microsoft.Network operations the planner and executor need, behind one
 //! trait ([`NetworkApi`]) with one real implementation ([`client::AzureNetworkApi`]) on
-//! `azure_mgmt_network` 0.21 + `azure_identity`. Errors are classified so callers know whether
+//! `azure_mgmt_network` 0.21, with credentials from the GA `azure_identity` 1.x ([`identity`],
+//! [`credential`]). Errors are classified so callers know whether
 //! to retry, back off, or tell the user; every error names the resource and the ARM code.
 
 pub mod client;
