@@ -7,6 +7,7 @@
 //! writes; conflicts are reported, not fought; special subnets are skipped; no route broader than
 //! a `/32` is ever planned. The executor only carries plans out.
 
+pub mod contest;
 pub mod egress;
 #[cfg(any(test, feature = "testing"))]
 pub mod simulate;
