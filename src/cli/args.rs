@@ -128,6 +128,9 @@ pub(crate) struct EmulatorArgs {
     /// credentials, accessTokenSeconds): ARM then accepts only the tokens it issued.
     #[arg(long)]
     pub(crate) entra: Option<String>,
+    /// How long a write takes to appear in the Activity Log, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) activity_log_delay_ms: u64,
 }
 
 // `kmsroute run` (its help is the variant's doc comment).

@@ -26,6 +26,7 @@ pub(crate) async fn emulator(a: EmulatorArgs) -> Result<ExitCode, CliError> {
         token: a.token,
         lro_duration: std::time::Duration::from_millis(a.lro_ms),
         entra,
+        activity_log_delay: std::time::Duration::from_millis(a.activity_log_delay_ms),
     };
     let playing_entra = config.entra.is_some();
     let handle = emulator::start(config, seed, a.listen).await?;

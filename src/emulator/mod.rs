@@ -13,6 +13,7 @@
 //! "other writer" editing resources behind the client's back. Error codes the docs do not name
 //! are marked *inferred* where they are produced.
 
+mod activity;
 mod arm;
 mod effective;
 pub mod entra;
@@ -42,12 +43,16 @@ struct App {
     store: Mutex<Store>,
     config: Config,
     entra: Mutex<entra::EntraState>,
+    activity: Mutex<activity::ActivityLog>,
 }
 
 impl App {
     fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock must not wedge every later request.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn activity(&self) -> MutexGuard<'_, activity::ActivityLog> {
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn entra(&self) -> MutexGuard<'_, entra::EntraState> {
         self.entra.lock().unwrap_or_else(|e| e.into_inner())
@@ -129,10 +134,15 @@ pub async fn start(
     }
     let store = Store::from_seed(seed).map_err(StartError::Seed)?;
     let listen = |source| StartError::Listen { addr, source };
+    let activity = activity::ActivityLog {
+        delay: config.activity_log_delay,
+        ..Default::default()
+    };
     let app = Arc::new(App {
         store: Mutex::new(store),
         config,
         entra: Mutex::default(),
+        activity: Mutex::new(activity),
     });
     // A deep accept queue (tokio's bind uses 1,024): a burst of new connections beyond it is
     // dropped by the kernel and the clients' SYNs are retried after 1 s, which made the
@@ -326,6 +336,22 @@ async fn arm_request(
         }
         return management_groups(app, method, path, rest, query, headers);
     }
+    if let Some(sub) = activity_log_path(path) {
+        let base = base_url(headers);
+        let reply = app
+            .activity()
+            .list(&sub, query, &base, app.config.page_size.max(1));
+        let mut store = app.lock();
+        record(
+            &mut store,
+            &sub,
+            "ActivityLogs_List",
+            true,
+            reply.status,
+            false,
+        );
+        return reply;
+    }
     if let Some(refused) = check_api_version(query) {
         return refused;
     }
@@ -386,6 +412,22 @@ async fn arm_request(
     };
     let mut reply = arm::dispatch(&mut store, &ctx, method, &segs, body);
     let mutated = !is_read && reply.status.is_success() && !op.starts_with("Operation");
+    if !is_read && !op.starts_with("Operation") {
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+        let token = header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        app.activity().record(activity::Written {
+            subscription: &subscription,
+            path,
+            method,
+            segs: &segs,
+            status: reply.status,
+            token,
+            correlation: header("x-ms-correlation-request-id"),
+            client_request: header("x-ms-client-request-id"),
+        });
+    }
     record(
         &mut store,
         &subscription,
@@ -399,6 +441,24 @@ async fn arm_request(
 }
 
 /// ARM's authentication: a bearer token (the emulator's own when configured).
+/// The subscription of an `ActivityLogs_List` path.
+fn activity_log_path(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        [s, sub, p, ns, e, m, v]
+            if s.eq_ignore_ascii_case("subscriptions")
+                && p.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("microsoft.insights")
+                && e.eq_ignore_ascii_case("eventtypes")
+                && m.eq_ignore_ascii_case("management")
+                && v.eq_ignore_ascii_case("values") =>
+        {
+            Some(lower(sub))
+        }
+        _ => None,
+    }
+}
+
 /// The subscription a request path addresses ("" for none).
 fn request_subscription(path: &str) -> String {
     let mut segs = path.split('/').filter(|s| !s.is_empty());

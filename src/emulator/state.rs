@@ -20,6 +20,8 @@ pub struct Config {
     /// Play Entra ID too (its token endpoint on the same address), and accept on ARM only the
     /// access tokens it issued.
     pub entra: Option<super::entra::Entra>,
+    /// How long a write takes to appear in the Activity Log (Azure: seconds to minutes).
+    pub activity_log_delay: Duration,
 }
 
 impl Default for Config {
@@ -30,6 +32,7 @@ impl Default for Config {
             token: None,
             lro_duration: Duration::ZERO,
             entra: None,
+            activity_log_delay: Duration::ZERO,
         }
     }
 }
