@@ -87,6 +87,7 @@ fn start_controller_with(
             refresh_every: Duration::from_millis(300),
             read_share: 1.0,
         },
+        contest: Default::default(),
         lease: LeaseSettings {
             namespace: NS.into(),
             name: "kmsroute-leader".into(),
@@ -1575,5 +1576,196 @@ async fn a_failing_management_group_read_fails_the_pass_and_it_converges_once_ar
         obj["status"]
     );
     assert!(em.stats().writes > 0);
+    c.shutdown().await;
+}
+
+/// A pipeline PUTs a selected table whole (a template declaring its routes) every few moments,
+/// then a colleague deletes a route: every revert is repaired at the planner's minimum, the
+/// third makes the table contested, and the user is told once, with who did it and how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_someone_keeps_rewriting_is_reported_as_contested_with_who_did_it() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 3,
+            window_secs: 600,
+        };
+    });
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    let url = format!("{}{shared}?api-version=2024-03-01", em.url());
+    let http = reqwest::Client::new();
+    for round in 0..3 {
+        // The pipeline's template: the table as it declares it, without the KMS routes.
+        let mut table = em
+            .dump()
+            .resources
+            .into_iter()
+            .find(|r| r["name"] == "rt-spoke1-shared")
+            .unwrap();
+        let routes: Vec<Value> = table["properties"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !r["name"].as_str().unwrap().starts_with("kms-"))
+            .cloned()
+            .collect();
+        table["properties"] = json!({"routes": routes});
+        let writes_before = em.stats().writes;
+        let resp = http
+            .put(&url)
+            .bearer_auth("pipeline-sp@contoso.example")
+            .header("x-ms-correlation-request-id", format!("deploy-{round}"))
+            .json(&table)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
+        // Repaired at the planner's minimum: one PUT per removed KMS route, no more.
+        wait_for("the repair's writes", Duration::from_secs(10), || {
+            (em.stats().writes >= writes_before + 1 + 3).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(em.stats().writes, writes_before + 1 + 3, "round {round}");
+    }
+    let event = wait_for("the Contested event", Duration::from_secs(20), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "Contested")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap_or_default().to_string();
+    for part in [
+        "route table rt-spoke1-shared",
+        "3 times since",
+        "pipeline-sp@contoso.example rewriting the whole table (Microsoft.Network/routeTables/write",
+        "deploy-2",
+        "add the KMS routes to that definition",
+    ] {
+        assert!(note.contains(part), "{part:?} not in {note}");
+    }
+    assert_eq!(event["type"], "Warning");
+    // A colleague deletes a route: repaired, counted, and no second Event within the window.
+    let resp = http
+        .delete(format!(
+            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
+            em.url()
+        ))
+        .bearer_auth("alice@contoso.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
+    let obj = wait_for("4 reverts counted", Duration::from_secs(15), || {
+        (c.metrics.reverts_of("spokes") >= 4)
+            .then(|| kube.policy("spokes"))
+            .flatten()
+            .filter(|o| {
+                o.pointer("/status/problems")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p["reason"] == "Contested"
+                                && p["message"].as_str().is_some_and(|m| m.contains("4 times"))
+                        })
+                    })
+            })
+    })
+    .await;
+    let problems = obj["status"]["problems"].as_array().unwrap();
+    let contested: Vec<&Value> = problems
+        .iter()
+        .filter(|p| p["reason"] == "Contested")
+        .collect();
+    // One per subnet of the table (two subnets share it in the demo estate).
+    assert_eq!(contested.len(), 2, "{problems:?}");
+    assert!(
+        contested[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alice@contoso.example deleting a route"),
+        "{contested:?}"
+    );
+    assert_eq!(c.metrics.contested_of("spokes"), 1);
+    assert_eq!(
+        occurrences(&kube, "Contested"),
+        1,
+        "once per table per window"
+    );
+    let metrics = c.metrics.render();
+    assert!(
+        metrics.contains("kmsroute_contested_tables{policy=\"spokes\"} 1"),
+        "{metrics}"
+    );
+    c.shutdown().await;
+}
+
+/// Without `Microsoft.Insights/eventtypes/values/read`, a contested table is still reported
+/// and repaired; the message says the log cannot be read and which action is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contested_table_is_reported_without_the_activity_log_too() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    em.add_fault(kmsroute::emulator::FaultRule {
+        path_contains: Some("microsoft.insights".into()),
+        status: Some(403),
+        code: Some("AuthorizationFailed".into()),
+        ..Default::default()
+    });
+    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 1,
+            window_secs: 600,
+        };
+    });
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
+            em.url()
+        ))
+        .bearer_auth("alice@contoso.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
+    let obj = wait_for("the Contested problem", Duration::from_secs(15), || {
+        kube.policy("spokes").filter(|o| {
+            o.pointer("/status/problems")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["reason"] == "Contested"))
+        })
+    })
+    .await;
+    let message = obj["status"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["reason"] == "Contested")
+        .and_then(|p| p["message"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("cannot be read")
+            && message.contains("Microsoft.Insights/eventtypes/values/read"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&obj, "Ready").unwrap().0,
+        "True",
+        "the rest works"
+    );
     c.shutdown().await;
 }

@@ -387,6 +387,8 @@ fn actions_for(operation: &str) -> Vec<&'static str> {
         "GET loadBalancers" => vec!["Microsoft.Network/loadBalancers/read"],
         // spec.selector.managementGroups.
         "GET descendants" => vec!["Microsoft.Management/managementGroups/descendants/read"],
+        // Who undid our routes (contested tables): the Activity Log.
+        "GET activityLog" => vec!["Microsoft.Insights/eventtypes/values/read"],
         "POST effectiveRouteTable" => {
             vec!["Microsoft.Network/networkInterfaces/effectiveRouteTable/action"]
         }
@@ -460,6 +462,7 @@ async fn the_azure_role_holds_exactly_the_actions_the_client_uses() {
     api.egress_facts(&[S.to_string()].into()).await.unwrap();
     let under = api.management_group_subscriptions("corp").await.unwrap();
     assert_eq!(under, BTreeSet::from([S.to_string()]));
+    api.activity_log(&t.to_string(), 0).await.unwrap();
     let used: BTreeSet<&str> = api
         .metrics
         .operations()

@@ -317,6 +317,13 @@ impl NetworkApi for Gate<'_> {
     fn read_budget(&self, subscription: &str) -> kmsroute::azure::ReadBudget {
         self.inner.read_budget(subscription)
     }
+    async fn activity_log(
+        &self,
+        resource_uri: &str,
+        since: i64,
+    ) -> Result<Vec<kmsroute::azure::ActivityEvent>, ArmError> {
+        self.inner.activity_log(resource_uri, since).await
+    }
     fn route_identities(&self, routes: &kmsroute::azure::IdentityRoutes) -> Result<(), ArmError> {
         self.inner.route_identities(routes)
     }

@@ -189,6 +189,7 @@ fn start_controller(
             refresh_every: Duration::from_millis(300),
             read_share: 1.0,
         },
+        contest: Default::default(),
         lease: LeaseSettings {
             namespace: "kmsroute".into(),
             name: "kmsroute-leader".into(),

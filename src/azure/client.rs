@@ -199,6 +199,28 @@ impl AzureNetworkApi {
         self.credentials.set_factory(factory);
     }
 
+    /// Who kmsroute is in the Activity Log at this scope: its token's `upn`, `unique_name`,
+    /// `appid` and `oid` claims, or the token itself when it is no JWT (the emulator's).
+    async fn own_callers(&self, scope_path: &str) -> Vec<String> {
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        let Ok(token) = self
+            .credentials
+            .for_path(scope_path)
+            .get_token(&scopes)
+            .await
+        else {
+            return Vec::new();
+        };
+        let text = token.token.secret().to_string();
+        match super::identity::jwt::claims(&text) {
+            Ok(c) => ["upn", "unique_name", "appid", "oid"]
+                .iter()
+                .filter_map(|k| c.text(k).map(str::to_string))
+                .collect(),
+            Err(_) => vec![text],
+        }
+    }
+
     /// Checks that a token can be obtained (readiness).
     pub async fn check_credentials(&self) -> Result<(), SetupError> {
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
@@ -669,6 +691,106 @@ impl NetworkApi for AzureNetworkApi {
             }
         }
         Err(bad("more than 10,000 pages of descendants".into()))
+    }
+
+    async fn activity_log(
+        &self,
+        resource_uri: &str,
+        since: i64,
+    ) -> Result<Vec<super::ActivityEvent>, ArmError> {
+        const OP: &str = "ActivityLogs_List";
+        let bad = |m: String| {
+            ArmError::local(
+                ErrorClass::NeedsUserAction,
+                OP,
+                resource_uri.to_string(),
+                None,
+                m,
+            )
+        };
+        let sub = super::policy::subscription_of(resource_uri);
+        let rfc = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut url = self.endpoint.clone();
+        url.set_path(&format!(
+            "/subscriptions/{sub}/providers/microsoft.insights/eventtypes/management/values"
+        ));
+        url.query_pairs_mut()
+            .append_pair("api-version", super::ACTIVITY_LOG_API_VERSION)
+            .append_pair(
+                "$filter",
+                &format!(
+                    "eventTimestamp ge '{}' and eventTimestamp le '{}' and resourceUri eq '{resource_uri}'",
+                    rfc(since),
+                    rfc(now + 60)
+                ),
+            )
+            .append_pair(
+                "$select",
+                "caller,operationName,resourceId,status,eventTimestamp,correlationId",
+            );
+        let own = self.own_callers(&format!("/subscriptions/{sub}")).await;
+        let mut out = Vec::new();
+        // A table's writes over a window: a few pages at most; stop well before a runaway.
+        for _ in 0..20 {
+            let (status, _, body) = self
+                .raw(Method::Get, url.clone(), None, &[])
+                .await
+                .map_err(|e| arm_err(OP, resource_uri, e))?;
+            if status != 200 {
+                return Err(http_error(OP, resource_uri, status, &body));
+            }
+            let page: Value = serde_json::from_slice(&body)
+                .map_err(|e| bad(format!("unreadable Activity Log page: {e}")))?;
+            for e in page["value"].as_array().into_iter().flatten() {
+                let caller = e["caller"].as_str().unwrap_or_default().to_string();
+                if own.iter().any(|o| o.eq_ignore_ascii_case(&caller)) {
+                    continue;
+                }
+                let at = e["eventTimestamp"]
+                    .as_str()
+                    .and_then(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(|t| t.unix_timestamp())
+                    .unwrap_or_default();
+                out.push(super::ActivityEvent {
+                    caller,
+                    operation: e["operationName"]["value"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    resource_id: e["resourceId"].as_str().unwrap_or_default().to_string(),
+                    succeeded: e["status"]["value"] == "Succeeded",
+                    at,
+                    correlation_id: e["correlationId"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            match page["nextLink"].as_str() {
+                Some(next) => {
+                    let next = Url::parse(next).map_err(|e| bad(format!("nextLink: {e}")))?;
+                    if next.origin() != self.endpoint.origin() {
+                        return Err(bad(format!("nextLink {next} leaves the ARM endpoint")));
+                    }
+                    url = next;
+                }
+                None => break,
+            }
+        }
+        out.sort_by_key(|e| e.at);
+        Ok(out)
     }
 
     async fn egress_facts(

@@ -41,6 +41,24 @@ pub struct IdentityRoutes {
     pub management_groups: BTreeMap<String, Option<crate::ids::Identity>>,
 }
 
+/// A write someone else made, as the Activity Log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityEvent {
+    /// Who: a UPN, an application ID or a service principal.
+    pub caller: String,
+    /// What: `Microsoft.Network/routeTables/write`, `.../routes/delete`, ...
+    pub operation: String,
+    pub resource_id: String,
+    pub succeeded: bool,
+    /// When it happened (`eventTimestamp`), Unix seconds.
+    pub at: i64,
+    /// Shared by the writes of one operation or template deployment.
+    pub correlation_id: String,
+}
+
+/// The Activity Log's api-version (`ActivityLogs_List`).
+pub const ACTIVITY_LOG_API_VERSION: &str = "2015-04-01";
+
 /// The error code the port gives when its effective-route read budget is spent (the verifier
 /// tells that apart from a failed read).
 pub const BUDGET_EXHAUSTED: &str = "VerificationBudgetExhausted";
@@ -222,6 +240,13 @@ pub trait NetworkApi: Send + Sync {
         &self,
         group: &str,
     ) -> Result<BTreeSet<String>, ArmError>;
+    /// Writes to `resource_uri` since `since` (Unix seconds) that the Activity Log has made
+    /// visible so far, oldest first, without kmsroute's own (its principals' writes).
+    async fn activity_log(
+        &self,
+        resource_uri: &str,
+        since: i64,
+    ) -> Result<Vec<ActivityEvent>, ArmError>;
     /// From now on, requests to these scopes authenticate as these identities (other scopes
     /// keep theirs). Fails when an identity's credential cannot be built.
     fn route_identities(&self, routes: &IdentityRoutes) -> Result<(), ArmError>;

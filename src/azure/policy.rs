@@ -280,6 +280,11 @@ pub fn operation_label(method: &str, path: &str) -> String {
         .is_some_and(|s| s.eq_ignore_ascii_case("descendants"))
     {
         "descendants"
+    } else if segs
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case("microsoft.insights"))
+    {
+        "activityLog"
     } else {
         // Types sit at odd positions after the provider namespace; take the last type name.
         let provider = segs

@@ -160,6 +160,14 @@ pub(crate) struct RunArgs {
     /// Most of a subscription's ARM read rate the inventory refreshes may use (0 < share <= 1).
     #[arg(long, env = "KMSROUTE_INVENTORY_READ_SHARE", default_value_t = 0.05, value_parser = parse_share)]
     pub(crate) inventory_read_share: f64,
+    /// Reverts of kmsroute's own writes to one route table, within --contested-window, that
+    /// make the table contested (reported, attributed from the Activity Log).
+    #[arg(long, env = "KMSROUTE_CONTESTED_REVERTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) contested_reverts: u32,
+    /// The window of --contested-reverts; a table stops being contested after a window without
+    /// a revert.
+    #[arg(long, env = "KMSROUTE_CONTESTED_WINDOW", default_value = "6h", value_parser = parse_duration_arg)]
+    pub(crate) contested_window: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]

@@ -18,6 +18,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         max_resync,
         inventory_refresh,
         inventory_read_share,
+        contested_reverts,
+        contested_window,
     } = args;
     let inventory = InventorySettings {
         refresh_every: inventory_refresh,
@@ -63,6 +65,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         resync_cap: max_resync,
         resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
         inventory,
+        contest: kmsroute::plan::contest::ContestSettings {
+            threshold: contested_reverts as usize,
+            window_secs: contested_window.as_secs().max(1) as i64,
+        },
         lease: LeaseSettings {
             namespace,
             name: lease_name,

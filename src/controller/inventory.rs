@@ -610,6 +610,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NetworkApi for Budget {
+        async fn activity_log(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<Vec<crate::azure::ActivityEvent>, ArmError> {
+            Ok(Vec::new())
+        }
         fn route_identities(&self, _: &crate::azure::IdentityRoutes) -> Result<(), ArmError> {
             Ok(())
         }

@@ -95,6 +95,8 @@ pub struct ControllerMetrics {
     repairs_timed: Counter,
     ready: Family<ByPolicy, Gauge>,
     subnets: Family<ByPolicyState, Gauge>,
+    reverts: Family<ByPolicy, Counter>,
+    contested: Family<ByPolicy, Gauge>,
     /// Last successful inventory read per subscription (the age gauges are set from it when
     /// the metrics are read).
     inventory_reads: Mutex<HashMap<String, Instant>>,
@@ -120,6 +122,8 @@ impl Default for ControllerMetrics {
             repairs_timed: Counter::default(),
             ready: Family::default(),
             subnets: Family::default(),
+            reverts: Family::default(),
+            contested: Family::default(),
             inventory_reads: Mutex::default(),
             triggered: Mutex::default(),
         };
@@ -201,6 +205,16 @@ impl ControllerMetrics {
             self.repair_latency.clone(),
         );
         r.register(
+            "kmsroute_reverts",
+            "Route tables where a pass restored kmsroute's own earlier write (someone undid it)",
+            self.reverts.clone(),
+        );
+        r.register(
+            "kmsroute_contested_tables",
+            "Route tables of the policy that something keeps rewriting",
+            self.contested.clone(),
+        );
+        r.register(
             "kmsroute_leader",
             "Whether this replica holds the lease",
             self.leader.clone(),
@@ -278,9 +292,41 @@ impl ControllerMetrics {
                 .set(n);
         }
     }
+    /// A pass's reverts and the policy's contested tables after it.
+    pub fn contests(&self, policy: &str, reverts: usize, contested: usize) {
+        let key = ByPolicy {
+            policy: policy.into(),
+        };
+        self.reverts.get_or_create(&key).inc_by(reverts as u64);
+        self.contested.get_or_create(&key).set(contested as i64);
+    }
+    /// Reverts counted for `policy` so far.
+    pub fn reverts_of(&self, policy: &str) -> u64 {
+        self.reverts
+            .get(&ByPolicy {
+                policy: policy.into(),
+            })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+    /// The policy's contested tables now.
+    pub fn contested_of(&self, policy: &str) -> i64 {
+        self.contested
+            .get(&ByPolicy {
+                policy: policy.into(),
+            })
+            .map(|g| g.get())
+            .unwrap_or(0)
+    }
     /// The policy is gone: its series go with it.
     pub fn forget_policy(&self, policy: &str) {
         self.ready.remove(&ByPolicy {
+            policy: policy.into(),
+        });
+        self.reverts.remove(&ByPolicy {
+            policy: policy.into(),
+        });
+        self.contested.remove(&ByPolicy {
             policy: policy.into(),
         });
         for state in SUBNET_STATES {

@@ -7,6 +7,7 @@
 //! or tables changed; passes plan on it instead of listing.
 
 mod conditions;
+pub mod contested;
 mod finalizer;
 pub mod inventory;
 pub mod leader;
@@ -120,6 +121,8 @@ pub struct Settings {
     pub resolver: Option<Arc<dyn crate::dns::Resolver>>,
     /// Pace and read share of the shared inventory's refreshes.
     pub inventory: InventorySettings,
+    /// When a route table counts as contested (reverts within a window).
+    pub contest: crate::plan::contest::ContestSettings,
 }
 
 /// Shared by every reconcile.
@@ -151,6 +154,8 @@ pub struct Context {
     /// consult every policy on every inventory change, and checking a 5,000-subnet spec against
     /// the CRD's schema costs milliseconds. A generation is a spec; without one, no caching.
     validated: std::sync::Mutex<HashMap<String, ValidatedEntry>>,
+    /// Each policy's own writes and the reverts of them (contested route tables).
+    contests: contested::Contests,
 }
 
 /// (uid, generation) and the policy's desired state, `None` when it is invalid.
@@ -430,8 +435,18 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
             Err(e) => return Err(pass_failed(policy, ctx, e, &old).await),
         };
     let mut report = report;
+    // Reverts of this policy's own writes: counted, attributed, and said (contested tables).
+    let contest = ctx
+        .contests
+        .after_pass(ctx.arm.as_ref(), &name, &report)
+        .await;
+    ctx.metrics
+        .contests(&name, contest.reverts, contest.contested);
     match report.policies.iter_mut().find(|p| p.name == name) {
-        Some(mine) => reconcile::report_group_errors(mine, &group_errors),
+        Some(mine) => {
+            reconcile::report_group_errors(mine, &group_errors);
+            mine.add_problems(contest.problems);
+        }
         None => return Err(Error::NoReport(name)),
     }
     let Some(mine) = report.policies.iter().find(|p| p.name == name) else {
@@ -456,6 +471,12 @@ async fn apply(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error> 
     };
     write_status(ctx, policy, status).await?;
     announce(policy, ctx, &report, mine).await;
+    for text in contest.announcements {
+        // Once per table per window (the ledger decides): never folded into an earlier one.
+        ctx.forget_event(&name, "Contested").await;
+        ctx.event(policy, EventType::Warning, "Contested", text)
+            .await;
+    }
     if mine.writes_failed > 0 {
         ctx.last_pass.lock().await.remove(&name);
         let class = worst_class(
@@ -664,6 +685,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
         ctx.inventory.release(&name);
         ctx.metrics.forget_policy(&name);
+        ctx.contests.forget(&name).await;
         ctx.event(
             policy,
             EventType::Normal,
@@ -715,6 +737,7 @@ async fn cleanup(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, Error
     }
     ctx.inventory.release(&name);
     ctx.metrics.forget_policy(&name);
+    ctx.contests.forget(&name).await;
     let count = |f: fn(&crate::plan::Write) -> bool| {
         results
             .iter()
@@ -849,6 +872,7 @@ async fn run_controller(
         dirty: Mutex::new(HashMap::new()),
         held_back: Mutex::new(HashMap::new()),
         validated: std::sync::Mutex::new(HashMap::new()),
+        contests: contested::Contests::new(settings.contest),
     });
     // Changes → the policies they concern → queued passes. Aborted with this function, so a
     // replica that loses the lease stops refreshing (the loops hold the inventory weakly).

@@ -337,6 +337,23 @@ async fn arm_request(
         return management_groups(app, method, path, rest, query, headers);
     }
     if let Some(sub) = activity_log_path(path) {
+        // Injected faults reach the Activity Log too (a 403: no eventtypes/values/read).
+        if let Some(reply) = fault_for(app, method, path)
+            .await
+            .as_ref()
+            .and_then(injected)
+        {
+            let mut store = app.lock();
+            record(
+                &mut store,
+                &sub,
+                "ActivityLogs_List",
+                true,
+                reply.status,
+                false,
+            );
+            return reply;
+        }
         let base = base_url(headers);
         let reply = app
             .activity()

@@ -203,6 +203,19 @@ impl TopProblems {
 }
 
 impl PolicyReport {
+    /// Adds problems found after the pass (the controller's contested tables), keeping the
+    /// report order and the cap of [`MAX_PROBLEMS`] the status holds.
+    pub fn add_problems(&mut self, problems: Vec<Problem>) {
+        if problems.is_empty() {
+            return;
+        }
+        self.problems_total += problems.len();
+        self.problems.extend(problems);
+        self.problems
+            .sort_by(|a, b| (rank_of(a), &a.subnet_id).cmp(&(rank_of(b), &b.subnet_id)));
+        self.problems.truncate(MAX_PROBLEMS);
+    }
+
     /// True when every selected subnet is in sync or deliberately skipped, every selected
     /// subscription could be read, and the policy selects something at all (the Ready rule
     /// of the status, the CLI's table and the controller's metrics).
@@ -1137,6 +1150,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NetworkApi for Blocking {
+        async fn activity_log(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<Vec<crate::azure::ActivityEvent>, ArmError> {
+            Ok(Vec::new())
+        }
         fn route_identities(&self, _: &crate::azure::IdentityRoutes) -> Result<(), ArmError> {
             Ok(())
         }

@@ -25,9 +25,11 @@ pub enum Reason {
     NoRouteTable,
     WouldRelease,
     Drift,
+    /// Someone keeps undoing kmsroute's writes to the subnet's route table.
+    Contested,
 }
 
-const OTHERS: [Reason; 13] = [
+const OTHERS: [Reason; 14] = [
     Reason::SubscriptionUnreadable,
     Reason::PolicyDenied,
     Reason::WriteFailed,
@@ -41,6 +43,7 @@ const OTHERS: [Reason; 13] = [
     Reason::NoRouteTable,
     Reason::WouldRelease,
     Reason::Drift,
+    Reason::Contested,
 ];
 
 impl Reason {
@@ -79,6 +82,7 @@ impl Reason {
             Reason::NoRouteTable => "NoRouteTable",
             Reason::WouldRelease => "WouldRelease",
             Reason::Drift => "Drift",
+            Reason::Contested => "Contested",
         }
     }
 
@@ -94,7 +98,7 @@ impl Reason {
         match self {
             Reason::SubscriptionUnreadable | Reason::PolicyDenied | Reason::WriteFailed => 0,
             Reason::Planner(_) => 1,
-            Reason::Conflict | Reason::NotVerified => 2,
+            Reason::Conflict | Reason::NotVerified | Reason::Contested => 2,
             Reason::NoInternetEgress
             | Reason::KmsAddressDrift
             | Reason::VerificationFailed
