@@ -313,7 +313,14 @@ async fn a_real_prometheus_scraping_kmsroute_run_has_every_metric_the_dashboard_
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 7, "{rules_api}");
+    let shipped: usize = rules()["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["rules"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(shipped, 8);
+    assert_eq!(loaded.len(), shipped, "{rules_api}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
         assert_ne!(r["state"], "firing", "{r}");
