@@ -1590,6 +1590,7 @@ async fn a_table_someone_keeps_rewriting_is_reported_as_contested_with_who_did_i
         s.contest = kmsroute::plan::contest::ContestSettings {
             threshold: 3,
             window_secs: 600,
+            ..Default::default()
         };
     });
     create(&kube, &policy("spokes", json!({}))).await;
@@ -1723,6 +1724,7 @@ async fn a_contested_table_is_reported_without_the_activity_log_too() {
         s.contest = kmsroute::plan::contest::ContestSettings {
             threshold: 1,
             window_secs: 600,
+            ..Default::default()
         };
     });
     create(&kube, &policy("spokes", json!({}))).await;
@@ -1766,6 +1768,67 @@ async fn a_contested_table_is_reported_without_the_activity_log_too() {
         condition(&obj, "Ready").unwrap().0,
         "True",
         "the rest works"
+    );
+    c.shutdown().await;
+}
+
+/// The Activity Log lags: the problem first says "not yet attributed", and a later pass fills
+/// in who did it once the write appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_is_attributed_once_the_activity_log_catches_up() {
+    let kube = FakeKube::start().await;
+    let em = support::arm::emulator(
+        Config {
+            activity_log_delay: Duration::from_secs(2),
+            ..Config::default()
+        },
+        support::arm::demo_estate(),
+    )
+    .await;
+    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 1,
+            window_secs: 600,
+            relook_secs: 1,
+        };
+    });
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    let shared = format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    );
+    reqwest::Client::new()
+        .delete(format!(
+            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
+            em.url()
+        ))
+        .bearer_auth("alice@contoso.example")
+        .send()
+        .await
+        .unwrap();
+    let contested_message = |o: &Value| {
+        o.pointer("/status/problems")
+            .and_then(Value::as_array)
+            .and_then(|ps| ps.iter().find(|p| p["reason"] == "Contested"))
+            .and_then(|p| p["message"].as_str())
+            .map(str::to_string)
+    };
+    let first = wait_for("not yet attributed", Duration::from_secs(15), || {
+        kube.policy("spokes")
+            .and_then(|o| contested_message(&o))
+            .filter(|m| m.contains("not yet attributed"))
+    })
+    .await;
+    assert!(!first.contains("alice"), "{first}");
+    let later = wait_for("attributed", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .and_then(|o| contested_message(&o))
+            .filter(|m| m.contains("alice@contoso.example deleting a route"))
+    })
+    .await;
+    assert!(
+        later.contains("Microsoft.Network/routeTables/routes/delete"),
+        "{later}"
     );
     c.shutdown().await;
 }

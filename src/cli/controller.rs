@@ -68,6 +68,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         contest: kmsroute::plan::contest::ContestSettings {
             threshold: contested_reverts as usize,
             window_secs: contested_window.as_secs().max(1) as i64,
+            ..Default::default()
         },
         lease: LeaseSettings {
             namespace,

@@ -142,7 +142,7 @@ impl Contests {
         Contests {
             settings,
             by_policy: tokio::sync::Mutex::default(),
-            relook: Duration::from_secs(60),
+            relook: Duration::from_secs(settings.relook_secs),
         }
     }
 

@@ -11,7 +11,7 @@
 //! first write again, so a fight is seen anew within `threshold` more reverts.
 
 use super::Write;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// What kmsroute wrote to a table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,6 +47,8 @@ impl Undone {
 pub struct ContestSettings {
     pub threshold: usize,
     pub window_secs: i64,
+    /// How soon the Activity Log is read again for a revert it has not shown yet.
+    pub relook_secs: u64,
 }
 
 impl Default for ContestSettings {
@@ -54,6 +56,7 @@ impl Default for ContestSettings {
         ContestSettings {
             threshold: 3,
             window_secs: 6 * 3600,
+            relook_secs: 60,
         }
     }
 }
@@ -86,11 +89,22 @@ pub struct Contested {
 }
 
 /// kmsroute's own writes and the reverts of them, per table (by lower-cased ID).
+///
+/// The writes are kept as 64-bit hashes of (table, mark): at 100,000 subnets a first
+/// convergence writes 150,000 routes and associations, which as strings would cost tens of MB
+/// for as long as the process lives.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     settings: ContestSettings,
-    own: BTreeMap<String, BTreeSet<Mark>>,
+    own: HashMap<u64, HashSet<u64>>,
     tallies: BTreeMap<String, Tally>,
+}
+
+fn hash_of(x: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
 }
 
 /// The mark a write leaves (or restores), and the table it is in.
@@ -133,7 +147,11 @@ impl Ledger {
     ) -> BTreeMap<String, BTreeSet<Undone>> {
         let mut out: BTreeMap<String, BTreeSet<Undone>> = BTreeMap::new();
         for (table, m) in writes.into_iter().filter_map(mark) {
-            if self.own.get(&table).is_some_and(|own| own.contains(&m)) {
+            if self
+                .own
+                .get(&hash_of(&table))
+                .is_some_and(|own| own.contains(&hash_of(&m)))
+            {
                 out.entry(table).or_default().insert(undone(&m));
             }
         }
@@ -142,21 +160,25 @@ impl Ledger {
 
     /// A write of kmsroute's went through.
     pub fn wrote(&mut self, w: &Write) {
+        let table_hash = |t: &crate::ids::RouteTableId| hash_of(&t.key().to_string());
         match w {
             Write::DeleteRoute { table, name, .. } => {
-                if let Some(own) = self.own.get_mut(table.key()) {
-                    own.remove(&Mark::Route(name.to_ascii_lowercase()));
+                if let Some(own) = self.own.get_mut(&table_hash(table)) {
+                    own.remove(&hash_of(&Mark::Route(name.to_ascii_lowercase())));
                 }
             }
             Write::DissociateSubnet { subnet, table } => {
-                if let Some(own) = self.own.get_mut(table.key()) {
-                    own.remove(&Mark::Association(subnet.key().to_string()));
+                if let Some(own) = self.own.get_mut(&table_hash(table)) {
+                    own.remove(&hash_of(&Mark::Association(subnet.key().to_string())));
                 }
             }
             Write::DeleteRouteTable { table } => self.forget(table.key()),
             _ => {
                 if let Some((table, m)) = mark(w) {
-                    self.own.entry(table).or_default().insert(m);
+                    self.own
+                        .entry(hash_of(&table))
+                        .or_default()
+                        .insert(hash_of(&m));
                 }
             }
         }
@@ -226,7 +248,7 @@ impl Ledger {
 
     /// The policy let the table go (released, or deleted with it).
     pub fn forget(&mut self, table: &str) {
-        self.own.remove(table);
+        self.own.remove(&hash_of(&table.to_string()));
         self.tallies.remove(table);
     }
 }
@@ -273,6 +295,7 @@ mod tests {
         ContestSettings {
             threshold: 3,
             window_secs: 100,
+            ..ContestSettings::default()
         }
     }
 
