@@ -856,3 +856,44 @@ async fn the_cli_authenticates_with_workload_identity_and_names_a_wrong_subject(
     );
     assert_eq!(em.stats().writes, 0);
 }
+
+/// A short Entra hiccup (503s for a moment) is retried with backoff inside one token request:
+/// the ARM call succeeds and nothing is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brief_entra_outage_is_retried_within_the_token_request() {
+    let em = emulator_with_entra(3600).await;
+    let kubelet = Kubelet::start(
+        SUBJECT,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    let authority = em.url();
+    let file = kubelet.token_file();
+    let url = url::Url::parse(&em.url()).unwrap();
+    let retry = EntraRetry {
+        initial_delay: Duration::from_millis(200),
+        max_retries: 5,
+        max_elapsed: Duration::from_secs(10),
+        max_delay: Duration::from_secs(2),
+    };
+    let env = workload_env(&authority, &file, CLIENT);
+    let cred = credential_from(
+        AuthMode::WorkloadIdentity,
+        &url,
+        Cloud::AzurePublic,
+        &env,
+        &retry,
+    )
+    .unwrap();
+    let api = AzureNetworkApi::new(url, cred, client_settings()).unwrap();
+    em.set_entra_outage(Some(503));
+    let wanted = subs();
+    let (result, ()) = tokio::join!(api.inventory(&wanted), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        em.set_entra_outage(None);
+    });
+    result.unwrap();
+    let stats = em.entra_stats();
+    assert!(stats.token_requests >= 2, "retried: {stats:?}");
+    assert_eq!(stats.tokens_issued, 1, "{stats:?}");
+}
