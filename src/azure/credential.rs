@@ -74,6 +74,34 @@ impl ArmCredential for Bridge {
     }
 }
 
+/// A policy's identity that cannot be built: every request to its scopes fails with why.
+#[derive(Debug)]
+pub struct Unusable(String);
+
+#[async_trait::async_trait]
+impl TokenCredential for Unusable {
+    async fn get_token(&self, _scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        Err(azure_core::Error::new(
+            azure_core::error::ErrorKind::Credential,
+            super::identity::EntraFailure {
+                class: super::ErrorClass::NeedsUserAction,
+                code: None,
+                message: self.0.clone(),
+            },
+        ))
+    }
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ArmCredential for Unusable {
+    async fn refresh_after(&self, scopes: &[&str], _: &str) -> azure_core::Result<AccessToken> {
+        self.get_token(scopes).await
+    }
+}
+
 /// What the generated client is given: every request passes through `ArmPolicy`, which sets
 /// the token of the credential routed to the request's scope, so this one is never sent.
 #[derive(Debug)]
@@ -340,7 +368,8 @@ impl Credentials {
     }
 
     /// Routes the scopes listed to their identities (`None`: the controller's own); other
-    /// scopes keep theirs. Builds a credential the first time an identity is seen.
+    /// scopes keep theirs. Builds a credential the first time an identity is seen; one that
+    /// cannot be built answers every request to its scopes with why.
     pub fn route(&self, routes: &super::IdentityRoutes) -> Result<(), SetupError> {
         let mut changes = Vec::new();
         let scopes = routes
@@ -355,7 +384,11 @@ impl Credentials {
             );
         for (key, identity) in scopes {
             let credential = match identity {
-                Some(i) => Some(self.credential_for(i)?),
+                // An identity that cannot be built fails the requests to its scopes, saying
+                // why, and nothing else: other policies' scopes go on.
+                Some(i) => Some(self.credential_for(i).unwrap_or_else(|e| {
+                    Arc::new(Unusable(e.to_string())) as Arc<dyn ArmCredential>
+                })),
                 None => None,
             };
             changes.push((key, credential));
@@ -510,6 +543,51 @@ mod tests {
 
     fn url(s: &str) -> url::Url {
         url::Url::parse(s).unwrap()
+    }
+
+    /// A policy identity that cannot be built fails its own scopes' requests, saying why; the
+    /// other scopes keep the controller's credential.
+    #[tokio::test]
+    async fn an_unusable_identity_fails_only_its_own_scopes() {
+        let c = Credentials::new(Arc::new(StaticToken::new("home")));
+        c.set_factory(Arc::new(|_: &Identity| {
+            Err(SetupError::Credential("needs workload identity".into()))
+        }));
+        let id = Identity {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+        };
+        let routes = super::super::IdentityRoutes {
+            subscriptions: [
+                ("s-partner".to_string(), Some(id)),
+                ("s-home".to_string(), None),
+            ]
+            .into(),
+            management_groups: Default::default(),
+        };
+        c.route(&routes).unwrap();
+        let e = c
+            .for_path("/subscriptions/S-PARTNER/providers/x")
+            .get_token(&["x"])
+            .await
+            .unwrap_err();
+        let f = e
+            .downcast_ref::<super::super::identity::EntraFailure>()
+            .unwrap();
+        assert_eq!(f.class, super::super::ErrorClass::NeedsUserAction);
+        assert!(f.message.contains("needs workload identity"));
+        let home = c
+            .for_path("/subscriptions/s-home/providers/x")
+            .get_token(&["x"])
+            .await
+            .unwrap();
+        assert_eq!(home.token.secret(), "home");
+        assert_eq!(
+            scope_key("/providers/Microsoft.Management/managementGroups/Corp/descendants")
+                .as_deref(),
+            Some("mg:corp")
+        );
+        assert_eq!(scope_key("/other"), None);
     }
 
     #[test]
