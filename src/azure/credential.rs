@@ -383,14 +383,12 @@ impl Credentials {
                     .map(|(g, i)| (format!("mg:{}", g.to_ascii_lowercase()), i)),
             );
         for (key, identity) in scopes {
-            let credential = match identity {
-                // An identity that cannot be built fails the requests to its scopes, saying
-                // why, and nothing else: other policies' scopes go on.
-                Some(i) => Some(self.credential_for(i).unwrap_or_else(|e| {
-                    Arc::new(Unusable(e.to_string())) as Arc<dyn ArmCredential>
-                })),
-                None => None,
-            };
+            // An identity that cannot be built fails the requests to its scopes, saying why,
+            // and nothing else: other policies' scopes go on.
+            let credential = identity.as_ref().map(|i| {
+                self.credential_for(i)
+                    .unwrap_or_else(|e| Arc::new(Unusable(e.to_string())) as Arc<dyn ArmCredential>)
+            });
             changes.push((key, credential));
         }
         if let Ok(mut r) = self.routes.write() {
