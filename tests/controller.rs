@@ -945,6 +945,83 @@ async fn no_secret_reaches_logs_events_or_status() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Workload identity on the emulator's Entra ID with trace logging everywhere: neither the
+/// projected service-account token (the client assertion) nor any access token reaches the
+/// logs, Events or status. Every JWT here starts with the same header, so that prefix is what
+/// is searched for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_of_workload_identity_reaches_logs_events_or_status() {
+    use kmsroute::emulator::entra::{App, Entra, Federated};
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11";
+    let kube = FakeKube::start().await;
+    let em = support::arm::emulator(
+        Config {
+            entra: Some(Entra {
+                tenants: vec![TENANT.into()],
+                apps: vec![App {
+                    tenant: TENANT.into(),
+                    client_id: CLIENT.into(),
+                    secrets: vec![],
+                    federated: vec![Federated {
+                        issuer: "https://oidc.example/".into(),
+                        subject: "system:serviceaccount:kmsroute:kmsroute".into(),
+                    }],
+                    name: None,
+                }],
+                access_token_seconds: 3,
+                subscription_tenants: Default::default(),
+            }),
+            ..Config::default()
+        },
+        support::arm::demo_estate(),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("kmsroute-wi-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    let assertion = kmsroute::azure::identity::jwt::unsigned(&json!({
+        "iss": "https://oidc.example/", "sub": "system:serviceaccount:kmsroute:kmsroute",
+        "aud": "api://AzureADTokenExchange", "exp": 4_102_444_800_i64
+    }));
+    std::fs::write(&token_file, &assertion).unwrap();
+    let authority = em.url();
+    let run = spawn_run(
+        &kube,
+        &em.url(),
+        "wi-secrets",
+        &[
+            ("RUST_LOG", "trace"),
+            ("KMSROUTE_AUTH", "workload-identity"),
+            ("AZURE_AUTHORITY_HOST", authority.as_str()),
+            ("AZURE_CLIENT_ID", CLIENT),
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    create(&kube, &policy("spokes", json!({}))).await;
+    let obj = wait_ready(&kube, "spokes").await;
+    // A refresh while tracing: the next inventory refresh (15 s) needs a new 3-s token.
+    wait_for("a second access token", Duration::from_secs(40), || {
+        (em.entra_stats().tokens_issued >= 2).then_some(())
+    })
+    .await;
+    let mut haystack = std::fs::read_to_string(&run.log).unwrap();
+    haystack.push_str(&std::fs::read_to_string(run.dir.join("run.out")).unwrap_or_default());
+    assert!(haystack.lines().count() > 100, "trace logging was on");
+    for e in kube.events() {
+        haystack.push_str(&e.to_string());
+    }
+    haystack.push_str(&obj.to_string());
+    let jwt_header = assertion.split('.').next().unwrap().to_string();
+    for secret in [assertion.as_str(), jwt_header.as_str()] {
+        let leak = haystack.lines().find(|l| l.contains(secret));
+        assert!(leak.is_none(), "a token leaked: {leak:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 const S2: &str = "22222222-2222-2222-2222-222222222222";
 
 fn spoke1_table() -> String {

@@ -15,8 +15,15 @@ pub(crate) fn init_logging(format: LogFormat, default_level: &str) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // Whatever RUST_LOG says: azure_core logs every request with its headers at debug (the
-    // bearer token included), so the Azure SDK crates never log below info.
-    for target in ["azure_core", "azure_identity", "azure_mgmt_network"] {
+    // bearer token included), so the Azure SDK crates (0.21 and the GA line, whose pipeline is
+    // typespec's) never log below info.
+    for target in [
+        "azure_core",
+        "azure_identity",
+        "azure_mgmt_network",
+        "typespec",
+        "typespec_client_core",
+    ] {
         if let Ok(d) = format!("{target}=info").parse() {
             filter = filter.add_directive(d);
         }
