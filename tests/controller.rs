@@ -7,9 +7,6 @@ use kmsroute::api::KmsRoutePolicy;
 use kmsroute::azure::NetworkApi;
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::policy::RetrySettings;
-use kmsroute::catalog::Cloud;
-use kmsroute::controller::inventory::InventorySettings;
-use kmsroute::controller::leader::LeaseSettings;
 use kmsroute::controller::metrics::ControllerMetrics;
 use kmsroute::controller::{self, Probes, Settings};
 use kmsroute::emulator::{self, Config, EmulatorHandle, OtherWrite, Seed};
@@ -76,26 +73,7 @@ fn start_controller_with(
         .with_test_writer()
         .try_init();
     let arm = arm_client(em, token);
-    let mut settings = Settings {
-        cloud: Cloud::AzurePublic,
-        concurrency: 4,
-        slow_retry: Duration::from_secs(2),
-        base_backoff: Duration::from_millis(200),
-        resync_cap: Some(Duration::from_secs(1)),
-        resolver: None,
-        inventory: InventorySettings {
-            refresh_every: Duration::from_millis(300),
-            read_share: 1.0,
-        },
-        contest: Default::default(),
-        lease: LeaseSettings {
-            namespace: NS.into(),
-            name: "kmsroute-leader".into(),
-            identity: identity.into(),
-            lease_duration: Duration::from_secs(2),
-            renew_every: Duration::from_millis(300),
-        },
-    };
+    let mut settings = support::settings::controller(identity);
     tweak(&mut settings);
     let metrics = Arc::new(ControllerMetrics::default());
     let (stop, stop_rx) = watch::channel(false);

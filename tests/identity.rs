@@ -13,10 +13,8 @@ use kmsroute::azure::identity::jwt;
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::azure::{ErrorClass, NetworkApi};
 use kmsroute::catalog::Cloud;
-use kmsroute::controller::inventory::InventorySettings;
-use kmsroute::controller::leader::LeaseSettings;
 use kmsroute::controller::metrics::ControllerMetrics;
-use kmsroute::controller::{self, Probes, Settings};
+use kmsroute::controller::{self, Probes};
 use kmsroute::emulator::entra::{App, Entra, Federated};
 use kmsroute::emulator::{Config, EmulatorHandle, OtherWrite};
 use kube::api::{Api, PostParams};
@@ -156,6 +154,24 @@ fn client(em: &EmulatorHandle, mode: AuthMode, env: &[(&str, &str); 5]) -> Azure
     AzureNetworkApi::new(url, cred, client_settings()).unwrap()
 }
 
+/// The real client on `em` with workload identity as `CLIENT`, presenting `subject`'s
+/// projected token (one that lives an hour).
+fn workload_client(em: &EmulatorHandle, subject: &'static str) -> (Kubelet, AzureNetworkApi) {
+    let kubelet = Kubelet::start(
+        subject,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    let authority = em.url();
+    let file = kubelet.token_file();
+    let api = client(
+        em,
+        AuthMode::WorkloadIdentity,
+        &workload_env(&authority, &file, CLIENT),
+    );
+    (kubelet, api)
+}
+
 fn workload_env<'a>(authority: &'a str, file: &'a str, client: &'a str) -> [(&'a str, &'a str); 5] {
     [
         ("AZURE_AUTHORITY_HOST", authority),
@@ -178,26 +194,7 @@ fn start_controller(
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let settings = Settings {
-        cloud: Cloud::AzurePublic,
-        concurrency: 4,
-        slow_retry: Duration::from_secs(2),
-        base_backoff: Duration::from_millis(200),
-        resync_cap: Some(Duration::from_secs(1)),
-        resolver: None,
-        inventory: InventorySettings {
-            refresh_every: Duration::from_millis(300),
-            read_share: 1.0,
-        },
-        contest: Default::default(),
-        lease: LeaseSettings {
-            namespace: "kmsroute".into(),
-            name: "kmsroute-leader".into(),
-            identity: "a".into(),
-            lease_duration: Duration::from_secs(2),
-            renew_every: Duration::from_millis(300),
-        },
-    };
+    let settings = support::settings::controller("a");
     let metrics = Arc::new(ControllerMetrics::default());
     let probes = Probes::default();
     // Readiness follows the credential, as `kmsroute run` wires it.
@@ -361,18 +358,7 @@ async fn workload_identity_keeps_repairing_across_many_token_rotations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_arm_refuses_is_replaced_once_and_the_call_succeeds() {
     let em = emulator_with_entra(3600).await;
-    let kubelet = Kubelet::start(
-        SUBJECT,
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
-    let authority = em.url();
-    let file = kubelet.token_file();
-    let api = client(
-        &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    );
+    let (_kubelet, api) = workload_client(&em, SUBJECT);
     api.inventory(&subs()).await.unwrap();
     assert_eq!(em.entra_stats().tokens_issued, 1);
     em.expire_access_tokens();
@@ -393,18 +379,7 @@ async fn an_access_token_arm_refuses_is_replaced_once_and_the_call_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_access_tokens_are_refreshed_before_they_expire() {
     let em = emulator_with_entra(1).await;
-    let kubelet = Kubelet::start(
-        SUBJECT,
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
-    let authority = em.url();
-    let file = kubelet.token_file();
-    let api = client(
-        &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    );
+    let (_kubelet, api) = workload_client(&em, SUBJECT);
     api.inventory(&subs()).await.unwrap();
     // The held token lives 1 s and is refreshed at 0.8 s; calls around its end meet ARM's 401.
     for _ in 0..8 {
@@ -421,17 +396,7 @@ async fn entra_refusals_are_named_with_what_to_do() {
     let em = emulator_with_entra(3600).await;
     let authority = em.url();
     // A ServiceAccount the federated credential does not name.
-    let kubelet = Kubelet::start(
-        "system:serviceaccount:default:default",
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
-    let file = kubelet.token_file();
-    let api = client(
-        &em,
-        AuthMode::WorkloadIdentity,
-        &workload_env(&authority, &file, CLIENT),
-    );
+    let (_wrong, api) = workload_client(&em, "system:serviceaccount:default:default");
     let e = api.inventory(&subs()).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::NeedsUserAction, "{e}");
     assert_eq!(e.code.as_deref(), Some("AADSTS70021"));
@@ -749,8 +714,15 @@ async fn a_policy_reaches_another_tenant_through_its_own_identity() {
     })
     .await;
     assert_eq!(condition(&partner, "Ready").unwrap().1, "Conflict");
-    // Across a few token lifetimes, nothing is refused and both tenants' tables hold the routes.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Across a few token lifetimes (each identity refreshes its 2-s token at least twice),
+    // nothing is refused and both tenants' tables hold the routes.
+    let issued = em.entra_stats().tokens_issued;
+    wait_for(
+        "two more refreshes per identity",
+        Duration::from_secs(20),
+        || (em.entra_stats().tokens_issued >= issued + 4).then_some(()),
+    )
+    .await;
     let legacy = em
         .dump()
         .resources

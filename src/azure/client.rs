@@ -199,6 +199,19 @@ impl AzureNetworkApi {
         self.credentials.set_factory(factory);
     }
 
+    /// A raw listing page's `nextLink`, if any; never one off the ARM endpoint (where the
+    /// token goes).
+    fn next_link(&self, page: &Value) -> Result<Option<Url>, String> {
+        let Some(next) = page["nextLink"].as_str() else {
+            return Ok(None);
+        };
+        let next = Url::parse(next).map_err(|e| format!("nextLink: {e}"))?;
+        if next.origin() != self.endpoint.origin() {
+            return Err(format!("nextLink {next} leaves the ARM endpoint"));
+        }
+        Ok(Some(next))
+    }
+
     /// Who kmsroute is in the Activity Log at this scope: its token's `upn`, `unique_name`,
     /// `appid` and `oid` claims, or the token itself when it is no JWT (the emulator's).
     async fn own_callers(&self, scope_path: &str) -> Vec<String> {
@@ -678,15 +691,8 @@ impl NetworkApi for AzureNetworkApi {
                     out.insert(name.to_ascii_lowercase());
                 }
             }
-            match page["nextLink"].as_str() {
-                Some(next) => {
-                    let next = Url::parse(next).map_err(|e| bad(format!("nextLink: {e}")))?;
-                    // Never follow a link off the ARM endpoint (where the token goes).
-                    if next.origin() != self.endpoint.origin() {
-                        return Err(bad(format!("nextLink {next} leaves the ARM endpoint")));
-                    }
-                    url = next;
-                }
+            match self.next_link(&page).map_err(bad)? {
+                Some(next) => url = next,
                 None => return Ok(out),
             }
         }
@@ -778,14 +784,8 @@ impl NetworkApi for AzureNetworkApi {
                     correlation_id: e["correlationId"].as_str().unwrap_or_default().to_string(),
                 });
             }
-            match page["nextLink"].as_str() {
-                Some(next) => {
-                    let next = Url::parse(next).map_err(|e| bad(format!("nextLink: {e}")))?;
-                    if next.origin() != self.endpoint.origin() {
-                        return Err(bad(format!("nextLink {next} leaves the ARM endpoint")));
-                    }
-                    url = next;
-                }
+            match self.next_link(&page).map_err(bad)? {
+                Some(next) => url = next,
                 None => break,
             }
         }

@@ -10,9 +10,10 @@
 //! An event becomes visible `delay` after it happened (Azure: seconds to minutes).
 
 use super::Reply;
+use super::token::{iso, now};
 use axum::http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The api-version of `ActivityLogs_List`.
 pub const API_VERSION: &str = "2015-04-01";
@@ -37,45 +38,14 @@ pub(crate) struct Event {
     pub client_request: String,
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
-fn iso(t: f64) -> String {
-    let nanos = (t * 1e9) as i128;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn parse_iso(s: &str) -> Option<f64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }
 
-/// The claims of a JWT bearer token, if it is one.
-fn jwt_claims(token: &str) -> Option<Map<String, Value>> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    match serde_json::from_slice::<Value>(&bytes).ok()? {
-        Value::Object(m) => Some(m),
-        _ => None,
-    }
-}
-
 /// Who the token says the caller is, and the claims ARM would log.
 pub(crate) fn caller(token: &str) -> (String, Map<String, Value>) {
-    match jwt_claims(token) {
+    match super::token::payload(token) {
         Some(claims) => {
             let name = ["upn", "unique_name", "appid"]
                 .iter()

@@ -13,59 +13,39 @@
 //! `401 ExpiredAuthenticationToken` after, `401 InvalidAuthenticationToken` for any other.
 
 use super::Reply;
+use super::token::{self, iso, now};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The emulator's own reading of a JWT (it shares no code with the client it plays against):
-/// the payload's claims, signature unchecked.
-mod jwt {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use serde_json::Value;
+/// What the emulator reads of an assertion.
+struct Claims {
+    issuer: Option<String>,
+    subject: Option<String>,
+    audience: Vec<String>,
+    expires: Option<i64>,
+    not_before: Option<i64>,
+}
 
-    pub struct Claims {
-        pub issuer: Option<String>,
-        pub subject: Option<String>,
-        pub audience: Vec<String>,
-        pub expires: Option<i64>,
-        pub not_before: Option<i64>,
-    }
-
-    pub fn claims(token: &str) -> Result<Claims, ()> {
-        let parts: Vec<&str> = token.trim().split('.').collect();
-        let [_, payload, _] = parts[..] else {
-            return Err(());
-        };
-        let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| ())?;
-        let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&bytes) else {
-            return Err(());
-        };
-        let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-        Ok(Claims {
-            issuer: text("iss"),
-            subject: text("sub"),
-            audience: match m.get("aud") {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-                _ => Vec::new(),
-            },
-            expires: m.get("exp").and_then(Value::as_i64),
-            not_before: m.get("nbf").and_then(Value::as_i64),
-        })
-    }
-
-    /// An unsigned JWT (`alg: none`): what the emulator issues.
-    pub fn unsigned(claims: &Value) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
-    }
+fn claims(token: &str) -> Option<Claims> {
+    let m = token::payload(token)?;
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(Claims {
+        issuer: text("iss"),
+        subject: text("sub"),
+        audience: match m.get("aud") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        },
+        expires: m.get("exp").and_then(Value::as_i64),
+        not_before: m.get("nbf").and_then(Value::as_i64),
+    })
 }
 
 /// The audience a federated assertion must carry.
@@ -139,23 +119,6 @@ pub(crate) struct EntraState {
     pub stats: EntraStats,
     /// Answer token requests with this status (an outage), when set.
     pub outage: Option<u16>,
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
-fn iso(t: f64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// Entra's error body.
@@ -292,7 +255,7 @@ impl EntraState {
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
             ));
         }
-        let Ok(claims) = jwt::claims(assertion) else {
+        let Some(claims) = claims(assertion) else {
             self.refused(50027);
             return Some(refusal(
                 StatusCode::BAD_REQUEST,
@@ -355,7 +318,7 @@ impl EntraState {
         if let Some(name) = &app.name {
             claims["upn"] = json!(name);
         }
-        let token = jwt::unsigned(&claims);
+        let token = token::unsigned(&claims);
         // Forget tokens long expired: a months-long run issues one an hour per identity.
         self.issued.retain(|_, (e, _)| *e + 3600.0 > t);
         self.issued
@@ -441,11 +404,6 @@ pub fn token_path(path: &str) -> Option<&str> {
     (tail.eq_ignore_ascii_case("oauth2/v2.0/token") && !tenant.is_empty()).then_some(tenant)
 }
 
-/// How long an access token lives, as a `Duration`.
-pub fn lifetime(config: &Entra) -> Duration {
-    Duration::from_secs(config.access_token_seconds)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,7 +438,7 @@ mod tests {
     }
 
     fn assertion(iss: &str, sub: &str, exp_in: i64) -> String {
-        jwt::unsigned(&json!({"iss": iss, "sub": sub, "aud": [EXCHANGE_AUDIENCE],
+        token::unsigned(&json!({"iss": iss, "sub": sub, "aud": [EXCHANGE_AUDIENCE],
             "exp": now() as i64 + exp_in, "nbf": now() as i64 - 10}))
     }
 

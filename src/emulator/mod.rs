@@ -20,6 +20,7 @@ pub mod entra;
 mod rules;
 mod service_tags;
 pub mod state;
+mod token;
 
 pub use state::{
     Config, FaultRule, ManagementGroup, PolicyAssignment, ProviderWindow, Seed, Stats, Throttle,
@@ -338,26 +339,17 @@ async fn arm_request(
     }
     if let Some(sub) = activity_log_path(path) {
         // Injected faults reach the Activity Log too (a 403: no eventtypes/values/read).
-        if let Some(reply) = fault_for(app, method, path)
+        let reply = match fault_for(app, method, path)
             .await
             .as_ref()
             .and_then(injected)
         {
-            let mut store = app.lock();
-            record(
-                &mut store,
-                &sub,
-                "ActivityLogs_List",
-                true,
-                reply.status,
-                false,
-            );
-            return reply;
-        }
-        let base = base_url(headers);
-        let reply = app
-            .activity()
-            .list(&sub, query, &base, app.config.page_size.max(1));
+            Some(fault) => fault,
+            None => {
+                app.activity()
+                    .list(&sub, query, &base_url(headers), app.config.page_size.max(1))
+            }
+        };
         let mut store = app.lock();
         record(
             &mut store,

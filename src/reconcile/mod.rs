@@ -403,21 +403,19 @@ pub async fn reconcile(
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, ArmError> {
-    // Identities first: each scope is reached as its policy's `spec.azure.identity`
-    // (management-group resolution routes the groups' subscriptions too).
-    let mut identity_conflicts = identities::route(api, policies)?;
     // KMS names first: with routeResolvedAddresses the answers become destinations.
-    // Management groups first: they decide which subscriptions the policies cover.
-    let (grouped, group_errors) = if has_groups(policies) {
+    // Management groups first: they decide which subscriptions the policies cover. Each scope
+    // is reached as its policy's `spec.azure.identity` (the resolution routes the groups and
+    // their subscriptions itself).
+    // Two policies naming one subscription (directly or through a group) with different
+    // identities: the younger is told (`identity_conflicts`).
+    let (grouped, group_errors, identity_conflicts) = if has_groups(policies) {
         let (resolved, errors) = resolve_management_groups(api, policies).await?;
-        for c in identities::routes(&resolved).1 {
-            if !identity_conflicts.contains(&c) {
-                identity_conflicts.push(c);
-            }
-        }
-        (Cow::Owned(resolved), errors)
+        let conflicts = identities::routes(&resolved).1;
+        (Cow::Owned(resolved), errors, conflicts)
     } else {
-        (Cow::Borrowed(policies), BTreeMap::new())
+        let conflicts = identities::route(api, policies)?;
+        (Cow::Borrowed(policies), BTreeMap::new(), conflicts)
     };
     let policies: &[DesiredState] = &grouped;
     // Only the policy this pass writes for resolves names (another policy's DNS is its own
