@@ -83,7 +83,7 @@ pub fn plan_table(plan: &Plan) -> String {
 pub fn verdict_label(v: &Verdict) -> String {
     match v {
         Verdict::InSync => "InSync".into(),
-        Verdict::WillRepair { .. } => "WillRepair".into(),
+        Verdict::Drift { .. } => "Drift".into(),
         Verdict::Conflict { .. } => "Conflict".into(),
         Verdict::Skipped { reason } => format!("Skipped:{}", reason.code()),
         Verdict::Error { reason, .. } => format!("Error:{}", reason.code()),

@@ -556,10 +556,10 @@ async fn the_example_estate_plans_as_its_story_says() {
         }
     ));
     assert!(
-        matches!(verdict("app"), Verdict::WillRepair { changes: 2 }),
+        matches!(verdict("app"), Verdict::Drift { changes: 2 }),
         "create + associate"
     );
-    assert!(matches!(verdict("web"), Verdict::WillRepair { changes: 3 }));
+    assert!(matches!(verdict("web"), Verdict::Drift { changes: 3 }));
     assert!(matches!(verdict("legacy"), Verdict::Conflict { route, .. } if route == "legacy-kms"));
     let private = p
         .verdicts

@@ -562,3 +562,21 @@ fn failures_leave_with_the_exit_code_of_their_kind() {
     assert_eq!(elsewhere.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("only listens on loopback"));
 }
+
+/// Every wrong enum value and pattern at once, as the API server reports them (issue 27,
+/// defect 6: `validate` used to stop at the first field serde could not read).
+#[test]
+fn validate_reports_every_wrong_enum_and_pattern_not_just_the_first() {
+    let bad = "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata:\n  name: bad\nspec:\n  conflictPolicy: replace\n  mode: audit\n  resyncInterval: 10 minutes\n  selector:\n    subscriptions: [not-a-guid]\n";
+    let o = kmsroute(&["validate", "-f", "-"], Some(bad));
+    assert_eq!(o.status.code(), Some(2));
+    let out = stdout(&o);
+    for path in [
+        "spec.conflictPolicy:",
+        "spec.mode:",
+        "spec.resyncInterval:",
+        "spec.selector.subscriptions[0]:",
+    ] {
+        assert!(out.contains(path), "{path} missing in:\n{out}");
+    }
+}

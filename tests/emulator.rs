@@ -1148,3 +1148,40 @@ async fn management_group_descendants_list_every_level_with_paging() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// ARM sends its remaining-budget headers on every answer, throttled or not (issue 27, defect
+/// 7): with throttling off the emulator sends them too, counting down from ARM's documented
+/// buckets without ever refusing, so `kmsroute_arm_ratelimit_remaining` is filled in the demo.
+#[tokio::test]
+async fn the_remaining_budget_headers_come_on_every_answer_even_without_throttling() {
+    let em = start(Config::default(), vec![table("rt-a", json!([]))]).await;
+    let path = rt_id("rt-a");
+    let (status, h, _) = call(&em, "GET", &path, None).await;
+    assert_eq!(status, 200);
+    let first: f64 = h["x-ms-ratelimit-remaining-subscription-reads"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, h, _) = call(&em, "GET", &path, None).await;
+    let second: f64 = h["x-ms-ratelimit-remaining-subscription-reads"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first <= 249.0 && second <= first, "{first} then {second}");
+    let route =
+        json!({"properties": {"addressPrefix": "20.118.99.224/32", "nextHopType": "Internet"}});
+    let (status, h, _) = call(
+        &em,
+        "PUT",
+        &format!("{}/routes/kms", rt_id("rt-a")),
+        Some(route),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status}");
+    assert!(
+        h.contains_key("x-ms-ratelimit-remaining-subscription-writes"),
+        "{h:?}"
+    );
+}

@@ -578,7 +578,7 @@ proptest! {
             let enforce = policies.iter().any(|p| p.name == v.policy && p.mode == Mode::Enforce);
             if enforce {
                 prop_assert!(
-                    !matches!(v.verdict, kmsroute::plan::Verdict::WillRepair { .. }),
+                    !matches!(v.verdict, kmsroute::plan::Verdict::Drift { .. }),
                     "enforce subnet {} still drifting: {:?}", v.subnet, v.verdict
                 );
             }

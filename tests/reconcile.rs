@@ -211,7 +211,7 @@ async fn after_its_writes_a_pass_reads_again_only_the_subscriptions_it_wrote_to(
     assert!(
         verdicts
             .iter()
-            .all(|v| !matches!(v.verdict, kmsroute::plan::Verdict::WillRepair { .. })),
+            .all(|v| !matches!(v.verdict, kmsroute::plan::Verdict::Drift { .. })),
         "{verdicts:?}"
     );
 }

@@ -42,8 +42,14 @@ impl Document {
             (Err(e), Some(p)) => {
                 let mut errors = e.clone();
                 if let Err(more) = validate_policy(p, cloud) {
+                    // A field already faulted, or one inside it, keeps its first message.
+                    let covered = |m: &FieldError, x: &FieldError| {
+                        x.path == m.path
+                            || x.path.starts_with(&format!("{}.", m.path))
+                            || x.path.starts_with(&format!("{}[", m.path))
+                    };
                     for m in more {
-                        if !errors.iter().any(|x| x.path == m.path) {
+                        if !errors.iter().any(|x| covered(&m, x)) {
                             errors.push(m);
                         }
                     }
@@ -202,22 +208,103 @@ fn parse_one(
     if let (Some(spec), Some(schema)) = (value.get_mut("spec"), schema) {
         schema::prune_unknown(spec, schema, "spec", &mut unknown);
     }
-    // The path of the offending field (`spec.conflictPolicy`), not just `spec`.
-    let typed = serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {
+    match typed(value.clone()) {
+        Ok(p) if unknown.is_empty() => (Ok(p), None),
+        Ok(p) => (Err(unknown), Some(p)),
+        Err(e) => {
+            // A field serde cannot read (a wrong enum value) would hide every other error: the
+            // schema names them all, as the API server does, and the policy is read again
+            // without the fields it refused so the rest is still checked.
+            let mut refused = Vec::new();
+            if let (Some(spec), Some(schema)) = (value.get("spec"), schema) {
+                schema::check(spec, schema, "spec", &mut refused);
+            }
+            let mut without = value;
+            let mut paths: Vec<Vec<Step>> = refused.iter().map(|e| steps(&e.path)).collect();
+            // Later array items first, so removing one does not shift the next.
+            paths.sort_by(|a, b| b.cmp(a));
+            for path in &paths {
+                remove(&mut without, path);
+            }
+            let read = typed(without).ok();
+            // serde's own words for the field it stopped at, the schema's for the others.
+            refused.retain(|r| !e.iter().any(|x| x.path == r.path));
+            unknown.extend(e);
+            unknown.extend(refused);
+            (Err(unknown), read)
+        }
+    }
+}
+
+/// The policy, or the path of the field that stops serde (`spec.conflictPolicy`, not just
+/// `spec`).
+fn typed(value: Value) -> Result<KmsRoutePolicy, Vec<FieldError>> {
+    serde_path_to_error::deserialize::<_, KmsRoutePolicy>(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path.is_empty() || path == "." {
             "spec".to_string()
         } else {
             path
         };
-        err(&path, e.into_inner().to_string())
-    });
-    match typed {
-        Ok(p) if unknown.is_empty() => (Ok(p), None),
-        Ok(p) => (Err(unknown), Some(p)),
-        Err(mut e) => {
-            unknown.append(&mut e);
-            (Err(unknown), None)
+        vec![FieldError {
+            path,
+            message: e.into_inner().to_string(),
+        }]
+    })
+}
+
+/// One step of a field path: `.name`, `[3]` or `[key]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// `spec.selector.subscriptions[0]` as steps.
+fn steps(path: &str) -> Vec<Step> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !name.is_empty() {
+            out.push(Step::Key(name.to_string()));
         }
+        for index in rest.split('[').map(|i| i.trim_end_matches(']')) {
+            if index.is_empty() {
+                continue;
+            }
+            out.push(match index.parse() {
+                Ok(i) => Step::Index(i),
+                Err(_) => Step::Key(index.to_string()),
+            });
+        }
+    }
+    out
+}
+
+/// Removes the field at `path` (an array item or an object member), if it is there.
+fn remove(value: &mut Value, path: &[Step]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = value;
+    for step in parents {
+        let next = match (step, at) {
+            (Step::Key(k), Value::Object(m)) => m.get_mut(k),
+            (Step::Index(i), Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return,
+        }
+    }
+    match (last, at) {
+        (Step::Key(k), Value::Object(m)) => {
+            m.remove(k);
+        }
+        (Step::Index(i), Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+        }
+        _ => {}
     }
 }

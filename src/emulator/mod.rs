@@ -393,7 +393,7 @@ async fn arm_request(
             Ok(headers) => headers,
             Err(reply) => return reply,
         },
-        None => Vec::new(),
+        None => remaining_unenforced(&mut store, &subscription, is_read),
     };
 
     if let Some(reply) = fault.as_ref().and_then(injected) {
@@ -625,6 +625,34 @@ fn throttle(
         }
     }
     Ok(headers)
+}
+
+/// ARM's remaining-budget header without throttling: ARM sends it on every answer, so the
+/// emulator counts down ARM's documented buckets ([`Throttle::ARM`]) and reports what is left
+/// (0 at worst), refusing nothing.
+fn remaining_unenforced(
+    store: &mut Store,
+    subscription: &str,
+    is_read: bool,
+) -> Vec<(&'static str, String)> {
+    let t = Throttle::ARM;
+    let (cap, rate, header) = if is_read {
+        (
+            t.read_capacity,
+            t.read_refill,
+            "x-ms-ratelimit-remaining-subscription-reads",
+        )
+    } else {
+        (
+            t.write_capacity,
+            t.write_refill,
+            "x-ms-ratelimit-remaining-subscription-writes",
+        )
+    };
+    let key = (subscription.to_string(), is_read);
+    let left = state::take_token(&mut store.buckets, key, cap, rate, Instant::now())
+        .unwrap_or_else(|(_, left)| left);
+    vec![(header, (left.floor() as u64).to_string())]
 }
 
 /// The fault rule this request meets, if any: decided under the lock (an other-writer edit it

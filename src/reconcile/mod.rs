@@ -965,7 +965,7 @@ impl Tally {
                     s.repaired += 1;
                 }
             }
-            (Verdict::WillRepair { .. }, None) => {}
+            (Verdict::Drift { .. }, None) => {}
             (Verdict::Conflict { .. }, None) => s.conflicts += 1,
             (Verdict::Skipped { .. }, None) => s.skipped += 1,
             (Verdict::Error { .. }, None) => s.errors += 1,
@@ -1056,7 +1056,7 @@ fn summarize(
                 let repaired = applied
                     && matches!(
                         before.get(&(p.name.as_str(), v.subnet.key())),
-                        Some(Verdict::WillRepair { .. })
+                        Some(Verdict::Drift { .. })
                     );
                 tally.judge(v, failed_by_subnet.get(v.subnet.key()).copied(), repaired);
             }

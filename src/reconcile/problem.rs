@@ -115,13 +115,13 @@ impl Reason {
             | Verdict::Skipped {
                 reason: SkipReason::SpecialSubnet { .. },
             } => None,
-            Verdict::WillRepair { .. } => Some(Reason::Drift),
+            Verdict::Drift { .. } => Some(Reason::Drift),
             Verdict::Conflict { .. } => Some(Reason::Conflict),
             Verdict::Skipped {
                 reason: SkipReason::NoRouteTable,
             } => Some(Reason::NoRouteTable),
             Verdict::Skipped {
-                reason: SkipReason::OwnedByOtherPolicy { .. },
+                reason: SkipReason::Overlap { .. },
             } => Some(Reason::Overlap),
             Verdict::Error { reason, .. } => Some(Reason::Planner(*reason)),
         }
@@ -173,12 +173,12 @@ mod tests {
     fn verdicts_map_to_the_codes_they_report() {
         // The verdict's own code (used by metrics and `plan -o json`) is the problem's code.
         let verdicts = [
-            Verdict::WillRepair { changes: 1 },
+            Verdict::Drift { changes: 1 },
             Verdict::Skipped {
                 reason: SkipReason::NoRouteTable,
             },
             Verdict::Skipped {
-                reason: SkipReason::OwnedByOtherPolicy {
+                reason: SkipReason::Overlap {
                     policy: "older".into(),
                 },
             },
@@ -188,9 +188,23 @@ mod tests {
             },
         ];
         for v in &verdicts {
-            assert_eq!(Reason::of_verdict(v).map(Reason::code), Some(v.reason()));
+            assert_eq!(
+                Reason::of_verdict(v).map(Reason::code),
+                Some(named(v).as_str())
+            );
         }
         assert_eq!(Reason::of_verdict(&Verdict::InSync), None);
+    }
+
+    /// The name `plan -o json` shows for a verdict: its variant, or its reason's variant.
+    fn named(v: &Verdict) -> String {
+        let json = serde_json::to_value(v).unwrap_or_default();
+        let tag = match &json["reason"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(_) => json["reason"]["reason"].as_str().unwrap_or("").into(),
+            _ => json["verdict"].as_str().unwrap_or("").into(),
+        };
+        tag
     }
 
     #[test]

@@ -51,6 +51,8 @@ struct Shared {
     /// Bumping this ends every open watch (a dropped connection).
     cut: broadcast::Sender<()>,
     schema: Value,
+    /// The CRD's CEL rules, compiled once.
+    rules: kube_cel::CompiledSchema,
 }
 
 fn status_error(code: u16, reason: &str, message: impl Into<String>) -> Response<Body> {
@@ -77,11 +79,43 @@ fn now() -> String {
         .to_string()
 }
 
-/// Checks a value against a structural schema; prunes unknown fields like the API server.
-fn validate(v: &mut Value, schema: &Value, path: &str, errors: &mut Vec<String>) {
+/// One field error as the API server words it (`field: Detail`), with its cause reason.
+struct Cause {
+    field: String,
+    reason: &'static str,
+    message: String,
+}
+
+impl Cause {
+    fn new(field: &str, reason: &'static str, message: String) -> Cause {
+        Cause {
+            field: field.to_string(),
+            reason,
+            message,
+        }
+    }
+}
+
+/// A value quoted as the API server quotes it in `Invalid value: …`.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(_) => "\"object\"".into(),
+        Value::Array(_) => "\"array\"".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks a value against a structural schema, worded like the API server's field errors
+/// (k8s.io/apiextensions-apiserver); prunes unknown fields as it does.
+fn validate(v: &mut Value, schema: &Value, path: &str, errors: &mut Vec<Cause>) {
     if v.is_null() {
         if schema.get("nullable") != Some(&json!(true)) {
-            errors.push(format!("{path}: must not be null"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
         }
         return;
     }
@@ -96,49 +130,80 @@ fn validate(v: &mut Value, schema: &Value, path: &str, errors: &mut Vec<String>)
         _ => true,
     };
     if !ok {
-        errors.push(format!("{path}: expected {ty}"));
+        errors.push(Cause::new(
+            path,
+            "FieldValueTypeInvalid",
+            format!(
+                "Invalid value: {}: {path} in body must be of type {ty}",
+                shown(v)
+            ),
+        ));
         return;
     }
     if let Some(en) = schema.get("enum").and_then(Value::as_array)
         && !en.contains(v)
     {
-        errors.push(format!("{path}: unsupported value {v}"));
+        let supported: Vec<String> = en.iter().map(shown).collect();
+        errors.push(Cause::new(
+            path,
+            "FieldValueNotSupported",
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(v),
+                supported.join(", ")
+            ),
+        ));
     }
     if let Some(s) = v.as_str() {
         if let Some(p) = schema.get("pattern").and_then(Value::as_str)
             && !regex::Regex::new(p).map(|r| r.is_match(s)).unwrap_or(true)
         {
-            errors.push(format!("{path}: {s:?} does not match {p}"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {s:?}: {path} in body should match '{p}'"),
+            ));
         }
-        if schema
-            .get("maxLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| s.chars().count() as u64 > m)
+        if let Some(m) = schema.get("maxLength").and_then(Value::as_u64)
+            && s.chars().count() as u64 > m
         {
-            errors.push(format!("{path}: too long"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueTooLong",
+                format!("Too long: may not be more than {m} bytes"),
+            ));
         }
-        if schema
-            .get("minLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| (s.chars().count() as u64) < m)
+        if let Some(m) = schema.get("minLength").and_then(Value::as_u64)
+            && (s.chars().count() as u64) < m
         {
-            errors.push(format!("{path}: too short"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {s:?}: {path} in body should be at least {m} chars long"),
+            ));
         }
     }
     if let Some(a) = v.as_array_mut() {
-        if schema
-            .get("maxItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| a.len() as u64 > m)
+        if let Some(m) = schema.get("maxItems").and_then(Value::as_u64)
+            && a.len() as u64 > m
         {
-            errors.push(format!("{path}: too many items"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueTooMany",
+                format!("Too many: {}: must have at most {m} items", a.len()),
+            ));
         }
-        if schema
-            .get("minItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| (a.len() as u64) < m)
+        if let Some(m) = schema.get("minItems").and_then(Value::as_u64)
+            && (a.len() as u64) < m
         {
-            errors.push(format!("{path}: too few items"));
+            errors.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!(
+                    "Invalid value: {}: {path} in body should have at least {m} items",
+                    a.len()
+                ),
+            ));
         }
         if let Some(items) = schema.get("items") {
             for (i, item) in a.iter_mut().enumerate() {
@@ -156,7 +221,11 @@ fn validate(v: &mut Value, schema: &Value, path: &str, errors: &mut Vec<String>)
             if let Some(k) = r.as_str()
                 && !o.contains_key(k)
             {
-                errors.push(format!("{path}.{k}: required"));
+                errors.push(Cause::new(
+                    &format!("{path}.{k}"),
+                    "FieldValueRequired",
+                    "Required value".into(),
+                ));
             }
         }
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -179,6 +248,9 @@ impl Shared {
         let _ = self.events.send((rv, kind.to_string(), obj.clone()));
     }
 
+    /// The API server's validation of a policy write: the structural schema of spec and
+    /// status, then the CRD's CEL rules (`x-kubernetes-validations`), answered as `422 Invalid`
+    /// with the message and `details.causes` a real one sends.
     fn check_policy(&self, obj: &mut Value) -> Result<(), Response<Body>> {
         let mut errors = Vec::new();
         for part in ["spec", "status"] {
@@ -190,17 +262,49 @@ impl Shared {
             }
         }
         if obj.get("spec").is_none() {
-            errors.push("spec: required".into());
+            errors.push(Cause::new(
+                "spec",
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        // CEL runs only on what is structurally valid, as on a real API server.
+        if errors.is_empty()
+            && let Err(cel) = kube_cel::Validator::new().validate_compiled(&self.rules, obj, None)
+        {
+            for e in cel.into_vec() {
+                errors.push(Cause::new(
+                    &e.field_path,
+                    "FieldValueInvalid",
+                    format!("Invalid value: \"object\": {}", e.message),
+                ));
+            }
         }
         if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(status_error(
-                422,
-                "Invalid",
-                format!("KmsRoutePolicy is invalid: {}", errors.join(", ")),
-            ))
+            return Ok(());
         }
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let listed: Vec<String> = errors
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let listed = match listed.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect();
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("KmsRoutePolicy.kmsroute.io {name:?} is invalid: {listed}"),
+            "reason": "Invalid",
+            "details": {"name": name, "group": "kmsroute.io", "kind": "KmsRoutePolicy", "causes": causes},
+            "code": 422});
+        Err(json_response(422, &body))
     }
 }
 
@@ -213,11 +317,13 @@ impl FakeKube {
             .clone();
         let (events, _) = broadcast::channel(1024);
         let (cut, _) = broadcast::channel(16);
+        let rules = kube_cel::compile_schema(&schema);
         let state = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             events,
             cut,
             schema,
+            rules,
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
