@@ -326,7 +326,7 @@ async fn legacy(em: &Emulator, vnets: usize, events: usize, steady_secs: u64) ->
                     drop(inv);
                     plan.writes.retain(|w| w.policy == policies[i].name);
                     if !plan.writes.is_empty() {
-                        kmsroute::reconcile::apply(api.as_ref(), &plan, 32, &|_| {}, None).await;
+                        kmsroute::executor::run_lanes(api.as_ref(), &plan, 32, &|_| {}, None).await;
                         let _ = api.inventory(&all).await;
                     }
                 }

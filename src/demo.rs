@@ -8,9 +8,9 @@ use crate::azure::client::{AzureNetworkApi, ClientSettings};
 use crate::azure::credential::StaticToken;
 use crate::catalog::Cloud;
 use crate::emulator::{self, Config, OtherWrite, Seed};
+use crate::executor::{self, PassDeps, PassParams, Progress, RunMode};
 use crate::output::{plan_table, problems_text, status_table};
 use crate::plan::Write as PlanWrite;
-use crate::reconcile::{Options, Progress, RunMode, reconcile};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub enum DemoError {
     Setup(#[from] crate::azure::SetupError),
     #[error(transparent)]
     Arm(#[from] crate::azure::ArmError),
+    #[error("the colleague's edit was refused: {0}")]
+    OtherWrite(#[from] crate::emulator::OtherWriteError),
     #[error("the demo went wrong: {0}")]
     Broken(String),
 }
@@ -146,7 +148,7 @@ impl<'a> Tour<'a> {
     async fn pass(
         &self,
         mode: RunMode,
-    ) -> Result<(crate::reconcile::Report, Vec<String>), DemoError> {
+    ) -> Result<(crate::executor::Report, Vec<String>), DemoError> {
         let lines = std::sync::Mutex::new(Vec::new());
         let log = |p: Progress| {
             if let Progress::Wrote {
@@ -163,11 +165,18 @@ impl<'a> Tour<'a> {
                 ));
             }
         };
-        let options = Options {
+        let params = PassParams {
             mode,
-            ..Options::default()
+            ..PassParams::default()
         };
-        let report = reconcile(&self.api, &self.policies, &options, &log).await?;
+        let report = executor::pass(
+            &self.api,
+            &self.policies,
+            &params,
+            &PassDeps::default(),
+            &log,
+        )
+        .await?;
         let lines = lines.into_inner().map_err(|e| e.to_string())?;
         Ok((report, lines))
     }
@@ -242,11 +251,11 @@ impl<'a> Tour<'a> {
     }
 
     /// Steps 4 and 5: the writes, the status, what the subnet write kept, the routes after.
-    async fn apply(&mut self, before: &NextHops) -> Result<crate::reconcile::Report, DemoError> {
+    async fn apply(&mut self, before: &NextHops) -> Result<crate::executor::Report, DemoError> {
         self.step(4, "kmsroute apply: carry the plan out")?;
         let data_before = subnet_properties(&self.em.dump(), "vnet-spoke1", "data");
         self.em.reset_stats();
-        let (applied, lines) = self.pass(RunMode::Apply).await?;
+        let (applied, lines) = self.pass(RunMode::Write).await?;
         for l in &lines {
             writeln!(self.out, "{l}")?;
         }
@@ -298,7 +307,7 @@ impl<'a> Tour<'a> {
     }
 
     /// Step 6: a colleague undoes two of the writes by hand.
-    fn drift(&mut self, applied: &crate::reconcile::Report) -> Result<(), DemoError> {
+    fn drift(&mut self, applied: &crate::executor::Report) -> Result<(), DemoError> {
         self.step(
             6,
             "Drift: a colleague deletes a KMS route and detaches a route table in the portal",
@@ -350,7 +359,7 @@ impl<'a> Tour<'a> {
     async fn repair(&mut self) -> Result<(), DemoError> {
         self.step(7, "The next pass finds the drift and repairs it")?;
         self.em.reset_stats();
-        let (repaired, lines) = self.pass(RunMode::Apply).await?;
+        let (repaired, lines) = self.pass(RunMode::Write).await?;
         for l in &lines {
             writeln!(self.out, "{l}")?;
         }
@@ -362,7 +371,7 @@ impl<'a> Tour<'a> {
     async fn steady_state(&mut self) -> Result<(), DemoError> {
         self.step(8, "Steady state: a resync is reads only")?;
         self.em.reset_stats();
-        let (steady, _) = self.pass(RunMode::Apply).await?;
+        let (steady, _) = self.pass(RunMode::Write).await?;
         let stats = self.em.stats();
         let lists = |suffix: &str| -> u64 {
             stats

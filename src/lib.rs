@@ -2,7 +2,7 @@
 //!
 //! Layers, each knowing only the ones before it: the foundations ([`ids`], [`model`],
 //! [`catalog`], [`effective`], [`dns`]) → [`api`] (the custom resource and its validation) →
-//! [`plan`] (the pure planner) → [`azure`] (the ARM port) → [`reconcile`] (the executor, and
+//! [`plan`] (the pure planner) → [`azure`] (the ARM port) → [`executor`] (one pass in named phases, and
 //! [`output`] for people) → [`controller`] → [`server`]; beside them the [`emulator`] (a
 //! stand-in for ARM with its own copies of Azure's rules) and the [`demo`]. See
 //! `docs/architecture.md`.
@@ -15,11 +15,11 @@ pub mod demo;
 pub mod dns;
 pub mod effective;
 pub mod emulator;
+pub mod executor;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod ids;
 pub mod model;
 pub mod output;
 pub mod plan;
-pub mod reconcile;
 pub mod server;

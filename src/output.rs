@@ -1,8 +1,8 @@
 //! Human output of plans and pass reports: the plan grouped by route table, and the
 //! `kubectl get krp`-shaped summary. Pure string building, tested through the CLI.
 
+use crate::executor::Report;
 use crate::plan::{Plan, Verdict};
-use crate::reconcile::Report;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -162,7 +162,7 @@ pub fn problems_text_limited(report: &Report, limit: usize) -> String {
 mod tests {
     use super::*;
     use crate::api::{Mode, Problem, Summary};
-    use crate::reconcile::{PolicyReport, Reason};
+    use crate::executor::{PolicyReport, Reason};
 
     fn report(problems: usize, total: usize) -> Report {
         Report::unwritten(

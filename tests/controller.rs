@@ -270,14 +270,12 @@ async fn an_invalid_policy_gets_invalid_spec_with_field_paths_and_no_azure_write
     let kube = FakeKube::start().await;
     let em = estate_emulator().await;
     let c = start_controller(&kube, &em, "a");
-    create(
-        &kube,
-        &policy(
-            "bad",
-            json!({"kms": {"additionalAddresses": ["10.1.2.3"]}, "resyncInterval": "10s"}),
-        ),
-    )
-    .await;
+    // Today's CRD refuses this spec (its CEL rules); a cluster still holds it when it was
+    // written under an older, looser CRD, and the controller must say what is wrong.
+    kube.store_unchecked(&policy(
+        "bad",
+        json!({"kms": {"additionalAddresses": ["10.1.2.3"]}, "resyncInterval": "10s"}),
+    ));
     let obj = wait_for("InvalidSpec", Duration::from_secs(20), || {
         kube.policy("bad")
             .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "InvalidSpec"))
@@ -1886,4 +1884,189 @@ async fn a_revert_is_attributed_once_the_activity_log_catches_up() {
         "{later}"
     );
     c.shutdown().await;
+}
+
+/// 80 subnets whose shared table sends the first KMS address to an NVA (80 conflicts), in a
+/// VNet tagged for the example selector.
+fn busy_estate() -> emulator::Seed {
+    let mut seed = support::arm::demo_estate();
+    let rg = format!("/subscriptions/{S1}/resourceGroups/rg-busy");
+    let table = format!("{rg}/providers/Microsoft.Network/routeTables/rt-busy");
+    let vnet = format!("{rg}/providers/Microsoft.Network/virtualNetworks/vnet-busy");
+    let subnets: Vec<Value> = (0..80)
+        .map(|i| {
+            json!({"id": format!("{vnet}/subnets/s{i:02}"), "name": format!("s{i:02}"),
+                   "properties": {"addressPrefix": format!("10.9.{i}.0/24"), "routeTable": {"id": table}}})
+        })
+        .collect();
+    seed.resources.push(
+        json!({"id": vnet, "location": "westeurope", "tags": {"kms": "enabled"},
+        "properties": {"addressSpace": {"addressPrefixes": ["10.9.0.0/16"]}, "subnets": subnets}}),
+    );
+    seed.resources.push(json!({"id": table, "location": "westeurope", "tags": {"owner": "network-team"},
+        "properties": {"disableBgpRoutePropagation": false, "routes": [{"name": "activation-via-nva",
+            "properties": {"addressPrefix": "23.102.135.246/32", "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.1.4"}}]}}));
+    seed
+}
+
+/// Issue 27, defect 1: a management group that cannot be read and 80 conflicting subnets. The
+/// group's problem used to be appended after the report was cut to 50, so the status write
+/// broke the CRD's `maxItems` and the API server refused it: the policy showed no status at
+/// all. Now the report is ranked and cut once, with the group's problem first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_management_group_beside_80_conflicts_still_gets_a_status_of_at_most_50_problems()
+{
+    let kube = FakeKube::start().await;
+    let em = support::arm::emulator(Config::default(), busy_estate()).await;
+    let c = start_controller(&kube, &em, "a");
+    let spec = json!({"selector": {"managementGroups": ["mg-gone"]}});
+    create(&kube, &policy("busy", spec)).await;
+    let obj = wait_for("a status with conditions", Duration::from_secs(20), || {
+        kube.policy("busy")
+            .filter(|o| condition(o, "Ready").is_some())
+    })
+    .await;
+    let problems = obj["status"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 50, "{}", obj["status"]);
+    assert!(
+        problems[0]["subnetId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/managementGroups/mg-gone"),
+        "the unreadable group ranks first: {}",
+        problems[0]
+    );
+    assert!(
+        problems
+            .iter()
+            .filter(|p| p["reason"] == "Conflict")
+            .count()
+            >= 40,
+        "{}",
+        obj["status"]
+    );
+    let (ready, _, _) = condition(&obj, "Ready").unwrap();
+    assert_eq!(ready, "False");
+    assert!(
+        obj["status"]["summary"]["conflicts"].as_i64().unwrap() >= 80,
+        "{}",
+        obj["status"]
+    );
+    c.shutdown().await;
+}
+
+/// Issue 27, defect 5: a pass reads each management group once. The controller used to
+/// resolve its policy's groups itself on every reconcile (passes and the status-only ones
+/// that run none), and the pass resolved the other policies' groups again, so with two
+/// policies on one group the descendants reads outnumbered the reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_reads_each_management_group_once() {
+    let kube = FakeKube::start().await;
+    let mut seed = support::arm::demo_estate();
+    seed.management_groups = vec![emulator::ManagementGroup {
+        name: "corp".into(),
+        parent: None,
+        subscriptions: vec![S1.into()],
+    }];
+    let em = support::arm::emulator(Config::default(), seed).await;
+    let c = start_controller_with(&kube, &em, "a", "t", no_resync);
+    // Two policies on one group: each pass also resolves the other policy's groups. The other
+    // selects no subnet, so no change of corp's makes it run a pass of its own meanwhile.
+    let group = json!({"selector": {"subscriptions": null, "managementGroups": ["corp"]}});
+    let mut other = policy("corp-none", group.clone());
+    other.spec.selector.as_mut().unwrap().subnet_names = vec!["no-such-subnet".into()];
+    create(&kube, &other).await;
+    create(&kube, &policy("corp", group)).await;
+    wait_ready(&kube, "corp").await;
+    wait_for("corp-none's status", Duration::from_secs(20), || {
+        kube.policy("corp-none")
+            .filter(|o| condition(o, "Ready").is_some())
+    })
+    .await;
+    let descendants = || {
+        em.stats()
+            .by_operation
+            .get("ManagementGroups_GetDescendants 200")
+            .copied()
+            .unwrap_or(0)
+    };
+    // One edit of one policy: one pass, whose status then comes back as a watch event.
+    let before = descendants();
+    let reconciles = c.metrics.reconciles("success");
+    let generation = kube.policy("corp").unwrap()["metadata"]["generation"]
+        .as_i64()
+        .unwrap();
+    Api::<KmsRoutePolicy>::all(kube.client())
+        .patch(
+            "corp",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"resyncInterval": "9m"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the edit's pass", Duration::from_secs(20), || {
+        kube.policy("corp")
+            .filter(|o| o["status"]["observedGeneration"].as_i64() == Some(generation + 1))
+    })
+    .await;
+    assert_eq!(
+        descendants() - before,
+        1,
+        "the pass read the group once, for both policies"
+    );
+    // The status-only reconcile that follows runs no pass and reads nothing.
+    wait_for(
+        "the edit's reconcile and its status event's",
+        Duration::from_secs(10),
+        || (c.metrics.reconciles("success") >= reconciles + 2).then_some(()),
+    )
+    .await;
+    assert_eq!(descendants() - before, 1);
+    c.shutdown().await;
+}
+
+/// The fake API server refuses what a real one refuses, in its words: a status over the CRD's
+/// `maxItems` and a spec breaking a CEL rule answer `422 Invalid` with the field and cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_api_server_enforces_the_crds_schema_and_cel_rules_like_a_real_one() {
+    let kube = FakeKube::start().await;
+    let api = Api::<KmsRoutePolicy>::all(kube.client());
+    create(&kube, &policy("p", json!({}))).await;
+    let problems: Vec<Value> = (0..51)
+        .map(|i| json!({"subnetId": format!("/s/{i}"), "reason": "Conflict", "message": "m"}))
+        .collect();
+    let patch = json!({"apiVersion": "kmsroute.io/v1alpha1", "kind": "KmsRoutePolicy", "status": {"problems": problems}});
+    let refused = api
+        .patch_status(
+            "p",
+            &kube::api::PatchParams::apply("t").force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await
+        .expect_err("51 problems break maxItems");
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "KmsRoutePolicy.kmsroute.io \"p\" is invalid: status.problems: Too many: 51: must have at most 50 items"
+    );
+    let cel = policy("q", json!({"resyncInterval": "25h"}));
+    let refused = api
+        .create(&PostParams::default(), &cel)
+        .await
+        .expect_err("the CEL rule refuses 25h");
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains(
+            "spec.resyncInterval: Invalid value: \"object\": must be between 30s and 24h"
+        ),
+        "{}",
+        status.message
+    );
+    assert!(kube.policy("q").is_none());
 }

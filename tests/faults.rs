@@ -15,10 +15,10 @@ use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::policy::RetrySettings;
 use kmsroute::azure::{ArmError, NetworkApi};
 use kmsroute::catalog::Cloud;
-use kmsroute::emulator::{Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
+use kmsroute::emulator::{Config, EmulatorHandle, FaultRule, OtherWrite, OtherWriteError, Seed};
+use kmsroute::executor::{self, PassDeps, PassParams, RunMode};
 use kmsroute::ids::{RouteTableId, SubnetId};
 use kmsroute::model::{Inventory, Route};
-use kmsroute::reconcile::{Options, RunMode, reconcile};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,11 +125,11 @@ fn failure(r: &Row) -> Option<String> {
 }
 
 /// One lane (concurrency 1), so "write number n of the plan" is well defined.
-fn one_lane() -> Options {
-    Options {
-        mode: RunMode::Apply,
+fn one_lane() -> PassParams {
+    PassParams {
+        mode: RunMode::Write,
         concurrency: 1,
-        ..Options::default()
+        ..PassParams::default()
     }
 }
 
@@ -137,7 +137,14 @@ fn one_lane() -> Options {
 async fn converge(api: &dyn NetworkApi, p: &DesiredState, max: usize) -> (usize, bool) {
     let options = one_lane();
     for n in 1..=max {
-        if let Ok(r) = reconcile(api, std::slice::from_ref(p), &options, &|_| {}).await
+        if let Ok(r) = executor::pass(
+            api,
+            std::slice::from_ref(p),
+            &options,
+            &PassDeps::default(),
+            &|_| {},
+        )
+        .await
             && r.plan.writes.is_empty()
             && r.writes_failed() == 0
         {
@@ -166,7 +173,14 @@ async fn fault_scenario_with(
     }
     for _ in 0..faulty_passes {
         // Errors are expected here; a pass must come back, never hang or panic.
-        let _ = reconcile(&api, std::slice::from_ref(&p), &one_lane(), &|_| {}).await;
+        let _ = executor::pass(
+            &api,
+            std::slice::from_ref(&p),
+            &one_lane(),
+            &PassDeps::default(),
+            &|_| {},
+        )
+        .await;
     }
     let faults = em.stats().faults;
     em.clear_faults();
@@ -356,7 +370,7 @@ enum Edit {
 
 /// The foreign edit, done to the emulator. Every kind has a fallback target, so each step
 /// really edits something.
-fn apply_edit(em: &EmulatorHandle, edit: Edit, step: usize) -> Result<(), String> {
+fn apply_edit(em: &EmulatorHandle, edit: Edit, step: usize) -> Result<(), OtherWriteError> {
     let shared = format!("{SPOKE1}/routeTables/rt-spoke1-shared");
     match edit {
         Edit::DeleteRoute => {
@@ -405,7 +419,10 @@ fn apply_edit(em: &EmulatorHandle, edit: Edit, step: usize) -> Result<(), String
                     em.other_writer(OtherWrite::DeleteRouteTable { route_table: t })
                         .ok()
                 })
-                .ok_or_else(|| "nothing deletable".to_string())
+                .ok_or_else(|| OtherWriteError::NotFound {
+                    kind: "route table",
+                    id: "to delete among the candidates".into(),
+                })
         }
         Edit::ChangeNsg => {
             // Armed now, it strikes inside the next PUT of the data subnet: after the client's
@@ -457,7 +474,14 @@ async fn edit_scenario(edit: Edit, at: usize) -> Row {
                 }
             }
         });
-        let _ = reconcile(&wrapped, std::slice::from_ref(&p), &one_lane(), &|_| {}).await;
+        let _ = executor::pass(
+            &wrapped,
+            std::slice::from_ref(&p),
+            &one_lane(),
+            &PassDeps::default(),
+            &|_| {},
+        )
+        .await;
     }
     let (passes, converged) = converge(&api, &p, 5).await;
     let mut exp = expected.lock().unwrap().clone();
@@ -497,8 +521,9 @@ async fn killed_scenario(k: usize) -> (Row, u64) {
     let expected = foreign(&em.dump());
     let kill = Gate::new(&api, k, |_| {});
     let options = one_lane();
+    let deps = PassDeps::default();
     let planned = {
-        let pass = reconcile(&kill, std::slice::from_ref(&p), &options, &|_| {});
+        let pass = executor::pass(&kill, std::slice::from_ref(&p), &options, &deps, &|_| {});
         tokio::select! {
             r = pass => r.map(|r| r.plan.writes.len()).unwrap_or(0),
             _ = kill.stopped.notified() => usize::MAX,
@@ -661,13 +686,14 @@ async fn fault_campaign() {
     // Foreign edits at every step of the first plan (11 writes on the demo estate).
     let planned = {
         let (_em, api) = setup(Config::default()).await;
-        reconcile(
+        executor::pass(
             &api,
             &[policy()],
-            &Options {
+            &PassParams {
                 mode: RunMode::PlanOnly,
-                ..Options::default()
+                ..PassParams::default()
             },
+            &PassDeps::default(),
             &|_| {},
         )
         .await

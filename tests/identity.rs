@@ -584,7 +584,7 @@ async fn the_librarys_own_workload_identity_credential_presents_an_expired_asser
     let em = emulator_with_entra(1).await;
     let kubelet = Kubelet::start(SUBJECT, Duration::from_millis(500), Duration::from_secs(2));
     let authority =
-        kmsroute::azure::identity::Authority::resolve("https://x", Some(&em.url())).unwrap();
+        kmsroute::azure::identity::Authority::choose("https://x", Some(&em.url())).unwrap();
     let library = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
         credential_options: ClientAssertionCredentialOptions {
             client_options: authority.client_options(&quick_entra()),

@@ -21,7 +21,7 @@ use kmsroute::catalog::Cloud;
 use kmsroute::controller::inventory::{InventorySettings, SharedInventory};
 use kmsroute::controller::metrics::ControllerMetrics;
 use kmsroute::emulator::{Config, FaultRule, OtherWrite, Seed};
-use kmsroute::reconcile::{InventorySource, Options, RunMode, reconcile};
+use kmsroute::executor::{self, InventorySource, PassDeps, PassParams, RunMode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -372,14 +372,17 @@ async fn run_case(
     let mut bad_before: BTreeSet<String> =
         bad_owned_routes(&em.dump(), &allowed).into_iter().collect();
     let pass = || async {
-        reconcile(
+        executor::pass(
             api.as_ref(),
             std::slice::from_ref(&policy),
-            &Options {
-                mode: RunMode::Apply,
+            &PassParams {
+                mode: RunMode::Write,
                 concurrency: 2,
+                ..PassParams::default()
+            },
+            &PassDeps {
                 inventory: source.clone(),
-                ..Options::default()
+                ..PassDeps::default()
             },
             &|_| {},
         )

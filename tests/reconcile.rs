@@ -8,7 +8,7 @@ use kmsroute::api::{DesiredState, Mode, parse_policies, validate_policy};
 use kmsroute::azure::client::AzureNetworkApi;
 use kmsroute::catalog::Cloud;
 use kmsroute::emulator::{Config, EmulatorHandle, FaultRule, OtherWrite, Seed};
-use kmsroute::reconcile::{Options, Report, RunMode, reconcile};
+use kmsroute::executor::{self, PassDeps, PassParams, Report, RunMode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,14 +32,15 @@ async fn setup(config: Config, seed: Seed) -> (EmulatorHandle, AzureNetworkApi) 
 }
 
 async fn pass(api: &AzureNetworkApi, policies: &[DesiredState], mode: RunMode) -> Report {
-    reconcile(
+    executor::pass(
         api,
         policies,
-        &Options {
+        &PassParams {
             mode,
             concurrency: 4,
-            ..Options::default()
+            ..PassParams::default()
         },
+        &PassDeps::default(),
         &|_| {},
     )
     .await
@@ -83,7 +84,7 @@ fn subnets(seed: &Seed) -> BTreeMap<String, Value> {
 async fn the_first_apply_converges_in_one_pass_with_exactly_the_planned_writes() {
     let (em, api) = setup(Config::default(), estate()).await;
     let policies = [example_policy()];
-    let first = pass(&api, &policies, RunMode::Apply).await;
+    let first = pass(&api, &policies, RunMode::Write).await;
     assert_eq!(first.writes_failed(), 0);
     assert_eq!(
         em.stats().mutations as usize,
@@ -93,7 +94,7 @@ async fn the_first_apply_converges_in_one_pass_with_exactly_the_planned_writes()
     assert_eq!(first.plan.writes.len(), 11);
 
     em.reset_stats();
-    let second = pass(&api, &policies, RunMode::Apply).await;
+    let second = pass(&api, &policies, RunMode::Write).await;
     assert!(second.plan.writes.is_empty());
     let plan_only = pass(&api, &policies, RunMode::PlanOnly).await;
     assert!(plan_only.plan.writes.is_empty());
@@ -132,7 +133,7 @@ async fn the_first_apply_converges_in_one_pass_with_exactly_the_planned_writes()
 async fn foreign_routes_and_every_non_route_table_subnet_property_are_identical_after() {
     let (em, api) = setup(Config::default(), estate()).await;
     let before = em.dump();
-    pass(&api, &[example_policy()], RunMode::Apply).await;
+    pass(&api, &[example_policy()], RunMode::Write).await;
     let after = em.dump();
     let (rb, ra) = (routes_by_table(&before), routes_by_table(&after));
     for (table, routes) in &rb {
@@ -176,10 +177,10 @@ async fn foreign_routes_and_every_non_route_table_subnet_property_are_identical_
 async fn after_its_writes_a_pass_reads_again_only_the_subscriptions_it_wrote_to() {
     let (em, api) = setup(Config::default(), estate()).await;
     let policies = [example_policy()];
-    pass(&api, &policies, RunMode::Apply).await;
+    pass(&api, &policies, RunMode::Write).await;
     // A steady pass: what one observation of each subscription costs.
     em.reset_stats();
-    let steady = pass(&api, &policies, RunMode::Apply).await;
+    let steady = pass(&api, &policies, RunMode::Write).await;
     assert!(steady.plan.writes.is_empty());
     let once = em.stats().reads_by_subscription;
     assert_eq!(once.len(), 2, "{once:?}");
@@ -192,7 +193,7 @@ async fn after_its_writes_a_pass_reads_again_only_the_subscriptions_it_wrote_to(
     })
     .unwrap();
     em.reset_stats();
-    let repair = pass(&api, &policies, RunMode::Apply).await;
+    let repair = pass(&api, &policies, RunMode::Write).await;
     assert_eq!(repair.writes_done(), 1);
     let reads = em.stats().reads_by_subscription;
     let s1 = S1.to_ascii_lowercase();
@@ -220,7 +221,7 @@ async fn after_its_writes_a_pass_reads_again_only_the_subscriptions_it_wrote_to(
 async fn drift_by_the_other_writer_is_repaired_on_the_next_pass() {
     let (em, api) = setup(Config::default(), estate()).await;
     let policies = [example_policy()];
-    pass(&api, &policies, RunMode::Apply).await;
+    pass(&api, &policies, RunMode::Write).await;
     let shared = format!(
         "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
     );
@@ -239,12 +240,12 @@ async fn drift_by_the_other_writer_is_repaired_on_the_next_pass() {
     })
     .unwrap();
     em.reset_stats();
-    let repair = pass(&api, &policies, RunMode::Apply).await;
+    let repair = pass(&api, &policies, RunMode::Write).await;
     assert_eq!(repair.plan.writes.len(), 3, "{:#?}", repair.plan.writes);
     assert_eq!(em.stats().mutations, 3);
     assert_eq!(repair.policies[0].summary.repaired, 3, "web, api and app");
     assert!(
-        pass(&api, &policies, RunMode::Apply)
+        pass(&api, &policies, RunMode::Write)
             .await
             .plan
             .writes
@@ -257,7 +258,7 @@ async fn audit_mode_makes_zero_writes_and_reports_the_drift() {
     let (em, api) = setup(Config::default(), estate()).await;
     let mut policy = example_policy();
     policy.mode = Mode::Audit;
-    let report = pass(&api, &[policy], RunMode::Apply).await;
+    let report = pass(&api, &[policy], RunMode::Write).await;
     assert_eq!(em.stats().writes, 0);
     assert_eq!(report.writes_done(), 0);
     let p = &report.policies[0];
@@ -271,7 +272,7 @@ async fn audit_mode_makes_zero_writes_and_reports_the_drift() {
 #[tokio::test]
 async fn conflicts_skips_and_warnings_appear_in_the_summary_with_reasons() {
     let (_em, api) = setup(Config::default(), estate()).await;
-    let report = pass(&api, &[example_policy()], RunMode::Apply).await;
+    let report = pass(&api, &[example_policy()], RunMode::Write).await;
     let p = &report.policies[0];
     assert!(report.has_problems());
     let reasons: BTreeSet<(&str, &str)> = p
@@ -303,7 +304,7 @@ async fn an_interrupted_apply_converges_on_rerun_without_duplicates() {
             after: Some(after),
             ..FaultRule::default()
         });
-        let broken = pass(&api, &policies, RunMode::Apply).await;
+        let broken = pass(&api, &policies, RunMode::Write).await;
         assert!(broken.writes_failed() > 0, "after {after}");
         assert!(
             broken.policies[0]
@@ -314,7 +315,7 @@ async fn an_interrupted_apply_converges_on_rerun_without_duplicates() {
         let first_mutations = em.stats().mutations;
         em.clear_faults();
         em.reset_stats();
-        let rerun = pass(&api, &policies, RunMode::Apply).await;
+        let rerun = pass(&api, &policies, RunMode::Write).await;
         assert_eq!(rerun.writes_failed(), 0);
         assert_eq!(
             first_mutations + em.stats().mutations,
@@ -322,7 +323,7 @@ async fn an_interrupted_apply_converges_on_rerun_without_duplicates() {
             "after {after}: nothing written twice"
         );
         assert!(
-            pass(&api, &policies, RunMode::Apply)
+            pass(&api, &policies, RunMode::Write)
                 .await
                 .plan
                 .writes
@@ -397,7 +398,7 @@ async fn generated_estates_converge_with_the_planned_writes_and_resync_with_none
     let policy = kmsroute::api::validate("gen", None, &spec, Cloud::AzurePublic)
         .unwrap()
         .desired;
-    let first = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let first = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     // Per VNet: 3 routes on the shared table, 2 on the conflicting one, create + associate for d.
     assert_eq!(first.plan.writes.len(), 3 * 6 * 7);
     assert_eq!(first.writes_failed(), 0);
@@ -408,7 +409,7 @@ async fn generated_estates_converge_with_the_planned_writes_and_resync_with_none
         (90, 54, 18, 18)
     );
     em.reset_stats();
-    let resync = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let resync = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     assert!(resync.plan.writes.is_empty());
     assert_eq!(em.stats().writes, 0);
 }
@@ -420,7 +421,7 @@ async fn generated_estates_converge_with_the_planned_writes_and_resync_with_none
 async fn writes_planned_on_a_stale_shared_inventory_are_refused_and_replanned_not_forced() {
     use kmsroute::controller::inventory::{InventorySettings, SharedInventory};
     use kmsroute::controller::metrics::ControllerMetrics;
-    use kmsroute::reconcile::InventorySource;
+    use kmsroute::executor::InventorySource;
     let (em, api) = setup(Config::default(), estate()).await;
     let api = Arc::new(api);
     let (shared, _changes) = SharedInventory::new(
@@ -452,14 +453,17 @@ async fn writes_planned_on_a_stale_shared_inventory_are_refused_and_replanned_no
     let before = em.dump();
     em.reset_stats();
     let source: Arc<dyn InventorySource> = shared.clone();
-    let report = reconcile(
+    let report = executor::pass(
         api.as_ref(),
         std::slice::from_ref(&policy),
-        &Options {
-            mode: RunMode::Apply,
+        &PassParams {
+            mode: RunMode::Write,
             concurrency: 4,
+            ..PassParams::default()
+        },
+        &PassDeps {
             inventory: Some(source),
-            ..Options::default()
+            ..PassDeps::default()
         },
         &|_| {},
     )
@@ -508,13 +512,16 @@ async fn writes_planned_on_a_stale_shared_inventory_are_refused_and_replanned_no
     );
     // A second pass on the (now fresh) inventory has nothing left to do.
     let source: Arc<dyn InventorySource> = shared.clone();
-    let again = reconcile(
+    let again = executor::pass(
         api.as_ref(),
         std::slice::from_ref(&policy),
-        &Options {
-            mode: RunMode::Apply,
+        &PassParams {
+            mode: RunMode::Write,
+            ..PassParams::default()
+        },
+        &PassDeps {
             inventory: Some(source),
-            ..Options::default()
+            ..PassDeps::default()
         },
         &|_| {},
     )
@@ -541,7 +548,7 @@ async fn a_bad_subscription_among_good_ones_is_reported_by_name_and_code_while_t
     let selector = policy.selector.as_mut().unwrap();
     selector.subscriptions.insert(TYPO.into());
     selector.subscriptions.insert(NO_ROLE.into());
-    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     let mine = &report.policies[0];
     // The good subscriptions converged as they do without the bad ones.
     assert!(report.writes_done() > 0);
@@ -569,7 +576,7 @@ async fn a_bad_subscription_among_good_ones_is_reported_by_name_and_code_while_t
     );
     assert!(report.has_problems(), "plan/apply exit 3");
     // A second pass writes nothing more and still reports them.
-    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     assert!(again.plan.writes.is_empty());
     assert_eq!(again.policies[0].unreadable_subscriptions.len(), 2);
     assert_eq!(em.stats().throttled, 0);
@@ -604,7 +611,7 @@ async fn a_policy_denied_table_is_named_attempted_once_and_the_rest_converges() 
     }];
     let (em, api) = setup(Config::default(), seed).await;
     let policy = example_policy();
-    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     let denied: Vec<&kmsroute::api::Problem> = report.policies[0]
         .problems
         .iter()
@@ -661,7 +668,7 @@ async fn a_policy_denied_table_is_named_attempted_once_and_the_rest_converges() 
     );
     assert_eq!(report.writes_failed() as u64, spoke2_writes);
     assert_eq!(report.writes_done(), report.plan.writes.len() - 4);
-    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let again = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     let still: Vec<&str> = again
         .plan
         .writes
@@ -730,7 +737,7 @@ async fn egress_is_judged_per_nic_on_every_path_and_counted() {
     let (em, api) = setup(Config::default(), private_estate()).await;
     let mut policy = example_policy();
     policy.selector.as_mut().unwrap().subscriptions = BTreeSet::from([S1.to_string()]);
-    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     let mine = &report.policies[0];
     let egress: Vec<&kmsroute::api::Problem> = mine
         .problems
@@ -768,7 +775,7 @@ async fn a_private_subnet_whose_every_vm_has_a_way_out_gets_no_warning() {
     let (_em, api) = setup(Config::default(), seed).await;
     let mut policy = example_policy();
     policy.selector.as_mut().unwrap().subscriptions = BTreeSet::from([S1.to_string()]);
-    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Apply).await;
+    let report = pass(&api, std::slice::from_ref(&policy), RunMode::Write).await;
     let mine = &report.policies[0];
     assert!(
         mine.problems.iter().all(|p| p.reason != "NoInternetEgress"),
@@ -807,7 +814,7 @@ async fn a_policy_selecting_a_management_group_covers_every_subscription_under_i
         plan_group.policies[0].summary,
         plan_list.policies[0].summary
     );
-    let applied = pass(&api, std::slice::from_ref(&by_group), RunMode::Apply).await;
+    let applied = pass(&api, std::slice::from_ref(&by_group), RunMode::Write).await;
     assert_eq!(applied.writes_done(), plan_list.plan.writes.len());
     assert!(
         em.stats()
@@ -843,13 +850,14 @@ async fn a_policy_selecting_a_management_group_covers_every_subscription_under_i
         ..Default::default()
     });
     let writes_before = em.stats().writes;
-    let failed = reconcile(
+    let failed = executor::pass(
         &api,
         std::slice::from_ref(&typo),
-        &Options {
-            mode: RunMode::Apply,
-            ..Options::default()
+        &PassParams {
+            mode: RunMode::Write,
+            ..PassParams::default()
         },
+        &PassDeps::default(),
         &|_| {},
     )
     .await
@@ -867,14 +875,15 @@ async fn a_stale_approval_writes_nothing_and_says_so() {
     // Someone repairs one of the routes by hand after the user approved the preview.
     let mut approved = preview.plan.writes.clone();
     approved.pop();
-    let report = reconcile(
+    let report = executor::pass(
         &api,
         std::slice::from_ref(&policy),
-        &Options {
-            mode: RunMode::Apply,
+        &PassParams {
+            mode: RunMode::Write,
             approved: Some(Arc::new(approved)),
-            ..Options::default()
+            ..PassParams::default()
         },
+        &PassDeps::default(),
         &|_| {},
     )
     .await
@@ -883,14 +892,15 @@ async fn a_stale_approval_writes_nothing_and_says_so() {
     assert_eq!(report.writes_done(), 0);
     assert_eq!(em.stats().writes, 0);
     // The approved plan, unchanged, runs.
-    let report = reconcile(
+    let report = executor::pass(
         &api,
         std::slice::from_ref(&policy),
-        &Options {
-            mode: RunMode::Apply,
+        &PassParams {
+            mode: RunMode::Write,
             approved: Some(Arc::new(preview.plan.writes.clone())),
-            ..Options::default()
+            ..PassParams::default()
         },
+        &PassDeps::default(),
         &|_| {},
     )
     .await

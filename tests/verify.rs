@@ -12,8 +12,8 @@ use kmsroute::azure::policy::BucketShape;
 use kmsroute::dns::StaticResolver;
 use kmsroute::effective::{EffectiveRoute, winning_route};
 use kmsroute::emulator::{Config, EmulatorHandle, Seed};
+use kmsroute::executor::{self, PassDeps, PassParams, Report, RunMode};
 use kmsroute::model::NextHopType;
-use kmsroute::reconcile::{Options, Report, RunMode, reconcile};
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -66,8 +66,13 @@ async fn setup(seed: Seed, settings: ClientSettings) -> (EmulatorHandle, AzureNe
     harness::emulator_and_client(Config::default(), seed, settings).await
 }
 
-async fn pass(api: &AzureNetworkApi, p: &DesiredState, options: Options) -> Report {
-    reconcile(api, std::slice::from_ref(p), &options, &|_| {})
+async fn run(
+    api: &AzureNetworkApi,
+    p: &DesiredState,
+    params: PassParams,
+    deps: PassDeps,
+) -> Report {
+    executor::pass(api, std::slice::from_ref(p), &params, &deps, &|_| {})
         .await
         .unwrap()
 }
@@ -107,7 +112,13 @@ async fn forced_tunnel_before_internet_after_for_every_kms_address() {
             .unwrap();
         assert_eq!(system.state, "Invalid");
     }
-    pass(&api, &policy(""), Options::default()).await;
+    run(
+        &api,
+        &policy(""),
+        PassParams::default(),
+        PassDeps::default(),
+    )
+    .await;
     for n in &nics {
         let routes = api.effective_routes(n).await.unwrap();
         for ip in KMS {
@@ -129,7 +140,7 @@ async fn forced_tunnel_before_internet_after_for_every_kms_address() {
 async fn verification_passes_on_repaired_tables_and_names_the_foreign_route_on_a_conflict() {
     let (_em, api) = setup(estate_with_nics(), ClientSettings::default()).await;
     let p = policy("  verification:\n    effectiveRoutes: true\n");
-    let report = pass(&api, &p, Options::default()).await;
+    let report = run(&api, &p, PassParams::default(), PassDeps::default()).await;
     let mine = &report.policies[0];
     let v = mine.verification.as_ref().expect("verification ran");
     // Managed tables, each with a NIC: rt-spoke1-shared (web, api), the created tables of app,
@@ -243,14 +254,14 @@ async fn dns_drift_is_reported_not_routed_and_dns_failures_are_not_fatal() {
     let p = policy("  # resolve the KMS names\n").clone();
     let mut p = p;
     p.resolve_dns = true;
-    let options = Options {
+    let deps = PassDeps {
         resolver: Some(resolver(&[
             ("azkms.core.windows.net", Ok(vec![KMS[0], new_ip])),
             ("kms.core.windows.net", Err("SERVFAIL".into())),
         ])),
-        ..Options::default()
+        ..PassDeps::default()
     };
-    let report = pass(&api, &p, options).await;
+    let report = run(&api, &p, PassParams::default(), deps).await;
     let mine = &report.policies[0];
     let dns = mine.dns.as_ref().unwrap();
     assert_eq!(dns.drift, [new_ip]);
@@ -280,7 +291,7 @@ async fn resolved_addresses_are_routed_only_when_asked_and_only_if_public() {
     let mut p = policy("");
     p.resolve_dns = true;
     p.route_resolved_addresses = true;
-    let options = Options {
+    let deps = PassDeps {
         resolver: Some(resolver(&[
             (
                 "azkms.core.windows.net",
@@ -288,9 +299,9 @@ async fn resolved_addresses_are_routed_only_when_asked_and_only_if_public() {
             ),
             ("kms.core.windows.net", Ok(vec![KMS[0]])),
         ])),
-        ..Options::default()
+        ..PassDeps::default()
     };
-    let report = pass(&api, &p, options).await;
+    let report = run(&api, &p, PassParams::default(), deps).await;
     let mine = &report.policies[0];
     let dns = mine.dns.as_ref().unwrap();
     assert!(dns.routed);
@@ -319,7 +330,7 @@ async fn verification_reads_are_counted_and_held_to_their_own_budget() {
     let (em, api) = setup(estate_with_nics(), settings).await;
     let p = policy("  verification:\n    effectiveRoutes: true\n");
     em.reset_stats();
-    let report = pass(&api, &p, Options::default()).await;
+    let report = run(&api, &p, PassParams::default(), PassDeps::default()).await;
     let v = report.policies[0].verification.clone().unwrap();
     assert_eq!(v.checked, 2, "{v:?}");
     assert_eq!(v.not_checked, 3, "the rest wait for a later pass: {v:?}");
@@ -340,14 +351,15 @@ async fn verification_reads_are_counted_and_held_to_their_own_budget() {
     let capped = policy("  verification:\n    effectiveRoutes: true\n    maxNicsPerPass: 1\n");
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..5 {
-        let r = pass(
+        let r = run(
             &api,
             &capped,
-            Options {
+            PassParams {
                 round,
-                mode: RunMode::Apply,
-                ..Options::default()
+                mode: RunMode::Write,
+                ..PassParams::default()
             },
+            PassDeps::default(),
         )
         .await;
         let v = r.policies[0].verification.clone().unwrap();

@@ -8,13 +8,15 @@
 mod file;
 pub mod rules;
 mod schema;
+mod selector;
 mod validate;
 
 pub use file::{Document, NotYaml, parse_policies};
 pub use schema::{check as check_schema, spec_schema};
+pub use selector::Selector;
 pub use validate::{
-    DesiredState, Destination, FieldError, Selector, Validated, check_host_address, parse_duration,
-    route_name_for, validate, validate_policy,
+    DesiredState, Destination, Validated, check_host_address, parse_duration, route_name_for,
+    validate, validate_policy,
 };
 
 use crate::catalog::Cloud;
@@ -23,6 +25,19 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// One problem in a policy, with the path of the field at fault (`spec.kms.additionalAddresses[1]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
 
 /// Finalizer that carries out `deletionPolicy` before a policy goes away.
 pub const FINALIZER: &str = "kmsroute.io/cleanup";

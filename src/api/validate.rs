@@ -2,30 +2,15 @@
 //! once, each with its field path. Everything the CRD schema cannot say is checked here, and so
 //! is everything it can, since files given to `kmsroute validate/plan/apply` never met a schema.
 
-use super::{
-    ConflictPolicy, DeletionPolicy, KmsRoutePolicy, KmsRoutePolicySpec, Mode, SubnetSelector,
-};
+use super::selector::{Selector, check_selector};
+use super::{ConflictPolicy, DeletionPolicy, FieldError, KmsRoutePolicy, KmsRoutePolicySpec, Mode};
 use crate::catalog::Cloud;
 use crate::ids::{Invalid, SubnetId, check_route_name, is_guid};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
-
-/// One problem in a policy, with the path of the field at fault (`spec.kms.additionalAddresses[1]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
 
 /// A spec that passed validation, plus warnings that do not stop it (a retired cloud, say).
 #[derive(Debug, Clone)]
@@ -45,38 +30,6 @@ impl Destination {
     /// The ARM `addressPrefix` of the route: always a `/32`.
     pub fn prefix(&self) -> String {
         format!("{}/32", self.address)
-    }
-}
-
-/// A checked selector, names lower-cased for ARM's case-insensitive comparisons.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
-    /// Listed subscriptions, plus (once resolved by the executor) those under the management
-    /// groups.
-    pub subscriptions: BTreeSet<String>,
-    /// Management group names still to resolve into subscriptions (case as given).
-    pub management_groups: BTreeSet<String>,
-    pub resource_groups: BTreeSet<String>,
-    /// Tag keys lower-cased (ARM tag names are case-insensitive); values compared exactly.
-    pub vnet_tags: BTreeMap<String, String>,
-    pub subnet_names: BTreeSet<String>,
-    pub exclude_subnet_names: BTreeSet<String>,
-}
-
-impl Selector {
-    /// True when a subnet with this identity, in a VNet with these tags, is selected.
-    pub fn matches(&self, subnet: &SubnetId, vnet_tags: &crate::model::Tags) -> bool {
-        let lc = |s: &str| s.to_ascii_lowercase();
-        self.subscriptions.contains(&lc(subnet.subscription()))
-            && (self.resource_groups.is_empty()
-                || self.resource_groups.contains(&lc(subnet.resource_group())))
-            && (self.subnet_names.is_empty() || self.subnet_names.contains(&lc(subnet.name())))
-            && !self.exclude_subnet_names.contains(&lc(subnet.name()))
-            && self.vnet_tags.iter().all(|(k, v)| {
-                vnet_tags
-                    .iter()
-                    .any(|(tk, tv)| tk.eq_ignore_ascii_case(k) && tv == v)
-            })
     }
 }
 
@@ -295,24 +248,6 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// The CRD's resource group rule ([`super::rules::RESOURCE_GROUP_PATTERN`], 1-90 characters)
-/// with a message that says it in words.
-fn check_resource_group(name: &str) -> Result<(), Invalid> {
-    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| regex::Regex::new(super::rules::RESOURCE_GROUP_PATTERN).ok());
-    let ok = re.as_ref().is_some_and(|re| re.is_match(name));
-    if !ok || name.chars().count() > 90 {
-        return Err(Invalid(format!(
-            "{name:?} is not a valid resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')"
-        )));
-    }
-    Ok(())
-}
-
-fn check_subnet_name(name: &str) -> Result<(), Invalid> {
-    check_route_name(name).map_err(|e| Invalid(format!("not a valid subnet name: {e}")))
-}
-
 /// Checks a whole object: its name and its spec.
 pub fn validate_policy(
     policy: &KmsRoutePolicy,
@@ -404,22 +339,7 @@ pub fn validate(
 
     let resync = check_resync(&spec.resync_interval, &mut errors);
 
-    if spec.kms.route_resolved_addresses && !spec.kms.resolve_dns {
-        err(
-            &mut errors,
-            "spec.kms.routeResolvedAddresses".into(),
-            "needs spec.kms.resolveDns: true (there is nothing resolved to route)".into(),
-        );
-    }
-    if let Some(v) = &spec.verification
-        && !(1..=100).contains(&v.max_nics_per_pass)
-    {
-        err(
-            &mut errors,
-            "spec.verification.maxNicsPerPass".into(),
-            format!("must be between 1 and 100, not {}", v.max_nics_per_pass),
-        );
-    }
+    check_kms_and_verification(spec, &mut errors);
 
     let identity = spec
         .azure
@@ -460,6 +380,26 @@ pub fn validate(
         },
         warnings,
     })
+}
+
+/// `spec.kms.routeResolvedAddresses` needs `resolveDns`; `maxNicsPerPass` is 1-100.
+fn check_kms_and_verification(spec: &KmsRoutePolicySpec, errors: &mut Vec<FieldError>) {
+    if spec.kms.route_resolved_addresses && !spec.kms.resolve_dns {
+        push(
+            errors,
+            "spec.kms.routeResolvedAddresses".into(),
+            "needs spec.kms.resolveDns: true (there is nothing resolved to route)".into(),
+        );
+    }
+    if let Some(v) = &spec.verification
+        && !(1..=100).contains(&v.max_nics_per_pass)
+    {
+        push(
+            errors,
+            "spec.verification.maxNicsPerPass".into(),
+            format!("must be between 1 and 100, not {}", v.max_nics_per_pass),
+        );
+    }
 }
 
 /// `spec.azure.identity`: two GUIDs (the schema's patterns) that differ (the CRD's CEL rule).
@@ -621,119 +561,4 @@ fn check_resync(interval: &str, errors: &mut Vec<FieldError>) -> Duration {
             Duration::ZERO
         }
     }
-}
-
-fn check_selector(
-    sel: &SubnetSelector,
-    errors: &mut Vec<FieldError>,
-    warnings: &mut Vec<String>,
-) -> Option<Selector> {
-    let before = errors.len();
-    let mut err = |path: String, message: String| errors.push(FieldError { path, message });
-    if sel.subscriptions.is_empty() && sel.management_groups.is_empty() {
-        err(
-            "spec.selector.subscriptions".into(),
-            "at least one subscription ID or management group (spec.selector.managementGroups) is required".into(),
-        );
-    }
-    if sel.subscriptions.len() > 100 {
-        err(
-            "spec.selector.subscriptions".into(),
-            format!(
-                "at most 100 subscriptions ({} given); select more with managementGroups",
-                sel.subscriptions.len()
-            ),
-        );
-    }
-    let mut management_groups = BTreeSet::new();
-    for (i, g) in sel.management_groups.iter().enumerate() {
-        let path = format!("spec.selector.managementGroups[{i}]");
-        let valid = !g.is_empty()
-            && g.len() <= 90
-            && g.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_().-".contains(c));
-        if !valid {
-            err(
-                path,
-                format!("{g:?} is not a management group name (1-90 letters, digits, _ ( ) . -)"),
-            );
-        } else if sel.management_groups[..i]
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(g))
-        {
-            err(
-                path,
-                format!("{g} is listed twice (names are case-insensitive)"),
-            );
-        } else {
-            management_groups.insert(g.clone());
-        }
-    }
-    if sel.management_groups.len() > 20 {
-        err(
-            "spec.selector.managementGroups".into(),
-            "at most 20 management groups".into(),
-        );
-    }
-    let mut subscriptions = BTreeSet::new();
-    for (i, s) in sel.subscriptions.iter().enumerate() {
-        let path = format!("spec.selector.subscriptions[{i}]");
-        if !is_guid(s) {
-            err(path, format!("{s:?} is not a subscription ID (a GUID)"));
-        } else if !subscriptions.insert(s.to_ascii_lowercase()) {
-            err(path, format!("{s} is listed twice"));
-        }
-    }
-    let mut resource_groups = BTreeSet::new();
-    for (i, rg) in sel.resource_groups.iter().enumerate() {
-        let path = format!("spec.selector.resourceGroups[{i}]");
-        if let Err(m) = check_resource_group(rg) {
-            err(path, m.0);
-        } else if !resource_groups.insert(rg.to_ascii_lowercase()) {
-            err(path, format!("{rg:?} is listed twice"));
-        }
-    }
-    let mut names = |list: &[String], field: &str| {
-        let mut set = BTreeSet::new();
-        for (i, n) in list.iter().enumerate() {
-            let path = format!("spec.selector.{field}[{i}]");
-            if let Err(m) = check_subnet_name(n) {
-                err(path, m.0);
-            } else if !set.insert(n.to_ascii_lowercase()) {
-                err(path, format!("{n:?} is listed twice"));
-            }
-        }
-        set
-    };
-    let subnet_names = names(&sel.subnet_names, "subnetNames");
-    let exclude_subnet_names = names(&sel.exclude_subnet_names, "excludeSubnetNames");
-    for both in subnet_names.intersection(&exclude_subnet_names) {
-        err(
-            "spec.selector.excludeSubnetNames".into(),
-            format!("{both:?} is both included (subnetNames) and excluded"),
-        );
-    }
-    let mut vnet_tags = BTreeMap::new();
-    for (k, v) in &sel.virtual_network_tags {
-        if k.is_empty() || k.chars().count() > 512 {
-            err(
-                format!("spec.selector.virtualNetworkTags[{k}]"),
-                "tag names are 1-512 characters".into(),
-            );
-        } else if let Some(other) = vnet_tags.insert(k.to_ascii_lowercase(), v.clone()) {
-            // Surely a mistake, but it widens nothing. The CRD cannot compare map keys within
-            // its cost budget, so a warning on both sides.
-            warnings.push(format!(
-                "spec.selector.virtualNetworkTags[{k}]: tag names are case-insensitive in Azure; given twice, so {v:?} is matched and {other:?} ignored"
-            ));
-        }
-    }
-    (errors.len() == before).then_some(Selector {
-        subscriptions,
-        management_groups,
-        resource_groups,
-        vnet_tags,
-        subnet_names,
-        exclude_subnet_names,
-    })
 }

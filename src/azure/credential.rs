@@ -10,6 +10,7 @@
 
 use super::SetupError;
 use super::identity::assertion::ProjectedToken;
+pub use super::identity::is_loopback;
 use super::identity::{Authority, Bridge, EntraRetry, Setup};
 use crate::catalog::Cloud;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
@@ -155,18 +156,8 @@ impl ArmCredential for StaticToken {
     }
 }
 
-/// True when the URL's host is a loopback address (or `localhost`).
-pub fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
 /// What `Auto` means here, in the order `AuthMode::Auto`'s help text gives.
-fn resolve(mode: AuthMode, loopback: bool, set: impl Fn(&str) -> bool) -> AuthMode {
+fn choose_mode(mode: AuthMode, loopback: bool, set: impl Fn(&str) -> bool) -> AuthMode {
     match mode {
         AuthMode::Auto if loopback => AuthMode::StaticToken,
         AuthMode::Auto if set("AZURE_FEDERATED_TOKEN_FILE") => AuthMode::WorkloadIdentity,
@@ -243,7 +234,7 @@ pub fn credential_from(
             "ARM endpoint {endpoint} must use https (plain http is allowed only on loopback)"
         )));
     }
-    let mode = resolve(mode, loopback, |k| env.var(k).is_some());
+    let mode = choose_mode(mode, loopback, |k| env.var(k).is_some());
     if mode == AuthMode::StaticToken {
         if !loopback {
             return Err(SetupError::Refused(format!(
@@ -255,7 +246,7 @@ pub fn credential_from(
             .unwrap_or_else(|| "emulator".into());
         return Ok(Arc::new(StaticToken(Secret::new(token))));
     }
-    let authority = Authority::resolve(
+    let authority = Authority::choose(
         cloud.endpoints().authority_host,
         env.var("AZURE_AUTHORITY_HOST").as_deref(),
     )
@@ -278,7 +269,7 @@ pub fn workload_identity_for(
     env: &dyn Env,
     retry: &EntraRetry,
 ) -> Result<Arc<Bridge>, SetupError> {
-    let authority = Authority::resolve(
+    let authority = Authority::choose(
         cloud.endpoints().authority_host,
         env.var("AZURE_AUTHORITY_HOST").as_deref(),
     )
@@ -307,7 +298,7 @@ pub fn identity_factory(
     retry: EntraRetry,
     default: Arc<dyn ArmCredential>,
 ) -> IdentityFactory {
-    let mode = resolve(mode, is_loopback(endpoint), |k| env.var(k).is_some());
+    let mode = choose_mode(mode, is_loopback(endpoint), |k| env.var(k).is_some());
     Arc::new(move |identity: &Identity| match mode {
         AuthMode::WorkloadIdentity => workload_identity_for(identity, cloud, env.as_ref(), &retry)
             .map(|b| b as Arc<dyn ArmCredential>),
@@ -635,15 +626,15 @@ mod tests {
             "MSI_ENDPOINT",
             "AZURE_CLIENT_ID",
         ];
-        let mut order = vec![resolve(AuthMode::Auto, true, |_| true)];
+        let mut order = vec![choose_mode(AuthMode::Auto, true, |_| true)];
         let mut unset: Vec<&str> = Vec::new();
         for k in all {
-            order.push(resolve(AuthMode::Auto, false, |v| {
+            order.push(choose_mode(AuthMode::Auto, false, |v| {
                 all.contains(&v) && !unset.contains(&v)
             }));
             unset.push(k);
         }
-        order.push(resolve(AuthMode::Auto, false, |_| false));
+        order.push(choose_mode(AuthMode::Auto, false, |_| false));
         order.dedup();
         assert_eq!(
             order,
@@ -672,7 +663,7 @@ mod tests {
         ];
         assert!(positions.is_sorted(), "{help}");
         assert_eq!(
-            resolve(AuthMode::AzureCli, true, |_| true),
+            choose_mode(AuthMode::AzureCli, true, |_| true),
             AuthMode::AzureCli
         );
     }

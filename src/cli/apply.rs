@@ -2,10 +2,12 @@
 
 use super::args::{ArmArgs, EXIT_CHANGES_PENDING, EXIT_INTERRUPTED, EXIT_INVALID_INPUT};
 use super::error::CliError;
-use super::support::{confirm, connect, exit_for, load_policies, pass_options, show_progress};
+use super::support::{
+    confirm, connect, exit_for, load_policies, pass_deps, pass_params, show_progress,
+};
+use kmsroute::executor::{PassDeps, PassParams, Progress, Report, RunMode, pass};
 use kmsroute::output::{plan_table, problems_text, status_table};
 use kmsroute::plan::PlannedWrite;
-use kmsroute::reconcile::{Options, Progress, Report, RunMode, reconcile};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,13 +21,8 @@ pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCo
     let interrupt = stop_on_ctrl_c();
     let mut approved: Option<Arc<Vec<PlannedWrite>>> = None;
     if !yes {
-        let preview = reconcile(
-            &api,
-            &policies,
-            &pass_options(arm, RunMode::PlanOnly),
-            &|_| {},
-        )
-        .await?;
+        let params = pass_params(arm, RunMode::PlanOnly);
+        let preview = pass(&api, &policies, &params, &pass_deps(), &|_| {}).await?;
         print!("{}", plan_table(&preview.plan));
         if preview.plan.writes.is_empty() {
             print!("{}", status_table(&preview));
@@ -41,12 +38,15 @@ pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCo
     let tty = std::io::stderr().is_terminal();
     let report = loop {
         let progress = move |p: Progress| show_progress(p, tty);
-        let options = Options {
+        let params = PassParams {
             approved: approved.clone(),
-            interrupt: Some(interrupt.clone()),
-            ..pass_options(arm, RunMode::Apply)
+            ..pass_params(arm, RunMode::Write)
         };
-        let report = reconcile(&api, &policies, &options, &progress).await?;
+        let deps = PassDeps {
+            interrupt: Some(interrupt.clone()),
+            ..pass_deps()
+        };
+        let report = pass(&api, &policies, &params, &deps, &progress).await?;
         if !report.approval_stale {
             break report;
         }

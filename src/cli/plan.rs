@@ -2,9 +2,9 @@
 
 use super::args::{ArmArgs, EXIT_INVALID_INPUT, PlanOutput};
 use super::error::CliError;
-use super::support::{connect, exit_for, load_policies, pass_options};
+use super::support::{connect, exit_for, load_policies, pass_deps, pass_params};
+use kmsroute::executor::{RunMode, pass};
 use kmsroute::output::{plan_table, problems_text, problems_text_limited, status_table};
-use kmsroute::reconcile::{RunMode, reconcile};
 use std::process::ExitCode;
 
 pub(crate) async fn plan(
@@ -17,19 +17,14 @@ pub(crate) async fn plan(
         return Ok(ExitCode::from(EXIT_INVALID_INPUT));
     };
     let api = connect(arm)?;
-    let report = reconcile(
-        &api,
-        &policies,
-        &pass_options(arm, RunMode::PlanOnly),
-        &|_| {},
-    )
-    .await?;
+    let params = pass_params(arm, RunMode::PlanOnly);
+    let report = pass(&api, &policies, &params, &pass_deps(), &|_| {}).await?;
     // Serialized straight from the report: a `serde_json::Value` copy of the plan was half of
     // `plan`'s peak heap at 10,000 subnets, built even for the table output.
     #[derive(serde::Serialize)]
     struct Doc<'a> {
         plan: &'a kmsroute::plan::Plan,
-        policies: &'a [kmsroute::reconcile::PolicyReport],
+        policies: &'a [kmsroute::executor::PolicyReport],
     }
     let doc = Doc {
         plan: &report.plan,

@@ -7,7 +7,7 @@ use kmsroute::api::{self, DesiredState};
 use kmsroute::azure::client::{AzureNetworkApi, ClientSettings};
 use kmsroute::azure::credential::credential;
 use kmsroute::catalog::Cloud;
-use kmsroute::reconcile::{Options, Progress, Report, RunMode};
+use kmsroute::executor::{PassDeps, PassParams, Progress, Report, RunMode};
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
@@ -109,14 +109,20 @@ pub(crate) fn connect(arm: &ArmArgs) -> Result<AzureNetworkApi, CliError> {
     Ok(api)
 }
 
-/// The options of a CLI pass: the flags' concurrency, every policy, the system resolver.
-pub(crate) fn pass_options(arm: &ArmArgs, mode: RunMode) -> Options {
-    Options {
+/// The parameters of a CLI pass: the flags' concurrency, every policy.
+pub(crate) fn pass_params(arm: &ArmArgs, mode: RunMode) -> PassParams {
+    PassParams {
         mode,
         concurrency: arm.concurrency,
-        only_policy: None,
+        ..PassParams::default()
+    }
+}
+
+/// The dependencies of a CLI pass: a listing through the port, the system resolver.
+pub(crate) fn pass_deps() -> PassDeps {
+    PassDeps {
         resolver: Some(std::sync::Arc::new(kmsroute::dns::SystemResolver)),
-        ..Options::default()
+        ..PassDeps::default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! only when its status flips.
 
 use crate::api::Mode;
-use crate::reconcile::{PolicyReport, Reason};
+use crate::executor::{PolicyReport, Reason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -198,7 +198,7 @@ fn degraded(report: &PolicyReport) -> (bool, &'static str, String) {
 
 /// The Verified condition from the effective-route sample.
 fn verified(
-    v: &crate::reconcile::verify::VerificationReport,
+    v: &crate::executor::verify::VerificationReport,
 ) -> (&'static str, &'static str, String) {
     if v.not_verified > 0 {
         (
@@ -238,7 +238,7 @@ fn verified(
 
 /// The KmsAddressesRouted condition from what the KMS names resolved to.
 fn kms_addresses_routed(
-    d: &crate::reconcile::verify::DnsReport,
+    d: &crate::executor::scope::DnsReport,
 ) -> (&'static str, &'static str, String) {
     if !d.drift.is_empty() {
         let list: Vec<String> = d.drift.iter().map(|a| a.to_string()).collect();

@@ -9,8 +9,8 @@
 
 use crate::api::Problem;
 use crate::azure::{ActivityEvent, ArmError, NetworkApi};
+use crate::executor::{Reason, Report};
 use crate::plan::contest::{ContestSettings, Contested, Ledger, Undone};
-use crate::reconcile::{Reason, Report};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 

@@ -143,7 +143,9 @@ impl ActivityLog {
         // Code inferred: ARM's message names the allowed patterns.
         let filter = match params.get("$filter").map(|f| Filter::parse(f)) {
             Some(Ok(f)) => f,
-            Some(Err(m)) => return Reply::error(StatusCode::BAD_REQUEST, "BadRequest", m),
+            Some(Err(m)) => {
+                return Reply::error(StatusCode::BAD_REQUEST, "BadRequest", m.to_string());
+            }
             None => {
                 return Reply::error(
                     StatusCode::BAD_REQUEST,
@@ -192,6 +194,13 @@ impl ActivityLog {
 
 /// The `$filter` patterns ARM allows: a time range, and optionally one of `resourceUri`,
 /// `resourceGroupName`, `resourceProvider` or `correlationId`.
+/// A `$filter` the Activity Log does not take (ARM's message names the allowed patterns).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "The $filter '{0}' is not supported: use eventTimestamp ge '<time>' and eventTimestamp le '<time>', optionally followed by and resourceUri eq, resourceGroupName eq, resourceProvider eq or correlationId eq '<value>'"
+)]
+struct UnsupportedFilter(String);
+
 #[derive(Debug, Default)]
 struct Filter {
     from: f64,
@@ -200,12 +209,8 @@ struct Filter {
 }
 
 impl Filter {
-    fn parse(f: &str) -> Result<Filter, String> {
-        let refuse = || {
-            format!(
-                "The $filter '{f}' is not supported: use eventTimestamp ge '<time>' and eventTimestamp le '<time>', optionally followed by and resourceUri eq, resourceGroupName eq, resourceProvider eq or correlationId eq '<value>'"
-            )
-        };
+    fn parse(f: &str) -> Result<Filter, UnsupportedFilter> {
+        let refuse = || UnsupportedFilter(f.to_string());
         let clauses: Vec<&str> = f.split(" and ").map(str::trim).collect();
         let quoted = |c: &str, prefix: &str| -> Option<String> {
             let rest = c.strip_prefix(prefix)?.trim();

@@ -75,6 +75,33 @@ impl Drop for EmulatorHandle {
     }
 }
 
+/// Why an edit behind the client's back was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OtherWriteError {
+    #[error("no {kind} {id}")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0} is not a subnet ID")]
+    NotASubnet(String),
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// ARM's own rules refuse it (the error body ARM would send).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl OtherWriteError {
+    fn not_found(kind: &'static str, id: &str) -> OtherWriteError {
+        OtherWriteError::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+    /// ARM's refusal, as the body of its error reply.
+    fn refused(reply: Reply) -> OtherWriteError {
+        OtherWriteError::Refused(reply.body.map(|b| b.to_string()).unwrap_or_default())
+    }
+}
+
 /// A colleague with the portal: edits made behind the controller's back (not counted as requests).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
@@ -108,7 +135,7 @@ pub enum StartError {
     NotLoopback(SocketAddr),
     /// The seed is not an estate the emulator can hold.
     #[error("{0}")]
-    Seed(String),
+    Seed(state::SeedError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -206,7 +233,7 @@ impl EmulatorHandle {
     pub fn set_entra_outage(&self, status: Option<u16>) {
         self.app.entra().outage = status;
     }
-    pub fn other_writer(&self, w: OtherWrite) -> Result<(), String> {
+    pub fn other_writer(&self, w: OtherWrite) -> Result<(), OtherWriteError> {
         arm::other_write(&mut self.app.lock(), w)
     }
 }
@@ -320,46 +347,10 @@ async fn arm_request(
         .to_ascii_lowercase()
         .strip_prefix("/providers/microsoft.management/managementgroups/")
     {
-        // Injected faults reach the management-group API too: its reads fail like any other.
-        let fault = fault_for(app, method, path).await;
-        if let Some(reply) = fault.as_ref().and_then(injected) {
-            let mut store = app.lock();
-            store.stats.reads += 1;
-            *store
-                .stats
-                .by_operation
-                .entry(format!(
-                    "ManagementGroups_GetDescendants {}",
-                    reply.status.as_u16()
-                ))
-                .or_insert(0) += 1;
-            return reply;
-        }
-        return management_groups(app, method, path, rest, query, headers);
+        return management_group_request(app, method, path, rest, query, headers).await;
     }
     if let Some(sub) = activity_log_path(path) {
-        // Injected faults reach the Activity Log too (a 403: no eventtypes/values/read).
-        let reply = match fault_for(app, method, path)
-            .await
-            .as_ref()
-            .and_then(injected)
-        {
-            Some(fault) => fault,
-            None => {
-                app.activity()
-                    .list(&sub, query, &base_url(headers), app.config.page_size.max(1))
-            }
-        };
-        let mut store = app.lock();
-        record(
-            &mut store,
-            &sub,
-            "ActivityLogs_List",
-            true,
-            reply.status,
-            false,
-        );
-        return reply;
+        return activity_request(app, method, path, &sub, query, headers).await;
     }
     if let Some(refused) = check_api_version(query) {
         return refused;
@@ -401,41 +392,19 @@ async fn arm_request(
         return reply;
     }
 
-    let base = base_url(headers);
-    let ctx = arm::Ctx {
-        base,
-        page_size: app.config.page_size.max(1),
-        lro: app.config.lro_duration,
-        lro_failure: fault.and_then(|f| f.lro_status),
-        if_match: headers
-            .get("if-match")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        if_none_match: headers
-            .get("if-none-match")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        skip: query_param(query, "$skiptoken")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-    };
+    let ctx = request_ctx(app, headers, query, fault);
     let mut reply = arm::dispatch(&mut store, &ctx, method, &segs, body);
     let mutated = !is_read && reply.status.is_success() && !op.starts_with("Operation");
     if !is_read && !op.starts_with("Operation") {
-        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-        let token = header("authorization")
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        app.activity().record(activity::Written {
-            subscription: &subscription,
+        log_write(
+            app,
+            &subscription,
             path,
             method,
-            segs: &segs,
-            status: reply.status,
-            token,
-            correlation: header("x-ms-correlation-request-id"),
-            client_request: header("x-ms-client-request-id"),
-        });
+            &segs,
+            reply.status,
+            headers,
+        );
     }
     record(
         &mut store,
@@ -449,7 +418,91 @@ async fn arm_request(
     reply
 }
 
-/// ARM's authentication: a bearer token (the emulator's own when configured).
+/// A management-group request (the descendants API), faults included.
+async fn management_group_request(
+    app: &App,
+    method: &Method,
+    path: &str,
+    rest: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Reply {
+    // Injected faults reach the management-group API too: its reads fail like any other.
+    let fault = fault_for(app, method, path).await;
+    if let Some(reply) = fault.as_ref().and_then(injected) {
+        let mut store = app.lock();
+        store.stats.reads += 1;
+        *store
+            .stats
+            .by_operation
+            .entry(format!(
+                "ManagementGroups_GetDescendants {}",
+                reply.status.as_u16()
+            ))
+            .or_insert(0) += 1;
+        return reply;
+    }
+    management_groups(app, method, path, rest, query, headers)
+}
+
+/// An Activity Log request, faults included, recorded as a read of its subscription.
+async fn activity_request(
+    app: &App,
+    method: &Method,
+    path: &str,
+    sub: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Reply {
+    // Injected faults reach the Activity Log too (a 403: no eventtypes/values/read).
+    let reply = match fault_for(app, method, path)
+        .await
+        .as_ref()
+        .and_then(injected)
+    {
+        Some(fault) => fault,
+        None => app
+            .activity()
+            .list(sub, query, &base_url(headers), app.config.page_size.max(1)),
+    };
+    let mut store = app.lock();
+    record(
+        &mut store,
+        sub,
+        "ActivityLogs_List",
+        true,
+        reply.status,
+        false,
+    );
+    reply
+}
+
+/// A write as the Activity Log records it: who (the token's caller), what, with which IDs.
+fn log_write(
+    app: &App,
+    subscription: &str,
+    path: &str,
+    method: &Method,
+    segs: &[String],
+    status: StatusCode,
+    headers: &HeaderMap,
+) {
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let token = header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    app.activity().record(activity::Written {
+        subscription,
+        path,
+        method,
+        segs,
+        status,
+        token,
+        correlation: header("x-ms-correlation-request-id"),
+        client_request: header("x-ms-client-request-id"),
+    });
+}
+
 /// The subscription of an `ActivityLogs_List` path.
 fn activity_log_path(path: &str) -> Option<String> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -477,6 +530,28 @@ fn request_subscription(path: &str) -> String {
     }
 }
 
+/// What the ARM handlers need of a request: its base URL, paging, preconditions and faults.
+fn request_ctx(app: &App, headers: &HeaderMap, query: &str, fault: Option<FaultRule>) -> arm::Ctx {
+    arm::Ctx {
+        base: base_url(headers),
+        page_size: app.config.page_size.max(1),
+        lro: app.config.lro_duration,
+        lro_failure: fault.and_then(|f| f.lro_status),
+        if_match: headers
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        if_none_match: headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        skip: query_param(query, "$skiptoken")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// ARM's authentication: a bearer token (the emulator's own when configured).
 fn authenticate(app: &App, path: &str, headers: &HeaderMap) -> Option<Reply> {
     let auth = headers
         .get("authorization")
@@ -872,7 +947,9 @@ fn control(app: &App, method: &Method, rest: &str, body: &[u8]) -> Reply {
         ("POST", "other-writer") => {
             let w = parse(body)
                 .and_then(|v| serde_json::from_value::<OtherWrite>(v).map_err(|e| e.to_string()));
-            match w.and_then(|w| arm::other_write(&mut app.lock(), w)) {
+            let done =
+                w.and_then(|w| arm::other_write(&mut app.lock(), w).map_err(|e| e.to_string()));
+            match done {
                 Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
                 Err(e) => Reply::error(StatusCode::BAD_REQUEST, "OtherWriterFailed", e),
             }

@@ -269,22 +269,30 @@ pub(crate) fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
+/// Why a seed is not an estate the emulator can hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    #[error("every seeded resource needs an \"id\"")]
+    MissingId,
+    #[error("unsupported resource {0}")]
+    Unsupported(String),
+}
+
 impl Store {
     /// Loads a seed: fills `etag` and `provisioningState`, gives children their parent's etag,
     /// and drops derived fields (a table's `subnets`) that are computed on output.
-    pub fn from_seed(seed: Seed) -> Result<Store, String> {
+    pub fn from_seed(seed: Seed) -> Result<Store, SeedError> {
         let mut store = Store::default();
         for mut r in seed.resources {
             let id = r
                 .get("id")
                 .and_then(Value::as_str)
-                .ok_or("every seeded resource needs an \"id\"")?
+                .ok_or(SeedError::MissingId)?
                 .to_string();
             let name = id.rsplit('/').next().unwrap_or_default().to_string();
             r["name"] = json!(name);
             if r.get("type").is_none() {
-                r["type"] =
-                    json!(type_of(&id).ok_or_else(|| format!("unsupported resource {id}"))?);
+                r["type"] = json!(type_of(&id).ok_or_else(|| SeedError::Unsupported(id.clone()))?);
             }
             if r.get("properties").is_none() {
                 r["properties"] = json!({});

@@ -16,7 +16,6 @@ pub mod jwt;
 pub mod transport;
 
 use crate::azure::ErrorClass;
-use crate::azure::credential::is_loopback;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core_ga::credentials::TokenCredential as GaCredential;
 use std::sync::{Arc, Mutex};
@@ -45,7 +44,7 @@ pub enum AuthorityError {
 impl Authority {
     /// `AZURE_AUTHORITY_HOST` when set (the workload-identity webhook injects it; private and
     /// sovereign setups use it), else the cloud's default.
-    pub fn resolve(cloud_default: &str, env: Option<&str>) -> Result<Authority, AuthorityError> {
+    pub fn choose(cloud_default: &str, env: Option<&str>) -> Result<Authority, AuthorityError> {
         let given = env.map(str::trim).filter(|v| !v.is_empty());
         let text = given.unwrap_or(cloud_default);
         let url = url::Url::parse(text)
@@ -436,6 +435,16 @@ impl TokenCredential for Bridge {
     }
 }
 
+/// True when the URL's host is a loopback address (or `localhost`).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,19 +453,19 @@ mod tests {
     fn the_authority_host_variable_wins_and_plain_http_stays_on_loopback() {
         let d = "https://login.microsoftonline.us";
         assert_eq!(
-            Authority::resolve(d, None).unwrap().url.as_str(),
+            Authority::choose(d, None).unwrap().url.as_str(),
             "https://login.microsoftonline.us/"
         );
         assert_eq!(
-            Authority::resolve(d, Some("  ")).unwrap().url.as_str(),
+            Authority::choose(d, Some("  ")).unwrap().url.as_str(),
             "https://login.microsoftonline.us/"
         );
-        let a = Authority::resolve(d, Some("https://login.contoso.example/")).unwrap();
+        let a = Authority::choose(d, Some("https://login.contoso.example/")).unwrap();
         assert_eq!(
             a.for_library(),
             ("https://login.contoso.example".to_string(), None)
         );
-        let local = Authority::resolve(d, Some("http://127.0.0.1:8123/")).unwrap();
+        let local = Authority::choose(d, Some("http://127.0.0.1:8123/")).unwrap();
         assert_eq!(
             local.for_library(),
             (
@@ -465,15 +474,15 @@ mod tests {
             )
         );
         assert!(matches!(
-            Authority::resolve(d, Some("http://login.contoso.example")),
+            Authority::choose(d, Some("http://login.contoso.example")),
             Err(AuthorityError::NotHttps(_))
         ));
         assert!(matches!(
-            Authority::resolve(d, Some("not a url")),
+            Authority::choose(d, Some("not a url")),
             Err(AuthorityError::NotUrl(..))
         ));
         assert!(matches!(
-            Authority::resolve(d, Some("ftp://127.0.0.1")),
+            Authority::choose(d, Some("ftp://127.0.0.1")),
             Err(AuthorityError::NotHttps(_))
         ));
     }

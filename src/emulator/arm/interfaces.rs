@@ -57,56 +57,7 @@ pub(super) fn effective_route_table(
     let Some(vnet) = store.resources().get(&lower(&vnet_id)) else {
         return not_found("virtualNetworks", &vnet_id, rg);
     };
-    let prefixes: Vec<String> = vnet
-        .pointer("/properties/addressSpace/addressPrefixes")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let subnet = find_child(vnet, "subnets", &subnet_name)
-        .and_then(|i| vnet.pointer(&format!("/properties/subnets/{i}")));
-    let table = subnet
-        .and_then(|s| s.pointer("/properties/routeTable/id"))
-        .and_then(Value::as_str)
-        .and_then(|t| store.resources().get(&lower(t)));
-    let input = |r: &Value, name: Option<String>| crate::emulator::effective::RouteInput {
-        name,
-        prefix: r["addressPrefix"].as_str().unwrap_or_default().to_string(),
-        next_hop_type: r["nextHopType"].as_str().unwrap_or_default().to_string(),
-        next_hop_ip: r["nextHopIpAddress"].as_str().map(str::to_string),
-    };
-    let learned: Vec<crate::emulator::effective::RouteInput> = store
-        .learned_routes
-        .iter()
-        .filter(|l| {
-            l["virtualNetworkId"]
-                .as_str()
-                .is_some_and(|v| v.eq_ignore_ascii_case(&vnet_id))
-        })
-        .map(|l| input(l, None))
-        .collect();
-    let user: Vec<crate::emulator::effective::RouteInput> = table
-        .and_then(|t| t.pointer("/properties/routes"))
-        .and_then(Value::as_array)
-        .map(|routes| {
-            routes
-                .iter()
-                .map(|r| input(&r["properties"], r["name"].as_str().map(str::to_string)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let disable = table
-        .and_then(|t| t.pointer("/properties/disableBgpRoutePropagation"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let routes = crate::emulator::effective::table(
-        &prefixes,
-        &learned,
-        table.map(|_| (user.as_slice(), disable)),
-    );
+    let routes = routes_of(store, &vnet_id, vnet, &subnet_name);
     let id = uuid::Uuid::new_v4().to_string();
     let done_at = Instant::now() + ctx.lro;
     store.operations.insert(
@@ -129,6 +80,61 @@ pub(super) fn effective_route_table(
             "retry-after",
             ((ctx.lro.as_secs_f64() / 2.0).ceil() as u64).to_string(),
         )
+}
+
+/// What Azure computes for a subnet of `vnet`: its address space, the BGP routes learned into
+/// the VNet, and the user routes of the subnet's table (with its BGP propagation setting).
+fn routes_of(store: &Store, vnet_id: &str, vnet: &Value, subnet_name: &str) -> Vec<Value> {
+    let prefixes: Vec<String> = vnet
+        .pointer("/properties/addressSpace/addressPrefixes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let subnet = find_child(vnet, "subnets", subnet_name)
+        .and_then(|i| vnet.pointer(&format!("/properties/subnets/{i}")));
+    let table = subnet
+        .and_then(|s| s.pointer("/properties/routeTable/id"))
+        .and_then(Value::as_str)
+        .and_then(|t| store.resources().get(&lower(t)));
+    let input = |r: &Value, name: Option<String>| crate::emulator::effective::RouteInput {
+        name,
+        prefix: r["addressPrefix"].as_str().unwrap_or_default().to_string(),
+        next_hop_type: r["nextHopType"].as_str().unwrap_or_default().to_string(),
+        next_hop_ip: r["nextHopIpAddress"].as_str().map(str::to_string),
+    };
+    let learned: Vec<crate::emulator::effective::RouteInput> = store
+        .learned_routes
+        .iter()
+        .filter(|l| {
+            l["virtualNetworkId"]
+                .as_str()
+                .is_some_and(|v| v.eq_ignore_ascii_case(vnet_id))
+        })
+        .map(|l| input(l, None))
+        .collect();
+    let user: Vec<crate::emulator::effective::RouteInput> = table
+        .and_then(|t| t.pointer("/properties/routes"))
+        .and_then(Value::as_array)
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| input(&r["properties"], r["name"].as_str().map(str::to_string)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let disable = table
+        .and_then(|t| t.pointer("/properties/disableBgpRoutePropagation"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    crate::emulator::effective::table(
+        &prefixes,
+        &learned,
+        table.map(|_| (user.as_slice(), disable)),
+    )
 }
 
 /// `…/virtualNetworks/{v}/subnets/{s}` → (VNet ID, subnet name).

@@ -11,7 +11,7 @@ pub(crate) use subnets::other_write;
 
 use super::rules;
 use super::state::{Operation, Store, is_type, lower, new_etag, stamp};
-use super::{API_VERSION, OtherWrite, Reply};
+use super::{API_VERSION, OtherWrite, OtherWriteError, Reply};
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

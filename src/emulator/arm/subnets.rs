@@ -71,15 +71,8 @@ pub(super) fn put_subnet(
         return r;
     }
     // One write per VNet at a time, as the Network RP enforces.
-    let now = Instant::now();
-    if let Some(&busy) = store
-        .vnet_busy_until
-        .get(vnet_key)
-        .filter(|&&done| done > now)
-    {
-        let wait = busy.duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
-        return Reply::json(StatusCode::TOO_MANY_REQUESTS, json!({"error": {"code": "RetryableError", "message": format!("A retryable error occurred. Operation on virtual network {vnet_name} is in progress."), "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": format!("Operation PutSubnetOperation (in progress) is updating {vnet_id}.")}]}}))
-            .header("retry-after", wait.to_string());
+    if let Some(busy) = vnet_busy(store, vnet_key, &vnet_name, vnet_id) {
+        return busy;
     }
     let b = match body_json(body) {
         Ok(b) => b,
@@ -108,18 +101,7 @@ pub(super) fn put_subnet(
         return refused;
     }
     new_props.retain(|_, v| !v.is_null());
-    // The service completes service endpoints with their regions and state.
-    if let Some(eps) = new_props
-        .get_mut("serviceEndpoints")
-        .and_then(Value::as_array_mut)
-    {
-        for ep in eps {
-            if ep.get("locations").is_none() {
-                ep["locations"] = json!([location]);
-            }
-            ep["provisioningState"] = json!("Succeeded");
-        }
-    }
+    complete_service_endpoints(&mut new_props, &location);
     let subnet = json!({"name": name, "id": subnet_id, "type": "Microsoft.Network/virtualNetworks/subnets", "properties": Value::Object(new_props)});
     let mut shown = subnet.clone();
     if ctx.lro_failure.is_none() {
@@ -152,6 +134,35 @@ pub(super) fn put_subnet(
         idx.is_none(),
         shown,
     )
+}
+
+/// The 429 ARM answers while another write holds the VNet.
+fn vnet_busy(store: &Store, vnet_key: &str, vnet_name: &str, vnet_id: &str) -> Option<Reply> {
+    let now = Instant::now();
+    let busy = *store
+        .vnet_busy_until
+        .get(vnet_key)
+        .filter(|&&done| done > now)?;
+    let wait = busy.duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
+    Some(
+        Reply::json(StatusCode::TOO_MANY_REQUESTS, json!({"error": {"code": "RetryableError", "message": format!("A retryable error occurred. Operation on virtual network {vnet_name} is in progress."), "details": [{"code": "RetryableErrorDueToAnotherOperation", "message": format!("Operation PutSubnetOperation (in progress) is updating {vnet_id}.")}]}}))
+            .header("retry-after", wait.to_string()),
+    )
+}
+
+/// The service completes service endpoints with their regions and state.
+fn complete_service_endpoints(props: &mut serde_json::Map<String, Value>, location: &str) {
+    if let Some(eps) = props
+        .get_mut("serviceEndpoints")
+        .and_then(Value::as_array_mut)
+    {
+        for ep in eps {
+            if ep.get("locations").is_none() {
+                ep["locations"] = json!([location]);
+            }
+            ep["provisioningState"] = json!("Succeeded");
+        }
+    }
 }
 
 /// The resources a subnet body references (route table, NSG, NAT gateway) exist and are in
@@ -246,16 +257,16 @@ fn keep_read_only(
 }
 
 /// Edits behind the client's back, with ARM's own rules (a table in use cannot be deleted).
-pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String> {
+pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), OtherWriteError> {
     match w {
         OtherWrite::DeleteRoute { route_table, route } => {
             let key = lower(&route_table);
             let t = store
                 .resource_mut(&key)
-                .ok_or(format!("no route table {route_table}"))?;
+                .ok_or_else(|| OtherWriteError::not_found("route table", &route_table))?;
             let routes = t["properties"]["routes"]
                 .as_array_mut()
-                .ok_or("table has no routes")?;
+                .ok_or(OtherWriteError::Malformed("the table has no routes"))?;
             let before = routes.len();
             routes.retain(|r| {
                 !r["name"]
@@ -263,7 +274,10 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
                     .is_some_and(|n| n.eq_ignore_ascii_case(&route))
             });
             if routes.len() == before {
-                return Err(format!("no route {route} in {route_table}"));
+                return Err(OtherWriteError::not_found(
+                    "route",
+                    &format!("{route} in {route_table}"),
+                ));
             }
             store.bump(&key);
         }
@@ -271,10 +285,10 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
             let key = lower(&route_table);
             let name = route["name"]
                 .as_str()
-                .ok_or("route needs a name")?
+                .ok_or(OtherWriteError::Malformed("a route needs a name"))?
                 .to_string();
             let props = check_route(&name, route.get("properties").unwrap_or(&json!({})))
-                .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
+                .map_err(OtherWriteError::refused)?;
             // The portal is held to the same rule as the API.
             if let Some(conflict) = store
                 .resources()
@@ -282,18 +296,17 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
                 .and_then(|t| t["properties"]["routes"].as_array())
                 .and_then(|routes| route_conflict(routes, &name, &props))
             {
-                return Err(conflict.body.map(|b| b.to_string()).unwrap_or_default());
+                return Err(OtherWriteError::refused(conflict));
             }
             let table_id = store
                 .resources()
                 .get(&key)
-                .ok_or(format!("no route table {route_table}"))?["id"]
+                .ok_or_else(|| OtherWriteError::not_found("route table", &route_table))?["id"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
             let r = json!({"name": name, "id": format!("{table_id}/routes/{name}"), "type": "Microsoft.Network/routeTables/routes", "properties": props});
-            upsert_child(store, &key, "routes", r)
-                .map_err(|r| r.body.map(|b| b.to_string()).unwrap_or_default())?;
+            upsert_child(store, &key, "routes", r).map_err(OtherWriteError::refused)?;
         }
         OtherWrite::SetSubnetRouteTable {
             subnet,
@@ -310,11 +323,13 @@ pub(crate) fn other_write(store: &mut Store, w: OtherWrite) -> Result<(), String
         }
         OtherWrite::DeleteRouteTable { route_table } => {
             if !store.subnets_using(&route_table).is_empty() {
-                return Err(format!("InUseRouteTableCannotBeDeleted: {route_table}"));
+                return Err(OtherWriteError::Refused(format!(
+                    "InUseRouteTableCannotBeDeleted: {route_table}"
+                )));
             }
             store
                 .remove_resource(&lower(&route_table))
-                .ok_or(format!("no route table {route_table}"))?;
+                .ok_or_else(|| OtherWriteError::not_found("route table", &route_table))?;
         }
     }
     Ok(())
@@ -324,24 +339,28 @@ pub(super) fn patch_subnet(
     store: &mut Store,
     subnet_id: &str,
     patch: &Value,
-) -> Result<(), String> {
+) -> Result<(), OtherWriteError> {
     let (vnet_id, name) = subnet_id
         .rsplit_once("/subnets/")
-        .ok_or(format!("{subnet_id} is not a subnet ID"))?;
+        .ok_or_else(|| OtherWriteError::NotASubnet(subnet_id.to_string()))?;
     let key = lower(vnet_id);
     let v = store
         .resource_mut(&key)
-        .ok_or(format!("no virtual network {vnet_id}"))?;
-    let i = find_child(v, "subnets", name).ok_or(format!("no subnet {subnet_id}"))?;
+        .ok_or_else(|| OtherWriteError::not_found("virtual network", vnet_id))?;
+    let i = find_child(v, "subnets", name)
+        .ok_or_else(|| OtherWriteError::not_found("subnet", subnet_id))?;
     let props = v["properties"]["subnets"][i]["properties"]
         .as_object_mut()
-        .ok_or("subnet has no properties")?;
+        .ok_or(OtherWriteError::Malformed("the subnet has no properties"))?;
     let mut touched_tables: Vec<String> = props
         .get("routeTable")
         .and_then(|t| t["id"].as_str())
         .map(|s| vec![lower(s)])
         .unwrap_or_default();
-    for (k, val) in patch.as_object().ok_or("properties must be an object")? {
+    for (k, val) in patch
+        .as_object()
+        .ok_or(OtherWriteError::Malformed("properties must be an object"))?
+    {
         if val.is_null() {
             props.remove(k);
         } else {

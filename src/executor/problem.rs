@@ -199,12 +199,11 @@ mod tests {
     /// The name `plan -o json` shows for a verdict: its variant, or its reason's variant.
     fn named(v: &Verdict) -> String {
         let json = serde_json::to_value(v).unwrap_or_default();
-        let tag = match &json["reason"] {
+        match &json["reason"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Object(_) => json["reason"]["reason"].as_str().unwrap_or("").into(),
             _ => json["verdict"].as_str().unwrap_or("").into(),
-        };
-        tag
+        }
     }
 
     #[test]
