@@ -682,3 +682,22 @@ async fn a_policy_denial_comes_back_naming_the_assignment_as_needing_a_human() {
         created.message
     );
 }
+
+/// With the emulator's default settings (no throttling, as in the demo), ARM's remaining
+/// budget still reaches the client's metric: ARM sends the header on every answer (issue 27,
+/// defect 7).
+#[tokio::test]
+async fn the_remaining_read_budget_is_a_metric_even_without_throttling() {
+    let em = emulator(Config::default(), vec![vnet(SUB, "v", json!([]))]).await;
+    let api = client(&em, quick_retry());
+    api.inventory(&BTreeSet::from([SUB.to_string()]))
+        .await
+        .unwrap();
+    let text = api.metrics.render();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kmsroute_arm_ratelimit_remaining{") && l.contains(SUB))
+        .unwrap_or_else(|| panic!("no remaining-budget sample in:\n{text}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0.0 && value < 250.0, "{line}");
+}
