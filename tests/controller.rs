@@ -1575,16 +1575,21 @@ async fn a_policy_denial_shows_as_policy_denied_with_the_assignment_and_waits_on
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_management_group_read_fails_the_pass_and_it_converges_once_arm_answers() {
-    let kube = FakeKube::start().await;
+/// The demo estate with subscription S1 under the management group `corp`.
+fn corp_estate() -> emulator::Seed {
     let mut seed = support::arm::demo_estate();
     seed.management_groups = vec![emulator::ManagementGroup {
         name: "corp".into(),
         parent: None,
         subscriptions: vec![S1.into()],
     }];
-    let em = support::arm::emulator(Config::default(), seed).await;
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_management_group_read_fails_the_pass_and_it_converges_once_arm_answers() {
+    let kube = FakeKube::start().await;
+    let em = support::arm::emulator(Config::default(), corp_estate()).await;
     // ARM failing (not refusing) the group's read: the pass cannot know what the policy
     // selects, so it fails as a failed listing does, rather than planning from nothing.
     em.add_fault(emulator::FaultRule {
@@ -1962,13 +1967,7 @@ async fn a_missing_management_group_beside_80_conflicts_still_gets_a_status_of_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_reads_each_management_group_once() {
     let kube = FakeKube::start().await;
-    let mut seed = support::arm::demo_estate();
-    seed.management_groups = vec![emulator::ManagementGroup {
-        name: "corp".into(),
-        parent: None,
-        subscriptions: vec![S1.into()],
-    }];
-    let em = support::arm::emulator(Config::default(), seed).await;
+    let em = support::arm::emulator(Config::default(), corp_estate()).await;
     let c = start_controller_with(&kube, &em, "a", "t", no_resync);
     // Two policies on one group: each pass also resolves the other policy's groups. The other
     // selects no subnet, so no change of corp's makes it run a pass of its own meanwhile.

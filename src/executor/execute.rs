@@ -61,21 +61,34 @@ pub struct Written {
 }
 
 impl Written {
-    /// The write a result is for: the plan's writes, then the re-planned ones.
-    pub fn write(&self, result: &WriteResult) -> &PlannedWrite {
-        match self.plan.writes.get(result.index) {
-            Some(w) => w,
-            // Results are only made from these two lists, so the index is in one of them.
-            None => &self.replanned[result.index - self.plan.writes.len()],
-        }
-    }
-
     /// Every write run, with its error if it failed, in the order they were planned.
     pub fn outcomes(&self) -> impl Iterator<Item = (&PlannedWrite, Option<&ArmError>)> {
-        self.results
-            .iter()
-            .map(|r| (self.write(r), r.error.as_deref()))
+        outcomes(&self.plan, &self.replanned, &self.results)
     }
+}
+
+/// The write a result is for: the plan's writes, then the re-planned ones.
+pub(super) fn write_at<'a>(
+    plan: &'a Plan,
+    replanned: &'a [PlannedWrite],
+    result: &WriteResult,
+) -> &'a PlannedWrite {
+    match plan.writes.get(result.index) {
+        Some(w) => w,
+        // Results are only made from these two lists, so the index is in one of them.
+        None => &replanned[result.index - plan.writes.len()],
+    }
+}
+
+/// Every write run, with its error if it failed, in the order they were planned.
+pub(super) fn outcomes<'a>(
+    plan: &'a Plan,
+    replanned: &'a [PlannedWrite],
+    results: &'a [WriteResult],
+) -> impl Iterator<Item = (&'a PlannedWrite, Option<&'a ArmError>)> {
+    results
+        .iter()
+        .map(move |r| (write_at(plan, replanned, r), r.error.as_deref()))
 }
 
 /// Carries out the pass's share of the plan, unless the pass only plans, there is nothing to

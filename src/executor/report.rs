@@ -112,17 +112,11 @@ impl Report {
     }
     /// The write a result is for.
     pub fn write(&self, result: &WriteResult) -> &PlannedWrite {
-        match self.plan.writes.get(result.index) {
-            Some(w) => w,
-            // Results are only made from these two lists, so the index is in one of them.
-            None => &self.replanned[result.index - self.plan.writes.len()],
-        }
+        super::execute::write_at(&self.plan, &self.replanned, result)
     }
     /// Every write run, with its error if it failed, in the order they were planned.
     pub fn outcomes(&self) -> impl Iterator<Item = (&PlannedWrite, Option<&ArmError>)> {
-        self.results
-            .iter()
-            .map(|r| (self.write(r), r.error.as_deref()))
+        super::execute::outcomes(&self.plan, &self.replanned, &self.results)
     }
     pub fn writes_done(&self) -> usize {
         self.results.iter().filter(|r| r.error.is_none()).count()
