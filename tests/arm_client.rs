@@ -701,3 +701,58 @@ async fn the_remaining_read_budget_is_a_metric_even_without_throttling() {
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value > 0.0 && value < 250.0, "{line}");
 }
+
+/// A subscription listed again is recognized as unchanged from its pages' bytes (several
+/// pages, nothing parsed), and any change, however small, is a new listing with it.
+#[tokio::test]
+async fn a_listing_whose_pages_did_not_change_is_unchanged_and_any_edit_is_seen() {
+    use kmsroute::azure::Relisted;
+    let resources: Vec<Value> = (0..5)
+        .map(|i| table(SUB, &format!("rt-{i}")))
+        .chain([vnet(SUB, "v", json!([]))])
+        .collect();
+    let config = Config {
+        page_size: 2,
+        ..Config::default()
+    };
+    let em = emulator(config, resources).await;
+    let api = client(&em, quick_retry());
+    let Relisted::Changed {
+        inventory,
+        fingerprint,
+    } = api.relist(SUB, None).await.unwrap()
+    else {
+        panic!("a first listing is parsed")
+    };
+    assert_eq!(inventory.route_tables.len(), 5);
+    // One VNet page, three route-table pages.
+    assert_eq!(fingerprint.pages.len(), 4);
+    assert_eq!(inventory.list_pages, 4);
+    let again = api.relist(SUB, Some(&fingerprint)).await.unwrap();
+    assert!(
+        matches!(again, Relisted::Unchanged { pages: 4 }),
+        "{again:?}"
+    );
+    // A colleague deletes one route: the listing is read and parsed again.
+    em.other_writer(OtherWrite::DeleteRoute {
+        route_table: format!("{}/routeTables/rt-3", rg(SUB)),
+        route: "to-fw".into(),
+    })
+    .unwrap();
+    let Relisted::Changed { inventory, .. } = api.relist(SUB, Some(&fingerprint)).await.unwrap()
+    else {
+        panic!("an edited listing is parsed")
+    };
+    let rt3 = inventory
+        .route_tables
+        .iter()
+        .find(|t| t.id.name() == "rt-3")
+        .unwrap();
+    assert!(rt3.routes.is_empty(), "{:?}", rt3.routes);
+    // A subscription ARM refuses is an error that says so.
+    let refused = api
+        .relist("00000000-0000-0000-0000-00000000dead", None)
+        .await
+        .expect_err("an unknown subscription");
+    assert!(refused.refuses_scope(), "{refused}");
+}

@@ -281,6 +281,13 @@ impl NetworkApi for Gate<'_> {
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
         self.inner.inventory(subscriptions).await
     }
+    async fn relist(
+        &self,
+        subscription: &str,
+        previous: Option<&kmsroute::azure::Fingerprint>,
+    ) -> Result<kmsroute::azure::Relisted, ArmError> {
+        self.inner.relist(subscription, previous).await
+    }
     async fn create_route_table(
         &self,
         table: &RouteTableId,

@@ -193,6 +193,36 @@ pub struct ReadBudget {
     pub remaining: Option<f64>,
 }
 
+/// What a subscription's last listing looked like, page by page: enough to recognize an
+/// identical listing from its bytes, without parsing it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub pages: Vec<PageMark>,
+}
+
+/// One list page as it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageMark {
+    /// Which listing (VNets, route tables) the page belongs to.
+    pub kind: u8,
+    pub hash: u64,
+    pub len: usize,
+    /// The page's `nextLink`: the same bytes carry the same one.
+    pub next: Option<String>,
+}
+
+/// A subscription listed again.
+#[derive(Debug, Clone)]
+pub enum Relisted {
+    /// Every page was byte for byte the one fingerprinted: nothing was parsed.
+    Unchanged { pages: u64 },
+    /// The listing as it is now, and its fingerprint.
+    Changed {
+        inventory: Inventory,
+        fingerprint: Fingerprint,
+    },
+}
+
 /// The port: everything kmsroute asks of ARM. No method has a default: a wrapper or a test
 /// double that forgets one does not compile (a default once hid that the fault campaign's
 /// wrapper skipped verification).
@@ -200,6 +230,14 @@ pub struct ReadBudget {
 pub trait NetworkApi: Send + Sync {
     /// VNets (subnets inline) and route tables (routes inline) of each subscription, by listing.
     async fn inventory(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError>;
+    /// One subscription listed again: `Unchanged` when every page is the one `previous`
+    /// fingerprinted (then nothing is parsed), else its inventory and fingerprint. A
+    /// subscription ARM refuses (403, 404) is an error here (`refuses_scope`).
+    async fn relist(
+        &self,
+        subscription: &str,
+        previous: Option<&Fingerprint>,
+    ) -> Result<Relisted, ArmError>;
     /// Creates a route table with its routes; refuses to overwrite one that exists.
     async fn create_route_table(
         &self,

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod convert;
+mod listing;
 mod transport;
 
 use convert::in_subscription;
@@ -184,41 +185,6 @@ impl AzureNetworkApi {
             .await
             .map(|_| ())
             .map_err(|e| SetupError::Credential(e.to_string()))
-    }
-
-    async fn list_subscription(&self, sub: &str, inv: &mut Inventory) -> Result<(), ArmError> {
-        let mut vnets = self
-            .client
-            .virtual_networks_client()
-            .list_all(sub)
-            .into_stream();
-        while let Some(page) = vnets.next().await {
-            let page = page.map_err(|e| {
-                arm_err(
-                    "VirtualNetworks_ListAll",
-                    format!("/subscriptions/{sub}"),
-                    e,
-                )
-            })?;
-            inv.list_pages += 1;
-            inv.virtual_networks
-                .extend(page.value.into_iter().filter_map(|v| convert_vnet(v, sub)));
-        }
-        let mut tables = self
-            .client
-            .route_tables_client()
-            .list_all(sub)
-            .into_stream();
-        while let Some(page) = tables.next().await {
-            let page = page
-                .map_err(|e| arm_err("RouteTables_ListAll", format!("/subscriptions/{sub}"), e))?;
-            inv.list_pages += 1;
-            inv.route_tables
-                .extend(page.value.into_iter().filter_map(|t| convert_table(t, sub)));
-        }
-        inv.subscriptions.insert(sub.to_ascii_lowercase());
-        inv.share_ids();
-        Ok(())
     }
 }
 
@@ -422,9 +388,13 @@ impl NetworkApi for AzureNetworkApi {
         let mut inv = Inventory::default();
         for sub in subscriptions {
             // One subscription at a time, so a refused one leaves nothing half-listed behind.
-            let mut part = Inventory::default();
-            match self.list_subscription(sub, &mut part).await {
-                Ok(()) => {
+            let listed = self.relist_subscription(sub, None).await.map(|r| match r {
+                super::Relisted::Changed { inventory, .. } => inventory,
+                super::Relisted::Unchanged { .. } => Inventory::default(),
+            });
+            match listed {
+                Ok(mut part) => {
+                    inv.list_pages += part.list_pages;
                     inv.subscriptions.append(&mut part.subscriptions);
                     inv.virtual_networks.append(&mut part.virtual_networks);
                     inv.route_tables.append(&mut part.route_tables);
@@ -444,12 +414,19 @@ impl NetworkApi for AzureNetworkApi {
                 }
                 Err(e) => return Err(e),
             }
-            inv.list_pages += part.list_pages;
         }
         // Appending grows by doubling: up to half the capacity unused (2 MB at 100,000 subnets).
         inv.virtual_networks.shrink_to_fit();
         inv.route_tables.shrink_to_fit();
         Ok(inv)
+    }
+
+    async fn relist(
+        &self,
+        subscription: &str,
+        previous: Option<&super::Fingerprint>,
+    ) -> Result<super::Relisted, ArmError> {
+        self.relist_subscription(subscription, previous).await
     }
 
     async fn create_route_table(

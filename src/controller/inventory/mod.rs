@@ -8,7 +8,7 @@
 //! they re-read only the subscriptions they wrote to. Not here: deciding which policies a
 //! change concerns (the controller, which has the policies) and anything about writes.
 
-use crate::azure::{ArmError, NetworkApi};
+use crate::azure::{ArmError, Fingerprint, NetworkApi, Relisted};
 use crate::executor::InventorySource;
 use crate::ids::SubnetId;
 use crate::model::{Inventory, RouteTable, Subnet, Tags};
@@ -58,7 +58,9 @@ pub struct ChangeEvent {
 #[derive(Debug, Clone)]
 struct View {
     inventory: Arc<Inventory>,
-    /// When the read that produced `inventory` finished.
+    /// The pages `inventory` was parsed from, to recognize an unchanged listing by its bytes.
+    fingerprint: Option<Fingerprint>,
+    /// When the read that last confirmed `inventory` finished.
     at: Instant,
     /// The last refresh's error, if it failed (the older `inventory` is then kept, not used).
     error: Option<ArmError>,
@@ -194,15 +196,41 @@ impl SharedInventory {
     }
 
     /// Lists one subscription now, stores the result, and sends what changed (if anything).
-    /// Returns the list pages it cost.
+    /// A listing whose pages are byte for byte the last one's is not parsed: the stored view
+    /// stands. Returns the list pages it cost.
     pub async fn refresh(&self, subscription: &str, writer: Option<&str>) -> Result<u64, ArmError> {
         let sub = subscription.to_ascii_lowercase();
         let entry = self.entry(&sub);
         let _reading = entry.reading.lock().await;
-        let outcome = self.api.inventory(&BTreeSet::from([sub.clone()])).await;
+        let previous = entry.view.lock().ok().and_then(|v| {
+            v.as_ref()
+                .filter(|v| v.error.is_none())
+                .and_then(|v| v.fingerprint.clone())
+        });
+        let outcome = match self.api.relist(&sub, previous.as_ref()).await {
+            Ok(listed) => Ok(listed),
+            // A subscription ARM refuses is observed as refused (a problem of the policies
+            // selecting it), not as a failed read.
+            Err(e) if e.refuses_scope() => Ok(Relisted::Changed {
+                inventory: refused(&sub, &e),
+                fingerprint: Fingerprint::default(),
+            }),
+            Err(e) => Err(e),
+        };
         let mut view = entry.view.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
-            Ok(inventory) => {
+            Ok(Relisted::Unchanged { pages }) => {
+                if let Some(v) = view.as_mut() {
+                    v.at = Instant::now();
+                }
+                drop(view);
+                self.metrics.inventory_refreshed(&sub, Some(0));
+                Ok(pages)
+            }
+            Ok(Relisted::Changed {
+                inventory,
+                fingerprint,
+            }) => {
                 let pages = inventory.list_pages;
                 let new = Arc::new(inventory);
                 let changed = match view.as_ref() {
@@ -212,6 +240,7 @@ impl SharedInventory {
                 };
                 *view = Some(View {
                     inventory: new,
+                    fingerprint: (!fingerprint.pages.is_empty()).then_some(fingerprint),
                     at: Instant::now(),
                     error: None,
                 });
@@ -235,6 +264,7 @@ impl SharedInventory {
                     None => {
                         *view = Some(View {
                             inventory: Arc::new(Inventory::default()),
+                            fingerprint: None,
                             at: Instant::now(),
                             error: Some(e.clone()),
                         })
@@ -353,6 +383,21 @@ impl InventorySource for SharedInventory {
         }
         self.current(subscriptions).await
     }
+}
+
+/// The observation of a subscription ARM refuses to list (as the port's listing reports it).
+fn refused(sub: &str, e: &ArmError) -> Inventory {
+    tracing::warn!(subscription = %sub, error = %e, "subscription cannot be listed");
+    let mut inv = Inventory::default();
+    inv.unreadable.insert(
+        sub.to_string(),
+        crate::model::SubscriptionError {
+            status: e.status,
+            code: e.code.clone(),
+            message: e.message.clone(),
+        },
+    );
+    inv
 }
 
 /// One inventory from several subscriptions' views (each holds one subscription).

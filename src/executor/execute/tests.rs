@@ -31,6 +31,13 @@ impl NetworkApi for Blocking {
     async fn inventory(&self, _: &BTreeSet<String>) -> Result<Inventory, ArmError> {
         Ok(Inventory::default())
     }
+    async fn relist(
+        &self,
+        _: &str,
+        _: Option<&crate::azure::Fingerprint>,
+    ) -> Result<crate::azure::Relisted, ArmError> {
+        Ok(crate::azure::Relisted::Unchanged { pages: 0 })
+    }
     async fn create_route_table(
         &self,
         _: &RouteTableId,
