@@ -16,7 +16,8 @@ use kmsroute::catalog::Cloud;
 use kmsroute::ids::{RouteTableId, SubnetId, VnetId};
 use kmsroute::model::{Inventory, NextHopType, Route, RouteTable, Subnet, VirtualNetwork};
 use kmsroute::plan::{
-    Write, plan, plan_cleanup, simulate, sort_verdicts, verdicts_in, verdicts_outside,
+    Write, plan, plan_cleanup, plan_cleanup_parts, plan_parts, simulate, sort_verdicts,
+    verdicts_in, verdicts_outside,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -418,6 +419,20 @@ proptest! {
         }
         sort_verdicts(&mut parts);
         prop_assert_eq!(&parts, &whole);
+    }
+
+    /// The shared inventory holds one listing per subscription and plans over them where they
+    /// are (issue 28: no merged copy): the same plan, and the same cleanup, as the whole.
+    #[test]
+    fn a_plan_over_per_subscription_listings_is_the_whole_estates((inv, policies) in estate()) {
+        let parts: Vec<Inventory> = SUBS.iter().map(|s| listing_of(&inv, &s.to_ascii_lowercase())).collect();
+        prop_assert_eq!(plan_parts(&policies, parts.iter()), plan(&policies, &inv));
+        if let Some((first, others)) = policies.split_first() {
+            prop_assert_eq!(
+                plan_cleanup_parts(first, others, parts.iter()),
+                plan_cleanup(first, others, &inv)
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::observe::InventorySource;
 use super::scope::expand_management_groups;
 use crate::api::DesiredState;
 use crate::azure::{ArmError, NetworkApi};
-use crate::plan::{Write, plan_cleanup};
+use crate::plan::{Write, plan_cleanup_parts};
 use std::collections::BTreeSet;
 
 /// What a cleanup did.
@@ -41,7 +41,7 @@ pub async fn clean_up(
     }
     let subscriptions = policy.subscriptions();
     let inventory = source.reread(&subscriptions, Some(&policy.name)).await?;
-    let plan = plan_cleanup(&policy, &others, &inventory);
+    let plan = plan_cleanup_parts(&policy, &others, inventory.parts());
     drop(inventory);
     let results = run_lanes(api, &plan, concurrency.max(1), &|_| {}, None).await;
     let mut cleaned = Cleaned::default();

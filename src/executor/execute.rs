@@ -7,7 +7,7 @@
 use super::{Pass, RunMode};
 use crate::api::DesiredState;
 use crate::azure::{ArmError, ErrorClass, NetworkApi};
-use crate::plan::{Plan, PlannedWrite, TablePlan, Write, plan};
+use crate::plan::{Plan, PlannedWrite, TablePlan, Write, plan_parts};
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -140,7 +140,7 @@ async fn replan(
         .source
         .reread(&written.subscriptions, p.params.only_policy.as_deref())
         .await?;
-    let mut second = plan(policies, &fresh);
+    let mut second = plan_parts(policies, fresh.parts());
     drop(fresh);
     if let Some(name) = &p.params.only_policy {
         second.retain_policy(name);

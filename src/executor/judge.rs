@@ -58,7 +58,7 @@ async fn verdicts_after(
             .source
             .reread(&BTreeSet::from([sub.clone()]), writer)
             .await?;
-        verdicts.extend(crate::plan::verdicts_in(policies, &one, sub));
+        verdicts.extend(crate::plan::verdicts_in_parts(policies, one.parts(), sub));
     }
     crate::plan::sort_verdicts(&mut verdicts);
     verdicts.shrink_to_fit();

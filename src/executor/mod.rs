@@ -31,9 +31,9 @@ use crate::api::DesiredState;
 use crate::azure::{ArmError, NetworkApi};
 use crate::dns::Resolver;
 use crate::model::SubscriptionError;
-use crate::plan::{Plan, PlannedWrite, plan};
+use crate::plan::{Plan, PlannedWrite, plan_parts};
 pub use execute::{MAX_ACTIVE_WRITES, Progress, WriteResult, execute_write, run_lanes};
-pub use observe::{InventorySource, Listing};
+pub use observe::{InventorySource, Listing, Observed};
 pub use problem::Reason;
 pub use report::{PolicyReport, Report};
 use std::collections::BTreeMap;
@@ -153,19 +153,18 @@ pub async fn pass(
 
 /// The plan of `policies` on the view, cut to the pass's share, and the subscriptions that could
 /// not be read. The view is freed here: the plan carries everything the writes need, so a pass
-/// never holds two inventories (peak memory at 10,000 subnets).
+/// never holds two observations (peak memory at 10,000 subnets).
 fn share(
     p: &Pass<'_>,
     policies: &[DesiredState],
-    view: observe::View,
+    view: observe::Observed,
 ) -> (Plan, BTreeMap<String, SubscriptionError>) {
-    let mut inventory = view.inventory;
-    let mut made = plan(policies, &inventory);
+    let mut made = plan_parts(policies, view.parts());
     if let Some(name) = &p.params.only_policy {
         made.retain_policy(name);
     }
     (p.progress)(Progress::Planned {
         writes: made.writes.len(),
     });
-    (made, std::mem::take(&mut inventory.unreadable))
+    (made, view.unreadable())
 }

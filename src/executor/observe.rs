@@ -5,8 +5,36 @@
 use super::{Pass, Progress};
 use crate::api::DesiredState;
 use crate::azure::{ArmError, NetworkApi};
-use crate::model::Inventory;
-use std::collections::BTreeSet;
+use crate::model::{Inventory, SubscriptionError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Azure's state as a source holds it: one or more inventories (the shared inventory keeps one
+/// per subscription), looked at where they are and never merged into a copy.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub parts: Vec<Arc<Inventory>>,
+}
+
+impl Observed {
+    /// One inventory.
+    pub fn one(inventory: Inventory) -> Observed {
+        Observed {
+            parts: vec![Arc::new(inventory)],
+        }
+    }
+    /// The parts, for the planner.
+    pub fn parts(&self) -> impl Iterator<Item = &Inventory> + '_ {
+        self.parts.iter().map(|p| p.as_ref())
+    }
+    /// The subscriptions ARM refused to list, by lower-cased ID.
+    pub fn unreadable(&self) -> BTreeMap<String, SubscriptionError> {
+        self.parts()
+            .flat_map(|p| p.unreadable.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
 
 /// A source of observed Azure state for a pass.
 ///
@@ -17,7 +45,7 @@ use std::collections::BTreeSet;
 #[async_trait::async_trait]
 pub trait InventorySource: Send + Sync {
     /// The inventory of these subscriptions to plan on.
-    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError>;
+    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Observed, ArmError>;
     /// Reads these subscriptions again from ARM (a pass wrote there, or found its view stale)
     /// and returns their inventory. `writer` names the policy whose pass wrote, so the change
     /// its own writes make does not queue it again.
@@ -25,7 +53,7 @@ pub trait InventorySource: Send + Sync {
         &self,
         subscriptions: &BTreeSet<String>,
         writer: Option<&str>,
-    ) -> Result<Inventory, ArmError>;
+    ) -> Result<Observed, ArmError>;
 }
 
 /// The CLI's source: every read is a listing through the port (no cache).
@@ -41,22 +69,17 @@ impl<'a> Listing<'a> {
 
 #[async_trait::async_trait]
 impl InventorySource for Listing<'_> {
-    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
-        self.api.inventory(subscriptions).await
+    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Observed, ArmError> {
+        self.api.inventory(subscriptions).await.map(Observed::one)
     }
 
     async fn reread(
         &self,
         subscriptions: &BTreeSet<String>,
         _writer: Option<&str>,
-    ) -> Result<Inventory, ArmError> {
-        self.api.inventory(subscriptions).await
+    ) -> Result<Observed, ArmError> {
+        self.api.inventory(subscriptions).await.map(Observed::one)
     }
-}
-
-/// What the pass observed.
-pub struct View {
-    pub inventory: Inventory,
 }
 
 /// The subscriptions a pass reads: the one policy's when it writes only its own share (other
@@ -71,16 +94,16 @@ pub fn pass_subscriptions(p: &Pass<'_>, policies: &[DesiredState]) -> BTreeSet<S
 }
 
 /// The pass's view of the subscriptions it needs.
-pub async fn observe(p: &Pass<'_>, policies: &[DesiredState]) -> Result<View, ArmError> {
-    let inventory = p.source.current(&pass_subscriptions(p, policies)).await?;
+pub async fn observe(p: &Pass<'_>, policies: &[DesiredState]) -> Result<Observed, ArmError> {
+    let observed = p.source.current(&pass_subscriptions(p, policies)).await?;
     (p.progress)(Progress::Observed {
-        subscriptions: inventory.subscriptions.len(),
-        subnets: inventory
-            .virtual_networks
-            .iter()
+        subscriptions: observed.parts().map(|i| i.subscriptions.len()).sum(),
+        subnets: observed
+            .parts()
+            .flat_map(|i| i.virtual_networks.iter())
             .map(|v| v.subnets.len())
             .sum(),
-        route_tables: inventory.route_tables.len(),
+        route_tables: observed.parts().map(|i| i.route_tables.len()).sum(),
     });
-    Ok(View { inventory })
+    Ok(observed)
 }

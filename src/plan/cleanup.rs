@@ -59,10 +59,19 @@ pub(super) fn cleanup_table(
 /// Subnets that `others` also select are left to them, as are routes they still need.
 /// `Orphan` and `Audit` policies plan no writes.
 pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &Inventory) -> Plan {
+    plan_cleanup_parts(policy, others, [inventory])
+}
+
+/// [`plan_cleanup`] over an estate in parts, looked at where they are.
+pub fn plan_cleanup_parts<'a>(
+    policy: &DesiredState,
+    others: &[DesiredState],
+    parts: impl IntoIterator<Item = &'a Inventory>,
+) -> Plan {
     if policy.deletion_policy == DeletionPolicy::Orphan || policy.mode == Mode::Audit {
         return Plan::default();
     }
-    let idx = Index::new(inventory);
+    let idx = Index::new(parts);
     let Cleanup {
         kept,
         footprint,
@@ -117,6 +126,7 @@ pub fn plan_cleanup(policy: &DesiredState, others: &[DesiredState], inventory: &
         released: Vec::new(),
     }
 }
+
 /// What deleting `policy` concerns: the addresses other policies still need per table, the
 /// subnets whose verdicts the cleanup reports (its footprint) and the tables it cleans.
 pub(super) struct Cleanup<'a> {
@@ -130,7 +140,6 @@ pub(super) fn cleanup_scope<'a>(
     others: &'a [DesiredState],
     idx: &Index<'a>,
 ) -> Cleanup<'a> {
-    let inventory = idx.inventory;
     let others: Vec<&DesiredState> = by_seniority(others);
     let mut ignored = Vec::new();
     let others_owned = claim(&others, idx, &mut ignored);
@@ -158,7 +167,7 @@ pub(super) fn cleanup_scope<'a>(
             tables.insert(t.id.key(), t);
         }
     }
-    for t in &inventory.route_tables {
+    for t in idx.route_tables() {
         if created_by(t, &policy.name) {
             tables.insert(t.id.key(), t);
         }
@@ -169,7 +178,7 @@ pub(super) fn cleanup_scope<'a>(
     let others_selected = selected_anywhere(&others, idx);
     let users = table_users(idx, |_| true);
     let subscriptions = policy.subscriptions();
-    for t in &inventory.route_tables {
+    for t in idx.route_tables() {
         if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {
             continue;
         }

@@ -18,7 +18,7 @@ mod select;
 pub mod simulate;
 mod types;
 
-pub use cleanup::plan_cleanup;
+pub use cleanup::{plan_cleanup, plan_cleanup_parts};
 use lanes::Lanes;
 use place::*;
 use release::*;
@@ -42,7 +42,16 @@ pub fn verdicts_in(
     one: &Inventory,
     subscription: &str,
 ) -> Vec<SubnetVerdict> {
-    let mut verdicts = plan(policies, one).verdicts;
+    verdicts_in_parts(policies, [one], subscription)
+}
+
+/// [`verdicts_in`] over a listing in parts.
+pub fn verdicts_in_parts<'a>(
+    policies: &[DesiredState],
+    parts: impl IntoIterator<Item = &'a Inventory>,
+    subscription: &str,
+) -> Vec<SubnetVerdict> {
+    let mut verdicts = plan_parts(policies, parts).verdicts;
     verdicts.retain(|v| v.subnet.subscription().eq_ignore_ascii_case(subscription));
     verdicts
 }
@@ -73,7 +82,16 @@ pub fn sort_verdicts(verdicts: &mut [SubnetVerdict]) {
 /// All policies are given so that overlaps are decided the same way every time (the older
 /// policy owns a contested subnet); each write names the policy it is made for.
 pub fn plan(policies: &[DesiredState], inventory: &Inventory) -> Plan {
-    let idx = Index::new(inventory);
+    plan_parts(policies, [inventory])
+}
+
+/// [`plan`] over an estate in parts (one inventory per subscription, say), looked at where
+/// they are: the same plan as over the parts merged, without the copy.
+pub fn plan_parts<'a>(
+    policies: &[DesiredState],
+    parts: impl IntoIterator<Item = &'a Inventory>,
+) -> Plan {
+    let idx = Index::new(parts);
     let ordered = by_seniority(policies);
     let mut verdicts = Vec::new();
     let owned = claim(&ordered, &idx, &mut verdicts);

@@ -65,9 +65,7 @@ pub(super) fn releases(
     let none = BTreeMap::new();
     // The tables this plan does not write to are the ones with an entry in `users`.
     let mut tables: Vec<&RouteTable> = idx
-        .inventory
-        .route_tables
-        .iter()
+        .route_tables()
         .filter(|t| subscriptions.contains(&t.id.subscription().to_ascii_lowercase()))
         .filter(|t| users.contains_key(t.id.key()))
         .collect();

@@ -7,30 +7,50 @@ use crate::ids::{RouteTableId, SubnetId};
 use crate::model::{Inventory, RouteTable, Subnet, VirtualNetwork};
 use std::collections::HashMap;
 
-/// Lookups over an inventory by case-insensitive ID key.
+/// Lookups over an estate by case-insensitive ID key. The estate may come in parts (one per
+/// subscription, as the controller's shared inventory holds it): they are looked at where they
+/// are, never copied into one.
 pub(super) struct Index<'a> {
     pub(super) subnets: HashMap<&'a str, (&'a VirtualNetwork, &'a Subnet)>,
     pub(super) tables: HashMap<&'a str, &'a RouteTable>,
-    pub(super) inventory: &'a Inventory,
+    parts: Vec<&'a Inventory>,
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(inventory: &'a Inventory) -> Self {
-        let subnets = inventory
-            .virtual_networks
+    pub(super) fn new(parts: impl IntoIterator<Item = &'a Inventory>) -> Self {
+        let parts: Vec<&'a Inventory> = parts.into_iter().collect();
+        let subnets = parts
             .iter()
+            .flat_map(|p| p.virtual_networks.iter())
             .flat_map(|v| v.subnets.iter().map(move |s| (s.id.key(), (v, s))))
             .collect();
-        let tables = inventory
-            .route_tables
+        let tables = parts
             .iter()
+            .flat_map(|p| p.route_tables.iter())
             .map(|t| (t.id.key(), t))
             .collect();
         Index {
             subnets,
             tables,
-            inventory,
+            parts,
         }
+    }
+
+    /// True when some part holds the subscription's complete listing.
+    pub(super) fn observes_subscription(&self, subscription: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|p| p.observes_subscription(subscription))
+    }
+
+    /// Every listed VNet, part by part.
+    pub(super) fn virtual_networks(&self) -> impl Iterator<Item = &'a VirtualNetwork> + '_ {
+        self.parts.iter().flat_map(|p| p.virtual_networks.iter())
+    }
+
+    /// Every listed route table, part by part.
+    pub(super) fn route_tables(&self) -> impl Iterator<Item = &'a RouteTable> + '_ {
+        self.parts.iter().flat_map(|p| p.route_tables.iter())
     }
 }
 
@@ -46,7 +66,7 @@ pub(super) fn select_subnets<'a>(policy: &DesiredState, idx: &Index<'a>) -> Sele
     let mut found: Vec<(&'a VirtualNetwork, &'a Subnet)> = Vec::new();
     let mut missing = Vec::new();
     for id in &policy.subnets {
-        if !idx.inventory.observes_subscription(id.subscription()) {
+        if !idx.observes_subscription(id.subscription()) {
             missing.push((
                 id.clone(),
                 ErrorReason::SubscriptionNotObserved,
@@ -63,7 +83,7 @@ pub(super) fn select_subnets<'a>(policy: &DesiredState, idx: &Index<'a>) -> Sele
         }
     }
     if let Some(sel) = &policy.selector {
-        for v in &idx.inventory.virtual_networks {
+        for v in idx.virtual_networks() {
             if !sel
                 .subscriptions
                 .contains(&v.id.subscription().to_ascii_lowercase())

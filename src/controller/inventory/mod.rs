@@ -9,7 +9,7 @@
 //! change concerns (the controller, which has the policies) and anything about writes.
 
 use crate::azure::{ArmError, Fingerprint, NetworkApi, Relisted};
-use crate::executor::InventorySource;
+use crate::executor::{InventorySource, Observed};
 use crate::ids::SubnetId;
 use crate::model::{Inventory, RouteTable, Subnet, Tags};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -365,19 +365,19 @@ async fn refresh_loop(inventory: Weak<SharedInventory>, subscription: String) {
 
 #[async_trait::async_trait]
 impl InventorySource for SharedInventory {
-    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Inventory, ArmError> {
+    async fn current(&self, subscriptions: &BTreeSet<String>) -> Result<Observed, ArmError> {
         let mut views = Vec::with_capacity(subscriptions.len());
         for sub in subscriptions {
             views.push(self.view(sub).await?);
         }
-        Ok(merge(&views))
+        Ok(Observed { parts: views })
     }
 
     async fn reread(
         &self,
         subscriptions: &BTreeSet<String>,
         writer: Option<&str>,
-    ) -> Result<Inventory, ArmError> {
+    ) -> Result<Observed, ArmError> {
         for sub in subscriptions {
             self.refresh(sub, writer).await?;
         }
@@ -398,19 +398,6 @@ fn refused(sub: &str, e: &ArmError) -> Inventory {
         },
     );
     inv
-}
-
-/// One inventory from several subscriptions' views (each holds one subscription).
-fn merge(views: &[Arc<Inventory>]) -> Inventory {
-    let mut out = Inventory::default();
-    for v in views {
-        out.subscriptions.extend(v.subscriptions.iter().cloned());
-        out.unreadable.extend(v.unreadable.clone());
-        out.virtual_networks
-            .extend(v.virtual_networks.iter().cloned());
-        out.route_tables.extend(v.route_tables.iter().cloned());
-    }
-    out
 }
 
 /// A subnet as far as a plan is concerned (the model holds no ETag: it moves with every write
