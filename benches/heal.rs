@@ -10,6 +10,9 @@
 //! enough to heal in about 30 s. Not a test: it reports numbers, asserts none.
 //!
 //! `KMSROUTE_HEAL_SUBNETS`, `KMSROUTE_HEAL_EVENTS`, `KMSROUTE_HEAL_STEADY_SECS` shrink it.
+//! `KMSROUTE_HEAL_BASELINE=/path/to/an/older/kmsroute` first runs that binary on a fresh copy of
+//! the same estate (before/after in one run); `KMSROUTE_HEAL_PERF=DIR` samples each controller
+//! with `perf record` over its steady window (`DIR/<label>.perf.data`).
 
 mod common;
 #[path = "../tests/support/fake_kube.rs"]
@@ -225,8 +228,28 @@ async fn steady(em: &Emulator, pid: u32, secs: u64) -> (f64, u64, f64) {
     )
 }
 
-/// The controller as shipped: `kmsroute run` with default settings.
-async fn ours(em: &Emulator, vnets: usize, events: usize, steady_secs: u64) -> Outcome {
+/// Samples `pid` with `perf record` for `secs` (call graphs, user space), when asked.
+fn perf(label: &str, pid: u32, secs: u64) -> Option<std::process::Child> {
+    let dir = std::env::var("KMSROUTE_HEAL_PERF").ok()?;
+    std::process::Command::new("perf")
+        .args(["record", "-F", "199", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(format!("{dir}/{label}.perf.data"))
+        .args(["--", "sleep", &secs.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// The controller as shipped: `kmsroute run` (the binary `bin`) with default settings.
+async fn ours(
+    em: &Emulator,
+    bin: &std::path::Path,
+    label: &str,
+    vnets: usize,
+    events: usize,
+    steady_secs: u64,
+) -> Outcome {
     let kube = FakeKube::start().await;
     let api = Api::<KmsRoutePolicy>::all(kube.client());
     for i in 0..POLICIES {
@@ -243,7 +266,7 @@ async fn ours(em: &Emulator, vnets: usize, events: usize, steady_secs: u64) -> O
         .port();
     reset(&em.url).await;
     let t0 = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+    let mut child = std::process::Command::new(bin)
         .args(["run", "--arm-endpoint", &em.url, "--metrics-addr"])
         .arg(format!("127.0.0.1:{port}"))
         .args([
@@ -278,16 +301,20 @@ async fn ours(em: &Emulator, vnets: usize, events: usize, steady_secs: u64) -> O
     }
     out.converge_writes = stats(&em.url).await["writes"].as_u64().unwrap_or(0);
     println!(
-        "ours: converged in {:?} with {} writes",
+        "{label}: converged in {:?} with {} writes",
         out.converge, out.converge_writes
     );
     // Let the refreshes after convergence (our own writes echoing back) settle.
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let sampling = perf(label, pid, steady_secs);
     let (r, w, c) = steady(em, pid, steady_secs).await;
+    if let Some(mut p) = sampling {
+        let _ = p.wait();
+    }
     (out.reads_per_sub_min, out.steady_writes, out.cpu_share) = (r, w, c);
     out.steady_secs = steady_secs as f64;
     println!(
-        "ours: steady {r:.1} reads/subscription/min, {w} writes, CPU {:.2} % of a core",
+        "{label}: steady {r:.1} reads/subscription/min, {w} writes, CPU {:.2} % of a core",
         c * 100.0
     );
     reset(&em.url).await;
@@ -391,13 +418,27 @@ async fn main() {
     std::fs::write(&seed_file, seed.to_string()).unwrap();
     drop(seed);
     let vnets = subnets.div_ceil(10);
+    // The baseline first, on its own fresh emulator with the same estate.
+    let baseline = match std::env::var("KMSROUTE_HEAL_BASELINE") {
+        Ok(bin) => {
+            let em = start_emulator(&seed_file, 200);
+            let o = ours(&em, bin.as_ref(), "before", vnets, events, steady_secs).await;
+            drop(em);
+            Some((bin, o))
+        }
+        Err(_) => None,
+    };
     let em = start_emulator(&seed_file, 200);
-    let ours = ours(&em, vnets, events, steady_secs).await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kmsroute"));
+    let ours = ours(&em, bin, "ours", vnets, events, steady_secs).await;
     // KMSROUTE_HEAL_LEGACY=0: ours only (today's design does not finish in reasonable time on
-    // the largest estates); the row is printed and BENCHMARKS.md is left as it is.
+    // the largest estates); the rows are printed and BENCHMARKS.md is left as it is.
     if env_or("KMSROUTE_HEAL_LEGACY", 1) == 0 {
         drop(em);
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some((bin, before)) = &baseline {
+            println!("{}", row(&format!("before: `{bin} run`, default settings"), before));
+        }
         println!("{}", row("ours: `kmsroute run`, default settings", &ours));
         return;
     }
