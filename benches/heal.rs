@@ -12,7 +12,8 @@
 //! `KMSROUTE_HEAL_SUBNETS`, `KMSROUTE_HEAL_EVENTS`, `KMSROUTE_HEAL_STEADY_SECS` shrink it.
 //! `KMSROUTE_HEAL_BASELINE=/path/to/an/older/kmsroute` first runs that binary on a fresh copy of
 //! the same estate (before/after in one run); `KMSROUTE_HEAL_PERF=DIR` samples each controller
-//! with `perf record` over its steady window (`DIR/<label>.perf.data`).
+//! with `perf record` over its steady window (`DIR/<label>.perf.data`);
+//! `KMSROUTE_HEAL_WRAP="heaptrack -o FILE"` runs the controller under a profiler.
 
 mod common;
 #[path = "../tests/support/fake_kube.rs"]
@@ -266,7 +267,20 @@ async fn ours(
         .port();
     reset(&em.url).await;
     let t0 = Instant::now();
-    let mut child = std::process::Command::new(bin)
+    // KMSROUTE_HEAL_WRAP="heaptrack -o FILE": run the controller under a profiler (its CPU and
+    // RSS are then the wrapper's, not to be reported).
+    let wrap: Vec<String> = std::env::var("KMSROUTE_HEAL_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((tool, args)) => {
+            let mut c = std::process::Command::new(tool);
+            c.args(args).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let mut child = command
         .args(["run", "--arm-endpoint", &em.url, "--metrics-addr"])
         .arg(format!("127.0.0.1:{port}"))
         .args([
@@ -437,7 +451,10 @@ async fn main() {
         drop(em);
         let _ = std::fs::remove_dir_all(&dir);
         if let Some((bin, before)) = &baseline {
-            println!("{}", row(&format!("before: `{bin} run`, default settings"), before));
+            println!(
+                "{}",
+                row(&format!("before: `{bin} run`, default settings"), before)
+            );
         }
         println!("{}", row("ours: `kmsroute run`, default settings", &ours));
         return;

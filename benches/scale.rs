@@ -2,7 +2,8 @@
 //! throttling on) at 100, 1,000 and 10,000 subnets, beside the naive way a script or a
 //! per-resource operator works (per subnet: GET subnet, GET its table, PUT each KMS route).
 //! Prints a table and writes BENCHMARKS.md. Not a test: it reports numbers, asserts none.
-//! `KMSROUTE_BENCH_SIZES=100,1000` picks the estates.
+//! `KMSROUTE_BENCH_SIZES=100,1000` picks the estates; `KMSROUTE_BENCH_BIN` runs another (older)
+//! `kmsroute` for a before/after comparison.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -38,7 +39,10 @@ async fn ours(em: &Emulator, policy_file: &std::path::Path, out_dir: &std::path:
     let t0 = Instant::now();
     // Reaped below with libc::wait4, which also returns its rusage (CPU time).
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+    // KMSROUTE_BENCH_BIN: another kmsroute (an older build) for a before/after comparison.
+    let bin = std::env::var("KMSROUTE_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kmsroute").to_string());
+    let child = Command::new(bin)
         .args(["apply", "--yes", "--arm-endpoint", url, "-f"])
         .arg(policy_file)
         .env("KMSROUTE_AUTH", "static-token")

@@ -9,9 +9,10 @@ use super::convert::{convert_table, convert_vnet};
 use super::transport::{arm_err, http_error};
 use crate::azure::{ArmError, ErrorClass, Fingerprint, Relisted};
 use crate::model::Inventory;
-use azure_core::{Method, Url};
+use azure_core::Url;
 use azure_mgmt_network::models;
-use std::hash::Hasher;
+use bytes::Bytes;
+use std::hash::{BuildHasher, Hasher};
 
 /// The two listings of a subscription, in the order they are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +40,26 @@ impl Kind {
     }
 }
 
-/// A page's hash: its length and SipHash of its bytes.
-fn hash(body: &[u8]) -> (u64, usize) {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(body);
-    (h.finish(), body.len())
+/// A page's hash: its length and SipHash of its bytes (fed chunk by chunk as they arrived, the
+/// same as over the whole), keyed at random once per process (so no page can be made to collide
+/// with another on purpose).
+fn hash(chunks: &[Bytes]) -> (u64, usize) {
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    for c in chunks {
+        h.write(c);
+    }
+    (h.finish(), chunks.iter().map(Bytes::len).sum())
+}
+
+/// A page's chunks as one body (only for a page that changed, or an error).
+fn join(chunks: &[Bytes]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in chunks {
+        body.extend_from_slice(c);
+    }
+    body
 }
 
 /// The `nextLink` of a page, read without building the page's models.
@@ -64,19 +80,24 @@ impl AzureNetworkApi {
         let resource = format!("/subscriptions/{sub}");
         let mut fingerprint = Fingerprint::default();
         // Pages kept until it is known whether anything changed; dropped on return.
-        let mut bodies: Vec<(Kind, Vec<u8>)> = Vec::new();
+        let mut bodies: Vec<(Kind, Vec<Bytes>)> = Vec::new();
         let mut same = previous.is_some();
         for kind in [Kind::VirtualNetworks, Kind::RouteTables] {
             let mut url = self.url(&kind.path(sub));
             loop {
-                let (status, _, body) = self
-                    .raw(Method::Get, url.clone(), None, &[])
+                let (status, chunks) = self
+                    .raw_get_chunks(url.clone())
                     .await
                     .map_err(|e| arm_err(kind.operation(), &resource, e))?;
                 if status != 200 {
-                    return Err(http_error(kind.operation(), &resource, status, &body));
+                    return Err(http_error(
+                        kind.operation(),
+                        &resource,
+                        status,
+                        &join(&chunks),
+                    ));
                 }
-                let (h, len) = hash(&body);
+                let (h, len) = hash(&chunks);
                 let at = fingerprint.pages.len();
                 let known = previous
                     .and_then(|p| p.pages.get(at))
@@ -86,7 +107,7 @@ impl AzureNetworkApi {
                     Some(m) => m.next.clone(),
                     None => {
                         same = false;
-                        serde_json::from_slice::<NextLink>(&body)
+                        serde_json::from_slice::<NextLink>(&join(&chunks))
                             .map_err(|e| unreadable(kind, &resource, e))?
                             .next_link
                     }
@@ -97,7 +118,7 @@ impl AzureNetworkApi {
                     len,
                     next: next.clone(),
                 });
-                bodies.push((kind, body));
+                bodies.push((kind, chunks));
                 match next {
                     Some(next) => url = self.checked_next(kind, &resource, &next)?,
                     None => break,
@@ -138,14 +159,16 @@ impl AzureNetworkApi {
 fn parse(
     sub: &str,
     resource: &str,
-    bodies: Vec<(Kind, Vec<u8>)>,
+    bodies: Vec<(Kind, Vec<Bytes>)>,
     pages: u64,
 ) -> Result<Inventory, ArmError> {
     let mut inv = Inventory {
         list_pages: pages,
         ..Inventory::default()
     };
-    for (kind, body) in bodies {
+    for (kind, chunks) in bodies {
+        let body = join(&chunks);
+        drop(chunks);
         match kind {
             Kind::VirtualNetworks => {
                 let page: models::VirtualNetworkListResult =
@@ -177,4 +200,26 @@ fn unreadable(kind: Kind, resource: &str, e: serde_json::Error) -> ArmError {
         None,
         format!("unreadable list page: {e}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page arrives in chunks cut wherever the connection cut them: its hash is that of its
+    /// bytes, however they were cut.
+    #[test]
+    fn a_pages_hash_does_not_depend_on_how_it_was_chunked() {
+        let page: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let whole = hash(&[Bytes::from(page.clone())]);
+        for cut in [1, 7, 4096, 39_999] {
+            let (a, b) = page.split_at(cut);
+            let chunks = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+            assert_eq!(hash(&chunks), whole, "cut at {cut}");
+            assert_eq!(join(&chunks), page);
+        }
+        let mut other = page.clone();
+        other[20_000] ^= 1;
+        assert_ne!(hash(&[Bytes::from(other)]), whole);
+    }
 }
