@@ -37,11 +37,11 @@ async fn ours(em: &Emulator, policy_file: &std::path::Path, out_dir: &std::path:
     let stdout = out_dir.join("apply.out");
     let stderr = out_dir.join("apply.err");
     let t0 = Instant::now();
-    // Reaped below with libc::wait4, which also returns its rusage (CPU time).
-    #[allow(clippy::zombie_processes)]
     // KMSROUTE_BENCH_BIN: another kmsroute (an older build) for a before/after comparison.
     let bin = std::env::var("KMSROUTE_BENCH_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kmsroute").to_string());
+    // Reaped below with libc::wait4, which also returns its rusage (CPU time).
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(bin)
         .args(["apply", "--yes", "--arm-endpoint", url, "-f"])
         .arg(policy_file)
