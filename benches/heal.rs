@@ -268,7 +268,8 @@ async fn ours(
     reset(&em.url).await;
     let t0 = Instant::now();
     // KMSROUTE_HEAL_WRAP="heaptrack -o FILE": run the controller under a profiler (its CPU and
-    // RSS are then the wrapper's, not to be reported).
+    // RSS are then the wrapper's, not to be reported). A wrapper that runs the controller as its
+    // child leaves it running when the bench kills the wrapper: stop it by hand afterwards.
     let wrap: Vec<String> = std::env::var("KMSROUTE_HEAL_WRAP")
         .map(|w| w.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
