@@ -1575,6 +1575,21 @@ async fn a_policy_denial_shows_as_policy_denied_with_the_assignment_and_waits_on
     c.shutdown().await;
 }
 
+/// `alice@contoso.example` deletes one of our KMS routes from `table` (an ARM path), as the
+/// portal would: through ARM, under her own name in the Activity Log.
+async fn alice_deletes_a_kms_route(em: &EmulatorHandle, table: &str) {
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}{table}/routes/kms-20-118-99-224?api-version=2024-03-01",
+            em.url()
+        ))
+        .bearer_auth("alice@contoso.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
 /// The demo estate with subscription S1 under the management group `corp`.
 fn corp_estate() -> emulator::Seed {
     let mut seed = support::arm::demo_estate();
@@ -1711,16 +1726,7 @@ async fn a_table_someone_keeps_rewriting_is_reported_as_contested_with_who_did_i
     }
     assert_eq!(event["type"], "Warning");
     // A colleague deletes a route: repaired, counted, and no second Event within the window.
-    let resp = http
-        .delete(format!(
-            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
-            em.url()
-        ))
-        .bearer_auth("alice@contoso.example")
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    alice_deletes_a_kms_route(&em, &shared).await;
     wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     let obj = wait_for("4 reverts counted", Duration::from_secs(15), || {
         (c.metrics.reverts_of("spokes") >= 4)
@@ -1790,16 +1796,7 @@ async fn a_contested_table_is_reported_without_the_activity_log_too() {
     let shared = format!(
         "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
     );
-    let resp = reqwest::Client::new()
-        .delete(format!(
-            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
-            em.url()
-        ))
-        .bearer_auth("alice@contoso.example")
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    alice_deletes_a_kms_route(&em, &shared).await;
     wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     let obj = wait_for("the Contested problem", Duration::from_secs(15), || {
         kube.policy("spokes").filter(|o| {
@@ -1855,15 +1852,7 @@ async fn a_revert_is_attributed_once_the_activity_log_catches_up() {
     let shared = format!(
         "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
     );
-    reqwest::Client::new()
-        .delete(format!(
-            "{}{shared}/routes/kms-20-118-99-224?api-version=2024-03-01",
-            em.url()
-        ))
-        .bearer_auth("alice@contoso.example")
-        .send()
-        .await
-        .unwrap();
+    alice_deletes_a_kms_route(&em, &shared).await;
     let contested_message = |o: &Value| {
         o.pointer("/status/problems")
             .and_then(Value::as_array)

@@ -313,16 +313,27 @@ impl AzureNetworkApi {
         resource: &str,
         page: &Value,
     ) -> Result<Option<Url>, ArmError> {
+        page["nextLink"]
+            .as_str()
+            .map(|next| self.checked_next_link(operation, resource, next))
+            .transpose()
+    }
+
+    /// A `nextLink` that stays on the ARM endpoint (where the token goes); anything else is
+    /// refused.
+    pub(super) fn checked_next_link(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        next: &str,
+    ) -> Result<Url, ArmError> {
         let refused =
             |m: String| ArmError::local(ErrorClass::NeedsUserAction, operation, resource, None, m);
-        let Some(next) = page["nextLink"].as_str() else {
-            return Ok(None);
-        };
-        let next = Url::parse(next).map_err(|e| refused(format!("nextLink: {e}")))?;
-        if next.origin() != self.endpoint.origin() {
-            return Err(refused(format!("nextLink {next} leaves the ARM endpoint")));
+        let url = Url::parse(next).map_err(|e| refused(format!("nextLink: {e}")))?;
+        if url.origin() != self.endpoint.origin() {
+            return Err(refused(format!("nextLink {url} leaves the ARM endpoint")));
         }
-        Ok(Some(next))
+        Ok(url)
     }
 
     /// Follows a raw listing from `url`, handing each page to `each`, for at most `max_pages`
