@@ -19,6 +19,7 @@ pub mod executor;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod ids;
+pub mod logging;
 pub mod model;
 pub mod output;
 pub mod plan;

@@ -870,7 +870,7 @@ async fn no_secret_reaches_logs_events_or_status() {
         &em.url(),
         "secrets",
         &[
-            ("RUST_LOG", "trace,azure_core=trace,azure_identity=trace"),
+            ("RUST_LOG", "trace,azure_core::policies::transport=trace,azure_identity=trace,[reconciling object]=trace"),
             ("KMSROUTE_AUTH", "static-token"),
             ("KMSROUTE_STATIC_TOKEN", STATIC),
             ("AZURE_CLIENT_SECRET", CLIENT_SECRET),

@@ -242,6 +242,49 @@ pub struct ArmPolicy {
     /// does not carry a token that expired meanwhile).
     pub credentials: Arc<Credentials>,
     pub scopes: Vec<String>,
+    /// The ARM endpoint's origin (scheme, host, port): the only one a request may go to, so
+    /// the only one the token goes to. Whatever a response points at (a `nextLink` of any
+    /// listing, `Azure-AsyncOperation`, `Location`) is held to it here, once for every call.
+    pub origin: url::Origin,
+}
+
+/// The error code of a request refused because its URL left the ARM endpoint's origin.
+pub const FOREIGN_ORIGIN: &str = "ForeignOrigin";
+
+/// A request whose URL is not on the ARM endpoint's origin: refused before any token is
+/// attached or anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refused to send a request with the ARM token to {host}: {url} is not on the ARM endpoint {arm} (a nextLink, Azure-AsyncOperation or Location header pointed there)"
+)]
+pub struct ForeignOrigin {
+    /// The host (and port) the URL named.
+    pub host: String,
+    /// The URL without its query.
+    pub url: String,
+    /// The ARM endpoint's origin.
+    pub arm: String,
+}
+
+impl ForeignOrigin {
+    /// `Some` when `url` is off `origin`.
+    pub fn check(url: &url::Url, origin: &url::Origin) -> Option<ForeignOrigin> {
+        if &url.origin() == origin {
+            return None;
+        }
+        let mut bare = url.clone();
+        bare.set_query(None);
+        bare.set_fragment(None);
+        Some(ForeignOrigin {
+            host: match (url.host_str(), url.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                (None, _) => url.scheme().to_string(),
+            },
+            url: bare.to_string(),
+            arm: origin.ascii_serialization(),
+        })
+    }
 }
 
 /// ARM's codes for a bearer token it no longer accepts: one fresh token and one retry.
@@ -380,6 +423,14 @@ impl Policy for ArmPolicy {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
+        // Where the token may go: the ARM endpoint's origin and nowhere else.
+        if let Some(foreign) = ForeignOrigin::check(request.url(), &self.origin) {
+            tracing::warn!(host = %foreign.host, "{foreign}");
+            return Err(azure_core::Error::new(
+                azure_core::error::ErrorKind::Other,
+                foreign,
+            ));
+        }
         let path = request.url().path().to_string();
         let method = request.method().to_string();
         let read = method.eq_ignore_ascii_case("GET");

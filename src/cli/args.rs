@@ -131,6 +131,10 @@ pub(crate) struct EmulatorArgs {
     /// How long a write takes to appear in the Activity Log, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub(crate) activity_log_delay_ms: u64,
+    /// Play a misbehaving ARM: the links it hands out (nextLink, Azure-AsyncOperation,
+    /// Location) point at this origin instead of its own (kmsroute must refuse to follow them).
+    #[arg(long, value_name = "URL")]
+    pub(crate) misdirect_links_to: Option<String>,
 }
 
 // `kmsroute run` (its help is the variant's doc comment).

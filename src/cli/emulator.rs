@@ -27,6 +27,7 @@ pub(crate) async fn emulator(a: EmulatorArgs) -> Result<ExitCode, CliError> {
         lro_duration: std::time::Duration::from_millis(a.lro_ms),
         entra,
         activity_log_delay: std::time::Duration::from_millis(a.activity_log_delay_ms),
+        link_base: a.misdirect_links_to,
     };
     let playing_entra = config.entra.is_some();
     let handle = emulator::start(config, seed, a.listen).await?;

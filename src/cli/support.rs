@@ -12,33 +12,34 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 pub(crate) fn init_logging(format: LogFormat, default_level: &str) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Whatever RUST_LOG says: azure_core logs every request with its headers at debug (the
-    // bearer token included), so the Azure SDK crates (0.21 and the GA line, whose pipeline is
-    // typespec's) never log below info.
-    for target in [
-        "azure_core",
-        "azure_identity",
-        "azure_mgmt_network",
-        "typespec",
-        "typespec_client_core",
-    ] {
-        if let Ok(d) = format!("{target}=info").parse() {
-            filter = filter.add_directive(d);
-        }
-    }
+    // Whatever RUST_LOG says: the Azure SDK crates never log below info (a second filter every
+    // line must pass, not a directive a more specific one outranks), and every line is
+    // redacted before it is written (`kmsroute::logging`).
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        kmsroute::logging::sdk_cap(meta.target(), meta.level())
+    });
     // Colour only on a terminal, and never with NO_COLOR (https://no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let writer = kmsroute::logging::Redacting(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(cap))
+        .try_init();
 }
 
 /// Asks to go ahead with `writes` writes; refuses (an error) when stdin is not a terminal.

@@ -461,9 +461,12 @@ async fn activity_request(
         .and_then(injected)
     {
         Some(fault) => fault,
-        None => app
-            .activity()
-            .list(sub, query, &base_url(headers), app.config.page_size.max(1)),
+        None => app.activity().list(
+            sub,
+            query,
+            &base_url(app, headers),
+            app.config.page_size.max(1),
+        ),
     };
     let mut store = app.lock();
     record(
@@ -533,7 +536,7 @@ fn request_subscription(path: &str) -> String {
 /// What the ARM handlers need of a request: its base URL, paging, preconditions and faults.
 fn request_ctx(app: &App, headers: &HeaderMap, query: &str, fault: Option<FaultRule>) -> arm::Ctx {
     arm::Ctx {
-        base: base_url(headers),
+        base: base_url(app, headers),
         page_size: app.config.page_size.max(1),
         lro: app.config.lro_duration,
         lro_failure: fault.and_then(|f| f.lro_status),
@@ -834,7 +837,10 @@ fn pick_fault(store: &mut Store, method: &Method, path: &str) -> Option<FaultRul
 /// Microsoft.Management's descendants API: `GET …/managementGroups/{name}/descendants`, paged
 /// like ARM (`nextLink` with a `$skiptoken`), api-version 2020-05-01.
 /// The emulator's own URL as the client addressed it, for the links it returns.
-fn base_url(headers: &HeaderMap) -> String {
+fn base_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(base) = &app.config.link_base {
+        return base.trim_end_matches('/').to_string();
+    }
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -897,7 +903,7 @@ fn management_groups(
     let skip: usize = query_param(query, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let base = base_url(headers);
+    let base = base_url(app, headers);
     let link = format!("{base}{path}?api-version={VERSION}");
     let body = arm::page_body(&all, skip, app.config.page_size, &link, Value::clone);
     Reply::json(StatusCode::OK, body)

@@ -22,6 +22,11 @@ pub struct Config {
     pub entra: Option<super::entra::Entra>,
     /// How long a write takes to appear in the Activity Log (Azure: seconds to minutes).
     pub activity_log_delay: Duration,
+    /// Plays a misbehaving ARM: the links it hands out (`nextLink`, `Azure-AsyncOperation`,
+    /// `Location`) point at this origin (`http://127.0.0.2:PORT`) instead of its own, as a
+    /// compromised or confused front end could. The client must never follow them with its
+    /// token.
+    pub link_base: Option<String>,
 }
 
 impl Default for Config {
@@ -33,6 +38,7 @@ impl Default for Config {
             lro_duration: Duration::ZERO,
             entra: None,
             activity_log_delay: Duration::ZERO,
+            link_base: None,
         }
     }
 }

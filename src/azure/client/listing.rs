@@ -77,12 +77,29 @@ impl AzureNetworkApi {
         previous: Option<&Fingerprint>,
     ) -> Result<Relisted, ArmError> {
         let resource = format!("/subscriptions/{sub}");
+        self.bounded(
+            Kind::VirtualNetworks.operation(),
+            &resource,
+            self.relist_within(sub, &resource, previous),
+        )
+        .await
+    }
+
+    /// [`Self::relist_subscription`] without its wall-clock bound.
+    async fn relist_within(
+        &self,
+        sub: &str,
+        resource: &str,
+        previous: Option<&Fingerprint>,
+    ) -> Result<Relisted, ArmError> {
+        let resource = resource.to_string();
         let mut fingerprint = Fingerprint::default();
         // Pages kept until it is known whether anything changed; dropped on return.
         let mut bodies: Vec<(Kind, Vec<Bytes>)> = Vec::new();
         let mut same = previous.is_some();
         for kind in [Kind::VirtualNetworks, Kind::RouteTables] {
             let mut url = self.url(&kind.path(sub));
+            let mut pages = self.pages(kind.operation(), &resource);
             loop {
                 let (status, chunks) = self
                     .raw_get_chunks(url.clone())
@@ -120,7 +137,8 @@ impl AzureNetworkApi {
                 bodies.push((kind, chunks));
                 match next {
                     Some(next) => {
-                        url = self.checked_next_link(kind.operation(), &resource, &next)?
+                        pages.follow(&next)?;
+                        url = self.parse_next_link(kind.operation(), &resource, &next)?
                     }
                     None => break,
                 }

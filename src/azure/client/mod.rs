@@ -18,6 +18,7 @@ use crate::ids::{RouteTableId, SubnetId};
 use crate::model::{self, Inventory};
 use azure_core::auth::TokenCredential;
 use azure_core::{ClientOptions, Method, Pipeline, RetryOptions, Url};
+use azure_mgmt_network::models;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +32,9 @@ mod transport;
 use convert::in_subscription;
 pub use convert::{convert_table, convert_vnet};
 use transport::arm_err;
-pub use transport::{http_error, policy_violation};
+pub use transport::{
+    LISTING_LOOP, LISTING_TIMED_OUT, LISTING_TOO_LONG, Pages, http_error, policy_violation,
+};
 
 const API_VERSION: &str = "2024-03-01";
 /// Microsoft.Management's api-version for the descendants of a management group.
@@ -52,6 +55,30 @@ pub struct ClientSettings {
     /// Budget of effective-route reads (long-running POSTs), separate from ARM's buckets:
     /// default 20 at once, refilled one per 15 s. A read beyond it is not sent.
     pub verification_limit: Option<BucketShape>,
+    /// Bounds every listing is held to (pages, a repeated `nextLink`, wall-clock time).
+    pub listing: ListLimits,
+}
+
+/// How far one listing (one subscription's VNets or route tables, NICs, public IPs, load
+/// balancers, a management group's descendants, a resource's Activity Log) may go before it is
+/// refused with a named error: ARM's `nextLink` is followed as given, so a front end that keeps
+/// handing out links would otherwise be followed forever while the subscription's lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimits {
+    /// Pages per listing (default 5,000: at 100 items a page, 500,000 VNets, route tables or
+    /// NICs in one subscription; Azure's own limits stop far below).
+    pub max_pages: usize,
+    /// Wall-clock time per listing, retries and throttling waits included (default 10 min).
+    pub max_time: Duration,
+}
+
+impl Default for ListLimits {
+    fn default() -> Self {
+        ListLimits {
+            max_pages: 5_000,
+            max_time: Duration::from_secs(600),
+        }
+    }
 }
 
 pub struct AzureNetworkApi {
@@ -61,6 +88,7 @@ pub struct AzureNetworkApi {
     endpoint: Url,
     scopes: Vec<String>,
     lro_timeout: Duration,
+    listing: ListLimits,
     pub metrics: Arc<ArmMetrics>,
     verification: RateLimiter,
     /// The same limiter the pipeline's policy uses (for [`NetworkApi::read_budget`]).
@@ -104,6 +132,7 @@ impl AzureNetworkApi {
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_in_flight.unwrap_or(128).max(1),
             )),
+            origin: endpoint.origin(),
         });
         let options = ClientOptions::default()
             .retry(RetryOptions::none())
@@ -129,6 +158,7 @@ impl AzureNetworkApi {
             endpoint,
             scopes: vec![scope],
             lro_timeout: settings.lro_timeout.unwrap_or(Duration::from_secs(600)),
+            listing: settings.listing,
             metrics,
             limiter,
             error_bodies,
@@ -176,6 +206,29 @@ impl AzureNetworkApi {
         }
     }
 
+    /// Follows one of the generated client's pagers, handing each page to `each` (which
+    /// returns the page's `nextLink`), within the client's [`ListLimits`]. The pager follows
+    /// `nextLink`s itself, through the same pipeline: one off the ARM endpoint is refused there.
+    async fn generated_pages<P>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        mut stream: impl futures::Stream<Item = azure_core::Result<P>> + Unpin,
+        mut each: impl FnMut(P) -> Option<String>,
+    ) -> Result<(), ArmError> {
+        let mut pages = self.pages(operation, resource);
+        self.bounded(operation, resource, async {
+            while let Some(page) = stream.next().await {
+                let page = page.map_err(|e| arm_err(operation, resource, e))?;
+                if let Some(next) = each(page) {
+                    pages.follow(&next)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Checks that a token can be obtained (readiness).
     pub async fn check_credentials(&self) -> Result<(), SetupError> {
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
@@ -206,27 +259,29 @@ impl NetworkApi for AzureNetworkApi {
         &self,
         subscriptions: &BTreeSet<String>,
     ) -> Result<Vec<model::NetworkInterface>, ArmError> {
+        const OP: &str = "NetworkInterfaces_ListAll";
         let mut out = Vec::new();
         for sub in subscriptions {
-            let mut pages = self
+            let resource = format!("/subscriptions/{sub}");
+            let stream = self
                 .client
                 .network_interfaces_client()
                 .list_all(sub.as_str())
                 .into_stream();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| {
-                    arm_err(
-                        "NetworkInterfaces_ListAll",
-                        format!("/subscriptions/{sub}"),
-                        e,
-                    )
-                })?;
-                out.extend(
-                    page.value
-                        .into_iter()
-                        .filter_map(|nic| convert::network_interface(nic, sub)),
-                );
-            }
+            self.generated_pages(
+                OP,
+                &resource,
+                stream,
+                |page: models::NetworkInterfaceListResult| {
+                    out.extend(
+                        page.value
+                            .into_iter()
+                            .filter_map(|nic| convert::network_interface(nic, sub)),
+                    );
+                    page.next_link
+                },
+            )
+            .await?;
         }
         Ok(out)
     }
@@ -243,20 +298,10 @@ impl NetworkApi for AzureNetworkApi {
         url.query_pairs_mut()
             .append_pair("api-version", MANAGEMENT_API_VERSION);
         let mut out = BTreeSet::new();
-        let complete = self
-            .raw_pages(OP, &resource, url, 10_000, |page| {
-                out.extend(convert::descendant_subscriptions(page))
-            })
-            .await?;
-        if !complete {
-            return Err(ArmError::local(
-                ErrorClass::NeedsUserAction,
-                OP,
-                resource,
-                None,
-                "more than 10,000 pages of descendants",
-            ));
-        }
+        self.raw_pages(OP, &resource, url, None, |page| {
+            out.extend(convert::descendant_subscriptions(page))
+        })
+        .await?;
         Ok(out)
     }
 
@@ -298,7 +343,7 @@ impl NetworkApi for AzureNetworkApi {
         let own = self.own_callers(&format!("/subscriptions/{sub}")).await;
         let mut out = Vec::new();
         // A table's writes over a window: a few pages at most; stop well before a runaway.
-        self.raw_pages(OP, resource_uri, url, 20, |page| {
+        self.raw_pages(OP, resource_uri, url, Some(20), |page| {
             out.extend(
                 page["value"]
                     .as_array()
@@ -320,34 +365,46 @@ impl NetworkApi for AzureNetworkApi {
         let mut facts = model::EgressFacts::default();
         for sub in subscriptions {
             let resource = format!("/subscriptions/{sub}");
-            let mut ips = self
+            let ips = self
                 .client
                 .public_ip_addresses_client()
                 .list_all(sub.as_str())
                 .into_stream();
-            while let Some(page) = ips.next().await {
-                let page = page.map_err(|e| arm_err("PublicIPAddresses_ListAll", &resource, e))?;
-                facts.public_ips.extend(
-                    page.value
-                        .into_iter()
-                        .filter_map(|ip| ip.resource.id)
-                        .filter(|id| in_subscription(id, sub))
-                        .map(|id| id.to_ascii_lowercase()),
-                );
-            }
-            let mut lbs = self
+            self.generated_pages(
+                "PublicIPAddresses_ListAll",
+                &resource,
+                ips,
+                |page: models::PublicIpAddressListResult| {
+                    facts.public_ips.extend(
+                        page.value
+                            .into_iter()
+                            .filter_map(|ip| ip.resource.id)
+                            .filter(|id| in_subscription(id, sub))
+                            .map(|id| id.to_ascii_lowercase()),
+                    );
+                    page.next_link
+                },
+            )
+            .await?;
+            let lbs = self
                 .client
                 .load_balancers_client()
                 .list_all(sub.as_str())
                 .into_stream();
-            while let Some(page) = lbs.next().await {
-                let page = page.map_err(|e| arm_err("LoadBalancers_ListAll", &resource, e))?;
-                for lb in page.value {
-                    facts
-                        .outbound_pools
-                        .extend(convert::outbound_pools(&lb, sub));
-                }
-            }
+            self.generated_pages(
+                "LoadBalancers_ListAll",
+                &resource,
+                lbs,
+                |page: models::LoadBalancerListResult| {
+                    for lb in &page.value {
+                        facts
+                            .outbound_pools
+                            .extend(convert::outbound_pools(lb, sub));
+                    }
+                    page.next_link
+                },
+            )
+            .await?;
         }
         Ok(facts)
     }

@@ -19,6 +19,16 @@ pub(super) fn arm_err(
     e: azure_core::Error,
 ) -> ArmError {
     let resource = resource.into();
+    // A URL off the ARM endpoint: the pipeline refused it before attaching the token.
+    if let Some(f) = e.downcast_ref::<crate::azure::policy::ForeignOrigin>() {
+        return ArmError::local(
+            ErrorClass::Retryable,
+            operation,
+            resource,
+            Some(crate::azure::policy::FOREIGN_ORIGIN),
+            f.to_string(),
+        );
+    }
     // No token could be had: Entra ID's refusal (a human must act) or its outage (retry).
     if let Some(f) = e.downcast_ref::<crate::azure::identity::EntraFailure>() {
         return ArmError::local(
@@ -49,6 +59,18 @@ pub(super) fn arm_err(
             e.to_string(),
         ),
     }
+}
+
+/// A long-running operation whose monitor URL could not be read on ARM: the write may have
+/// happened, but it is never reported done.
+fn unconfirmed(mut e: ArmError) -> ArmError {
+    if e.code.as_deref() == Some(crate::azure::policy::FOREIGN_ORIGIN) {
+        e.message = format!(
+            "the write was accepted but its completion cannot be confirmed on ARM, so it is not reported done: {}",
+            e.message
+        );
+    }
+    e
 }
 
 pub fn http_error(operation: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
@@ -255,7 +277,7 @@ impl AzureNetworkApi {
             let (status, h, body) = self
                 .raw(Method::Get, url.clone(), None, &[])
                 .await
-                .map_err(|e| arm_err(operation, resource, e))?;
+                .map_err(|e| unconfirmed(arm_err(operation, resource, e)))?;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if by_status && status >= 400 {
                 return Err(http_error(operation, resource, status, &body));
@@ -305,8 +327,7 @@ impl AzureNetworkApi {
         }
     }
 
-    /// A raw listing page's `nextLink`, if any; never one off the ARM endpoint (where the
-    /// token goes).
+    /// A raw listing page's `nextLink`, if any (the pipeline refuses one off the ARM endpoint).
     fn next_link(
         &self,
         operation: &'static str,
@@ -315,60 +336,184 @@ impl AzureNetworkApi {
     ) -> Result<Option<Url>, ArmError> {
         page["nextLink"]
             .as_str()
-            .map(|next| self.checked_next_link(operation, resource, next))
+            .map(|next| self.parse_next_link(operation, resource, next))
             .transpose()
     }
 
-    /// A `nextLink` that stays on the ARM endpoint (where the token goes); anything else is
-    /// refused.
-    pub(super) fn checked_next_link(
+    /// A `nextLink` as a URL. Where it may lead is the pipeline's business: a request off the
+    /// ARM endpoint's origin is refused there, for every caller (`ArmPolicy::send`).
+    pub(super) fn parse_next_link(
         &self,
         operation: &'static str,
         resource: &str,
         next: &str,
     ) -> Result<Url, ArmError> {
-        let refused =
-            |m: String| ArmError::local(ErrorClass::NeedsUserAction, operation, resource, None, m);
-        let url = Url::parse(next).map_err(|e| refused(format!("nextLink: {e}")))?;
-        if url.origin() != self.endpoint.origin() {
-            return Err(refused(format!("nextLink {url} leaves the ARM endpoint")));
-        }
-        Ok(url)
+        Url::parse(next).map_err(|e| {
+            ArmError::local(
+                ErrorClass::Retryable,
+                operation,
+                resource,
+                None,
+                format!("nextLink: {e}"),
+            )
+        })
     }
 
-    /// Follows a raw listing from `url`, handing each page to `each`, for at most `max_pages`
-    /// pages: `Ok(true)` when the listing ended, `Ok(false)` when it was cut there.
+    /// Follows a raw listing from `url`, handing each page to `each`: `Ok(true)` when the
+    /// listing ended, `Ok(false)` when it was cut after `cut` pages. Held to the client's
+    /// [`ListLimits`](super::ListLimits) like every listing.
     pub(super) async fn raw_pages(
         &self,
         operation: &'static str,
         resource: &str,
         mut url: Url,
-        max_pages: usize,
+        cut: Option<usize>,
         mut each: impl FnMut(&Value),
     ) -> Result<bool, ArmError> {
-        for _ in 0..max_pages {
-            let (status, _, body) = self
-                .raw(Method::Get, url.clone(), None, &[])
-                .await
-                .map_err(|e| arm_err(operation, resource, e))?;
-            if status != 200 {
-                return Err(http_error(operation, resource, status, &body));
+        let mut pages = self.pages(operation, resource);
+        self.bounded(operation, resource, async {
+            loop {
+                let (status, _, body) = self
+                    .raw(Method::Get, url.clone(), None, &[])
+                    .await
+                    .map_err(|e| arm_err(operation, resource, e))?;
+                if status != 200 {
+                    return Err(http_error(operation, resource, status, &body));
+                }
+                let page: Value = serde_json::from_slice(&body).map_err(|e| {
+                    ArmError::local(
+                        ErrorClass::Retryable,
+                        operation,
+                        resource,
+                        None,
+                        format!("unreadable page: {e}"),
+                    )
+                })?;
+                each(&page);
+                if cut.is_some_and(|c| pages.count() + 1 >= c) && page["nextLink"].is_string() {
+                    return Ok(false);
+                }
+                match self.next_link(operation, resource, &page)? {
+                    Some(next) => {
+                        pages.follow(next.as_str())?;
+                        url = next;
+                    }
+                    None => return Ok(true),
+                }
             }
-            let page: Value = serde_json::from_slice(&body).map_err(|e| {
-                ArmError::local(
-                    ErrorClass::NeedsUserAction,
+        })
+        .await
+    }
+
+    /// A new listing's bounds.
+    pub(super) fn pages(&self, operation: &'static str, resource: &str) -> Pages {
+        Pages {
+            operation,
+            resource: resource.to_string(),
+            limits: self.listing,
+            started: Instant::now(),
+            count: 0,
+            links: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Runs a whole listing within its wall-clock limit (a page that hangs included).
+    pub(super) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        listing: impl std::future::Future<Output = Result<T, ArmError>>,
+    ) -> Result<T, ArmError> {
+        tokio::time::timeout(self.listing.max_time, listing)
+            .await
+            .unwrap_or_else(|_| {
+                Err(unbounded(
                     operation,
                     resource,
-                    None,
-                    format!("unreadable page: {e}"),
-                )
-            })?;
-            each(&page);
-            match self.next_link(operation, resource, &page)? {
-                Some(next) => url = next,
-                None => return Ok(true),
-            }
-        }
-        Ok(false)
+                    LISTING_TIMED_OUT,
+                    format!(
+                        "the listing did not end within {:?}; it was stopped",
+                        self.listing.max_time
+                    ),
+                ))
+            })
     }
 }
+
+/// A listing longer than the page limit.
+pub const LISTING_TOO_LONG: &str = "ListingTooLong";
+/// A `nextLink` that leads back to a page already read.
+pub const LISTING_LOOP: &str = "ListingLoop";
+/// A listing that did not end within its time.
+pub const LISTING_TIMED_OUT: &str = "ListingTimedOut";
+
+fn unbounded(operation: &'static str, resource: &str, code: &str, message: String) -> ArmError {
+    ArmError::local(
+        ErrorClass::Retryable,
+        operation,
+        resource,
+        Some(code),
+        message,
+    )
+}
+
+/// One listing's progress against its bounds (see [`ListLimits`](super::ListLimits)): pages,
+/// `nextLink`s already followed, time.
+pub struct Pages {
+    operation: &'static str,
+    resource: String,
+    limits: super::ListLimits,
+    started: Instant,
+    count: usize,
+    /// Hashes of the `nextLink`s followed (8 bytes a page, not the URL).
+    links: std::collections::HashSet<u64>,
+}
+
+impl Pages {
+    /// Pages read so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// A page was read and points at `next`: `Ok` to follow it, or the bound following it
+    /// would cross.
+    pub fn follow(&mut self, next: &str) -> Result<(), ArmError> {
+        use std::hash::{BuildHasher, Hasher};
+        self.count += 1;
+        let fail = |code, message| unbounded(self.operation, &self.resource, code, message);
+        if self.count >= self.limits.max_pages {
+            return Err(fail(
+                LISTING_TOO_LONG,
+                format!(
+                    "more than {} pages (the page limit of one listing); ARM kept handing out nextLinks, so the listing was stopped",
+                    self.limits.max_pages
+                ),
+            ));
+        }
+        let mut h = LINK_KEYS.get_or_init(Default::default).build_hasher();
+        h.write(next.as_bytes());
+        if !self.links.insert(h.finish()) {
+            return Err(fail(
+                LISTING_LOOP,
+                format!(
+                    "page {} points back at a page already read (nextLink {}); the listing was stopped",
+                    self.count,
+                    next.split('?').next().unwrap_or_default()
+                ),
+            ));
+        }
+        if self.started.elapsed() > self.limits.max_time {
+            return Err(fail(
+                LISTING_TIMED_OUT,
+                format!(
+                    "the listing did not end within {:?} ({} pages); it was stopped",
+                    self.limits.max_time, self.count
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+static LINK_KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+    std::sync::OnceLock::new();
