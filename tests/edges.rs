@@ -466,3 +466,69 @@ async fn no_rust_log_setting_prints_a_workload_identity_token() {
     assert!(em.entra_stats().tokens_issued >= LOG_MATRIX.len() as u64);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 32, item 7: the CLI reads at most 16 MiB of a policy file or stdin (`/dev/zero` is an
+/// input error, exit 2, not an allocator failure), and the emulator refuses a request body
+/// over ARM's 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_bounded() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    for cmd in [
+        vec!["validate", "-f", "/dev/zero"],
+        vec![
+            "plan",
+            "-f",
+            "/dev/zero",
+            "--arm-endpoint",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+            .args(&cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("/dev/zero: more than 16 MiB"), "{cmd:?}: {err}");
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
+        .args(["validate", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 1 << 20];
+        // kmsroute stops reading at its limit: the pipe breaks, as it should.
+        for _ in 0..64 {
+            if pipe.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("stdin: more than 16 MiB"), "{err}");
+
+    let em = harness::emulator(Config::default(), estate()).await;
+    let big = vec![b' '; kmsroute::emulator::MAX_REQUEST_BODY + 1];
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "{}{}/routeTables/rt0?api-version=2024-03-01",
+            em.url(),
+            rg()
+        ))
+        .bearer_auth("t")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RequestContentTooLarge");
+}

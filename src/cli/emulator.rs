@@ -2,20 +2,20 @@
 
 use super::args::{EmulatorArgs, ThrottleMode};
 use super::error::CliError;
-use super::support::read_input;
+use super::support::{MAX_SEED_FILE, read_bounded};
 use kmsroute::emulator::entra::Entra;
 use kmsroute::emulator::{self, Config, Seed, Throttle};
 use std::process::ExitCode;
 
 pub(crate) async fn emulator(a: EmulatorArgs) -> Result<ExitCode, CliError> {
     let seed: Seed = match &a.seed {
-        Some(f) => serde_json::from_str(&read_input(f)?)
+        Some(f) => serde_json::from_str(&read_bounded(f, MAX_SEED_FILE)?)
             .map_err(|e| CliError::Input(format!("{f}: {e}")))?,
         None => Seed::default(),
     };
     let entra: Option<Entra> = match &a.entra {
         Some(f) => Some(
-            serde_json::from_str(&read_input(f)?)
+            serde_json::from_str(&read_bounded(f, MAX_SEED_FILE)?)
                 .map_err(|e| CliError::Input(format!("{f}: {e}")))?,
         ),
         None => None,

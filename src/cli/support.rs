@@ -179,13 +179,38 @@ pub(crate) fn show_progress(p: Progress, tty: bool) {
 }
 
 pub(crate) fn read_input(file: &str) -> Result<String, CliError> {
-    if file == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| CliError::Input(format!("reading stdin: {e}")))?;
-        Ok(s)
+    read_bounded(file, MAX_POLICY_FILE)
+}
+
+/// The most a policy file (or stdin) may hold: 16 MiB, a thousand policies of the largest size
+/// the API server stores (1.5 MiB each would not fit, but no real policy comes near it).
+pub(crate) const MAX_POLICY_FILE: u64 = 16 << 20;
+/// The most an emulator seed or Entra file may hold (a 100,000-subnet estate is ~60 MiB).
+pub(crate) const MAX_SEED_FILE: u64 = 1 << 30;
+
+/// Reads a file, or stdin for `-`, refusing more than `limit` bytes (`/dev/zero` or a runaway
+/// pipe is an input error, not an allocator failure).
+pub(crate) fn read_bounded(file: &str, limit: u64) -> Result<String, CliError> {
+    let source = if file == "-" { "stdin" } else { file };
+    let reader: Box<dyn Read> = if file == "-" {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read_to_string(file).map_err(|e| CliError::Input(format!("reading {file}: {e}")))
+        Box::new(
+            std::fs::File::open(file)
+                .map_err(|e| CliError::Input(format!("reading {file}: {e}")))?,
+        )
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::Input(format!("reading {source}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(CliError::Input(format!(
+            "{source}: more than {} MiB; refusing to read further (the limit of this input)",
+            limit >> 20
+        )));
     }
+    String::from_utf8(bytes)
+        .map_err(|e| CliError::Input(format!("{source}: not UTF-8 text: {e}")))
 }

@@ -305,18 +305,37 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The largest request body the emulator reads (ARM's limit, 4 MiB).
+pub const MAX_REQUEST_BODY: usize = 4 << 20;
+
 async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let headers = req.headers().clone();
-    let body = match to_bytes(req.into_body(), 32 * 1024 * 1024).await {
+    // ARM refuses request bodies over 4 MiB (its documented limit for a request's content;
+    // the code is inferred): the emulator reads no more than that.
+    let body = match to_bytes(req.into_body(), MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            return into_response(Reply::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContent",
-                e.to_string(),
-            ));
+            // axum's error for a body over the limit (http-body-util's `LengthLimitError`).
+            let too_large = format!("{e} {:?}", std::error::Error::source(&e))
+                .contains("length limit exceeded");
+            return into_response(if too_large {
+                Reply::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestContentTooLarge",
+                    format!(
+                        "The request content size exceeds the maximum size of {} bytes.",
+                        MAX_REQUEST_BODY
+                    ),
+                )
+            } else {
+                Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContent",
+                    e.to_string(),
+                )
+            });
         }
     };
     let path = uri.path().trim_end_matches('/').to_string();
