@@ -2058,3 +2058,94 @@ async fn the_fake_api_server_enforces_the_crds_schema_and_cel_rules_like_a_real_
     );
     assert!(kube.policy("q").is_none());
 }
+
+/// Issue 32, item 4: four conflicting subnets make a Conflict note of about 1.1 KB, which a real
+/// API server refuses (`note` is at most 1,024 bytes; the fake one refuses it too). The Event
+/// arrives within the limit, with as many subnets as fit and how many more, and the others
+/// are on the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_with_many_problems_is_an_event_the_api_server_accepts() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    em.other_writer(OtherWrite::PutRoute {
+        route_table: spoke1_table(),
+        route: json!({"name": "legacy-kms", "properties": {"addressPrefix": "20.118.99.224/32",
+            "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}),
+    })
+    .unwrap();
+    for subnet in ["app", "data"] {
+        em.other_writer(OtherWrite::SetSubnetRouteTable {
+            subnet: format!(
+                "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/virtualNetworks/vnet-spoke1/subnets/{subnet}"
+            ),
+            route_table: Some(spoke1_table()),
+        })
+        .unwrap();
+    }
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    let event = wait_for("a Conflict Event", Duration::from_secs(20), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "Conflict")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.len() <= 1024, "{} bytes: {note}", note.len());
+    assert!(
+        note.contains("more (kubectl get krp spokes -o yaml lists them)"),
+        "{note}"
+    );
+    let obj = kube.policy("spokes").unwrap();
+    let conflicts = obj["status"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["reason"] == "Conflict")
+        .count();
+    assert_eq!(conflicts, 4, "{obj}");
+    c.shutdown().await;
+}
+
+/// Issue 32, item 4: an Event counts as said only once the API server accepted it. The first
+/// Conflict Event is lost to an API server error; the next pass (a spec edit) sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_api_server_did_not_accept_is_sent_again() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    em.other_writer(OtherWrite::PutRoute {
+        route_table: spoke1_table(),
+        route: json!({"name": "legacy-kms", "properties": {"addressPrefix": "20.118.99.224/32",
+            "nextHopType": "VirtualAppliance", "nextHopIpAddress": "10.0.0.4"}}),
+    })
+    .unwrap();
+    kube.fail_event_creates(100);
+    let c = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_for("the status with conflicts", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "Conflict"))
+    })
+    .await;
+    assert!(kube.events().iter().all(|e| e["reason"] != "Conflict"));
+    kube.fail_event_creates(0);
+    Api::<KmsRoutePolicy>::all(kube.client())
+        .patch(
+            "spokes",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"resyncInterval": "11m"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the Conflict Event, sent again",
+        Duration::from_secs(20),
+        || {
+            kube.events()
+                .into_iter()
+                .find(|e| e["reason"] == "Conflict")
+        },
+    )
+    .await;
+    c.shutdown().await;
+}

@@ -490,7 +490,10 @@ async fn inputs_are_bounded() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
-        assert!(err.contains("/dev/zero: more than 16 MiB"), "{cmd:?}: {err}");
+        assert!(
+            err.contains("/dev/zero: more than 16 MiB"),
+            "{cmd:?}: {err}"
+        );
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_kmsroute"))
         .args(["validate", "-f", "-"])

@@ -211,6 +211,5 @@ pub(crate) fn read_bounded(file: &str, limit: u64) -> Result<String, CliError> {
             limit >> 20
         )));
     }
-    String::from_utf8(bytes)
-        .map_err(|e| CliError::Input(format!("{source}: not UTF-8 text: {e}")))
+    String::from_utf8(bytes).map_err(|e| CliError::Input(format!("{source}: not UTF-8 text: {e}")))
 }

@@ -10,7 +10,68 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
 
-/// Publishes an Event unless its reason last said the same.
+/// The most an Event's note may hold: the API server refuses a longer one (`NoteLengthLimit`,
+/// 1,024 bytes, 422 Invalid).
+pub const NOTE_LIMIT: usize = 1024;
+/// The most an Event's reason and action may hold (the API server's limit, 128).
+pub const REASON_LIMIT: usize = 128;
+
+/// Problems of one reason as one note within [`NOTE_LIMIT`]: as many whole entries as fit, in
+/// the order given (ranked), then how many more and where to read them.
+pub fn note_of(entries: &[String], policy: &str) -> String {
+    let mut note = String::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let rest = entries.len() - i - 1;
+        let tail = if rest == 0 {
+            String::new()
+        } else {
+            more(rest, policy)
+        };
+        let sep = if note.is_empty() { "" } else { "; " };
+        if note.len() + sep.len() + entry.len() + tail.len() <= NOTE_LIMIT {
+            note.push_str(sep);
+            note.push_str(entry);
+            continue;
+        }
+        if note.is_empty() {
+            // Not even the first entry fits: as much of it as leaves room for the count.
+            let room = NOTE_LIMIT.saturating_sub(tail.len() + '…'.len_utf8());
+            note.push_str(cut(entry, room));
+            note.push('…');
+            note.push_str(&tail);
+        } else {
+            note.push_str(&more(entries.len() - i, policy));
+        }
+        return fit(note);
+    }
+    note
+}
+
+fn more(n: usize, policy: &str) -> String {
+    format!("; and {n} more (kubectl get krp {policy} -o yaml lists them)")
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A note within [`NOTE_LIMIT`]: cut, with an ellipsis, if it is longer.
+pub fn fit(note: String) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note;
+    }
+    let mut out = cut(&note, NOTE_LIMIT - '…'.len_utf8()).to_string();
+    out.push('…');
+    out
+}
+
+/// Publishes an Event unless its reason last said the same. It counts as said only once the
+/// API server accepted it, so a refused one is sent again by the next pass.
 pub async fn say(
     ctx: &Context,
     policy: &KmsRoutePolicy,
@@ -18,10 +79,9 @@ pub async fn say(
     reason: &str,
     note: String,
 ) {
-    if !ctx
-        .policies
-        .event_is_news(&policy.name_any(), reason, &note)
-    {
+    let note = fit(note);
+    let name = policy.name_any();
+    if !ctx.policies.event_is_news(&name, reason, &note) {
         return;
     }
     // A cluster-scoped object's reference has no namespace, so the recorder files the Event
@@ -29,13 +89,16 @@ pub async fn say(
     let reference = policy.object_ref(&());
     let ev = Event {
         type_,
-        reason: reason.into(),
-        note: Some(note),
+        reason: cut(reason, REASON_LIMIT).into(),
+        note: Some(note.clone()),
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-        tracing::warn!(error = %e, "could not publish an Event");
+    match ctx.recorder.publish(&ev, &reference).await {
+        Ok(()) => ctx.policies.event_sent(&name, reason, &note),
+        Err(e) => {
+            tracing::warn!(policy = %name, reason, error = %e, "the API server refused an Event; it is sent again with the next pass")
+        }
     }
 }
 
@@ -92,7 +155,14 @@ pub async fn announce(
         if notes.is_empty() {
             ctx.policies.forget_event(&name, reason);
         } else {
-            say(ctx, policy, EventType::Warning, reason, notes.join("; ")).await;
+            say(
+                ctx,
+                policy,
+                EventType::Warning,
+                reason,
+                note_of(&notes, &name),
+            )
+            .await;
         }
     }
 }
@@ -125,14 +195,8 @@ fn releases_of(report: &Report, name: &str) -> (usize, usize) {
 pub async fn cleaned(ctx: &Context, policy: &KmsRoutePolicy, cleaned: &Cleaned) {
     if !cleaned.failures.is_empty() {
         let failed: Vec<String> = cleaned.failures.iter().map(ToString::to_string).collect();
-        say(
-            ctx,
-            policy,
-            EventType::Warning,
-            "CleanupFailed",
-            failed.join("; "),
-        )
-        .await;
+        let note = note_of(&failed, &policy.name_any());
+        say(ctx, policy, EventType::Warning, "CleanupFailed", note).await;
         return;
     }
     let note = format!(
@@ -140,4 +204,40 @@ pub async fn cleaned(ctx: &Context, policy: &KmsRoutePolicy, cleaned: &Cleaned) 
         cleaned.routes_removed, cleaned.subnets_dissociated, cleaned.tables_deleted
     );
     say(ctx, policy, EventType::Normal, "CleanedUp", note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize, len: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{i:02}{}", "x".repeat(len - 2)))
+            .collect()
+    }
+
+    #[test]
+    fn a_note_keeps_whole_entries_within_the_limit_and_says_how_many_more() {
+        let few = entries(3, 100);
+        assert_eq!(note_of(&few, "p"), few.join("; "));
+        for (n, len) in [(5, 270), (50, 300), (2, 600), (1, 3000), (40, 20)] {
+            let all = entries(n, len);
+            let note = note_of(&all, "spokes");
+            assert!(note.len() <= NOTE_LIMIT, "{n}x{len}: {} bytes", note.len());
+            let whole = all.iter().filter(|e| note.contains(e.as_str())).count();
+            // The first entry alone is cut (with an ellipsis) when even it does not fit.
+            let partial = usize::from(whole == 0);
+            let rest = n - whole - partial;
+            if rest > 0 {
+                let said = format!("and {rest} more (kubectl get krp spokes -o yaml lists them)");
+                assert!(note.ends_with(&said), "{n}x{len}: {note}");
+            }
+            assert!(note.starts_with("00"), "{n}x{len}: the first entry leads");
+        }
+        // Multi-byte characters are never split.
+        let wide = vec!["é".repeat(700)];
+        let note = note_of(&wide, "p");
+        assert!(note.len() <= NOTE_LIMIT && note.ends_with('…'));
+        assert!(fit("ü".repeat(600)).len() <= NOTE_LIMIT);
+    }
 }

@@ -152,15 +152,20 @@ impl Policies {
         })
     }
 
-    /// True when `note` is news for this Event reason (and remembers it as sent).
+    /// True when `note` is news for this Event reason (not the last one the API server
+    /// accepted for it).
     pub fn event_is_news(&self, name: &str, reason: &str, note: &str) -> bool {
         self.with(name, |s| {
-            if s.events_sent.get(reason).map(String::as_str) == Some(note) {
-                return false;
-            }
-            s.events_sent.insert(reason.to_string(), note.to_string());
-            true
+            s.events_sent.get(reason).map(String::as_str) != Some(note)
         })
+    }
+
+    /// The API server accepted this Event: the same note is not news any more. Only then: a
+    /// refused or lost Event is sent again by the next pass.
+    pub fn event_sent(&self, name: &str, reason: &str, note: &str) {
+        self.with(name, |s| {
+            s.events_sent.insert(reason.to_string(), note.to_string());
+        });
     }
 
     /// Forgets the last message of an Event reason: the next one is sent whatever it says.
@@ -276,8 +281,12 @@ mod tests {
     fn an_event_is_news_once_until_forgotten() {
         let policies = Policies::default();
         assert!(policies.event_is_news("p", "Conflict", "a"));
+        // Not accepted yet (refused, or the API server unreachable): still news.
+        assert!(policies.event_is_news("p", "Conflict", "a"));
+        policies.event_sent("p", "Conflict", "a");
         assert!(!policies.event_is_news("p", "Conflict", "a"));
         assert!(policies.event_is_news("p", "Conflict", "b"));
+        policies.event_sent("p", "Conflict", "b");
         policies.forget_event("p", "Conflict");
         assert!(policies.event_is_news("p", "Conflict", "b"));
     }

@@ -33,6 +33,8 @@ struct Store {
     history: Vec<(u64, String, Value)>,
     /// Kubernetes faults: the next N status writes answer 409 (issue 8 uses this too).
     conflict_status_writes: u32,
+    /// Event creations still to be answered 500 (an API server hiccup).
+    failing_event_creates: u32,
     /// While true, every request answers 503.
     unavailable: bool,
     /// Namespaces that do not exist: creating anything in one answers 404, as the real API
@@ -53,6 +55,59 @@ struct Shared {
     schema: Value,
     /// The CRD's CEL rules, compiled once.
     rules: kube_cel::CompiledSchema,
+}
+
+/// What the real API server checks of an events.k8s.io/v1 Event
+/// (`k8s.io/kubernetes/pkg/apis/core/validation/events.go`, `ValidateEventCreate` for the
+/// events.k8s.io group): the required fields, `type` Normal or Warning, `reason`, `action`,
+/// `reportingController` and `reportingInstance` at most 128 characters, and `note` at most
+/// 1,024 bytes (`NoteLengthLimit`). The 422's message names every field as the server does.
+fn check_event(obj: &Value) -> Result<(), Response<Body>> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
+    let mut causes: Vec<String> = Vec::new();
+    if obj.get("eventTime").is_none_or(Value::is_null) {
+        causes.push("eventTime: Required value".into());
+    }
+    for field in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        let v = text(field);
+        if v.is_empty() {
+            causes.push(format!("{field}: Required value"));
+        } else if v.len() > 128 {
+            causes.push(format!("{field}: Too long: may not be more than 128 bytes"));
+        }
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        causes.push(format!(
+            "type: Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
+            text("type")
+        ));
+    }
+    if text("note").len() > 1024 {
+        causes.push("note: Too long: may not be more than 1024 bytes".into());
+    }
+    if obj.get("regarding").is_none_or(Value::is_null) {
+        causes.push("regarding: Required value".into());
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(status_error(
+        422,
+        "Invalid",
+        format!(
+            "Event.events.k8s.io {name:?} is invalid: [{}]",
+            causes.join(", ")
+        ),
+    ))
 }
 
 fn status_error(code: u16, reason: &str, message: impl Into<String>) -> Response<Body> {
@@ -434,6 +489,11 @@ impl FakeKube {
         self.state.emit(&mut store, "ADDED", &obj);
     }
 
+    /// The next `n` Event creations fail with 500 InternalError.
+    pub fn fail_event_creates(&self, n: u32) {
+        self.state.store.lock().unwrap().failing_event_creates = n;
+    }
+
     pub fn fail_status_writes_with_conflict(&self, n: u32) {
         self.state.store.lock().unwrap().conflict_status_writes = n;
     }
@@ -571,6 +631,15 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
                     "regarding.namespace: does not match event.namespace (an Event about a cluster-scoped object belongs in \"default\")",
                 );
             }
+            if collection.contains("/events.k8s.io/")
+                && let Err(e) = check_event(&obj)
+            {
+                return e;
+            }
+            if collection.contains("/events.k8s.io/") && store.failing_event_creates > 0 {
+                store.failing_event_creates -= 1;
+                return status_error(500, "InternalError", "etcdserver: request timed out");
+            }
             // Like the real API server, a namespaced object takes its namespace from the URL.
             if let Some(ns) = collection
                 .split("/namespaces/")
@@ -661,6 +730,11 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
                     "Conflict",
                     "the object has been modified; please apply your changes to the latest version and try again",
                 );
+            }
+            if collection.contains("/events.k8s.io/")
+                && let Err(e) = check_event(&next)
+            {
+                return e;
             }
             // The subresource decides which half of the object a write may change.
             if is_policy {
