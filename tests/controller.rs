@@ -1845,6 +1845,7 @@ async fn a_revert_is_attributed_once_the_activity_log_catches_up() {
             threshold: 1,
             window_secs: 600,
             relook_secs: 1,
+            ..Default::default()
         };
     });
     create(&kube, &policy("spokes", json!({}))).await;
@@ -2147,5 +2148,253 @@ async fn an_event_the_api_server_did_not_accept_is_sent_again() {
         },
     )
     .await;
+    c.shutdown().await;
+}
+
+fn shared_table() -> String {
+    format!(
+        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
+    )
+}
+
+/// The Contested problem's message on the policy, if there is one.
+fn contested_message(o: &Value) -> Option<String> {
+    o.pointer("/status/problems")
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().find(|p| p["reason"] == "Contested"))
+        .and_then(|p| p["message"].as_str())
+        .map(str::to_string)
+}
+
+/// Issue 32, item 8: after a restart every KMS route is in sync, so none is a write of this
+/// process; a colleague deleting one three times is still a fight: the first removal of a
+/// route found in sync is a revert, and the third contests the table, naming her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_deletes_of_a_route_found_in_sync_contest_the_table() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let first = start_controller(&kube, &em, "a");
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    first.shutdown().await;
+    // A new process: nothing it remembers was written by it.
+    let c = start_controller_with(&kube, &em, "b", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 3,
+            window_secs: 600,
+            margin_secs: 1,
+            ..Default::default()
+        };
+    });
+    wait_for(
+        "the restarted controller's first pass",
+        Duration::from_secs(20),
+        || (c.metrics.reconciles("success") >= 1).then_some(()),
+    )
+    .await;
+    for round in 1..=3u64 {
+        alice_deletes_a_kms_route(&em, &shared_table()).await;
+        wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
+        wait_for("the revert counted", Duration::from_secs(15), || {
+            (c.metrics.reverts_of("spokes") >= round).then_some(())
+        })
+        .await;
+    }
+    let event = wait_for("the Contested event", Duration::from_secs(20), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "Contested")
+    })
+    .await;
+    let note = event["note"].as_str().unwrap_or_default();
+    for part in [
+        "rt-spoke1-shared",
+        "3 times since",
+        "alice@contoso.example deleting a route",
+    ] {
+        assert!(note.contains(part), "{part:?} not in {note}");
+    }
+    c.shutdown().await;
+}
+
+/// Issue 32, item 6: the Activity Log is searched from kmsroute's own last write (or sighting)
+/// of what was reverted. Bob rewrote the table before kmsroute wrote its routes; Alice deletes
+/// one later, and the log shows her only after a delay. Bob is never named: first "not yet
+/// attributed", then Alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_named_is_one_who_wrote_after_kmsroute() {
+    let kube = FakeKube::start().await;
+    let em = support::arm::emulator(
+        Config {
+            activity_log_delay: Duration::from_secs(2),
+            ..Config::default()
+        },
+        support::arm::demo_estate(),
+    )
+    .await;
+    // Bob's template rewrites the table (with its routes as they are) before kmsroute starts.
+    let url = format!("{}{}?api-version=2024-03-01", em.url(), shared_table());
+    let mut table = em
+        .dump()
+        .resources
+        .into_iter()
+        .find(|r| r["name"] == "rt-spoke1-shared")
+        .unwrap();
+    table["tags"] = json!({"deployed-by": "bob"});
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .bearer_auth("bob@contoso.example")
+        .json(&table)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    // Bob's entry is in the log before kmsroute writes anything.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 1,
+            window_secs: 600,
+            relook_secs: 1,
+            margin_secs: 1,
+            ..Default::default()
+        };
+    });
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    alice_deletes_a_kms_route(&em, &shared_table()).await;
+    let first = wait_for("a Contested problem", Duration::from_secs(15), || {
+        kube.policy("spokes").and_then(|o| contested_message(&o))
+    })
+    .await;
+    assert!(first.contains("not yet attributed"), "{first}");
+    let later = wait_for("Alice named", Duration::from_secs(20), || {
+        kube.policy("spokes")
+            .and_then(|o| contested_message(&o))
+            .filter(|m| !m.contains("not yet attributed"))
+    })
+    .await;
+    assert!(
+        later.contains("alice@contoso.example deleting a route"),
+        "{later}"
+    );
+    assert!(!later.contains("bob"), "{later}");
+    c.shutdown().await;
+}
+
+/// Issue 32, item 5: one policy's slow Activity Log read (6 s) holds no lock another policy
+/// needs: a second policy created meanwhile gets its status at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_activity_log_delays_no_other_policy() {
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
+        s.contest = kmsroute::plan::contest::ContestSettings {
+            threshold: 1,
+            window_secs: 600,
+            margin_secs: 1,
+            ..Default::default()
+        };
+    });
+    create(&kube, &policy("spokes", json!({}))).await;
+    wait_ready(&kube, "spokes").await;
+    em.add_fault(kmsroute::emulator::FaultRule {
+        path_contains: Some("microsoft.insights".into()),
+        latency_ms: Some(6_000),
+        count: Some(1),
+        ..Default::default()
+    });
+    alice_deletes_a_kms_route(&em, &shared_table()).await;
+    wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
+    // The repair's pass is reading the log now.
+    let hub = json!({"selector": {"subscriptions": [S1], "virtualNetworkTags": {"role": "hub"}}});
+    let mut p = policy("hub", json!({}));
+    p.spec = serde_json::from_value(hub).unwrap();
+    create(&kube, &p).await;
+    wait_for("the hub policy's status", Duration::from_secs(4), || {
+        kube.policy("hub")
+            .filter(|o| condition(o, "Ready").is_some())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+/// Issue 32, item 9: the installer decides which identities policies may use. With none
+/// allowed, a policy naming an app in `spec.azure.identity` gets `IdentityNotAllowed` and
+/// nothing is read or written for it; allowed (`--allowed-identity`), the same policy converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_may_use_only_an_identity_the_installer_allowed() {
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11";
+    let with_identity = || {
+        let mut p = policy("partner", json!({}));
+        p.spec.azure = Some(kmsroute::api::AzureSpec {
+            identity: Some(kmsroute::api::IdentitySpec {
+                tenant_id: TENANT.into(),
+                client_id: CLIENT.into(),
+            }),
+        });
+        p
+    };
+    // The emulator's static token stands for every identity: were the policy let through, it
+    // would converge.
+    let factory = |arm: &AzureNetworkApi, em: &EmulatorHandle| {
+        let url = url::Url::parse(&em.url()).unwrap();
+        arm.set_identity_factory(kmsroute::azure::credential::identity_factory(
+            kmsroute::azure::credential::AuthMode::StaticToken,
+            &url,
+            kmsroute::catalog::Cloud::AzurePublic,
+            Arc::new(Vec::<(String, String)>::new()),
+            Default::default(),
+            Arc::new(kmsroute::azure::credential::StaticToken::new("t")),
+        ));
+    };
+    let kube = FakeKube::start().await;
+    let em = estate_emulator().await;
+    let c = start_controller(&kube, &em, "a");
+    factory(&c.arm, &em);
+    create(&kube, &with_identity()).await;
+    let obj = wait_for("IdentityNotAllowed", Duration::from_secs(20), || {
+        kube.policy("partner")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 == "IdentityNotAllowed"))
+    })
+    .await;
+    let problems = obj["status"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["reason"], "IdentityNotAllowed");
+    let message = problems[0]["message"].as_str().unwrap();
+    for part in [
+        CLIENT,
+        "only its own identity",
+        "azure.identity.policyIdentities",
+        "--allowed-identity",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    wait_for("the Warning Event", Duration::from_secs(10), || {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "IdentityNotAllowed" && e["type"] == "Warning")
+    })
+    .await;
+    assert_eq!(em.stats().writes, 0, "nothing written for it");
+    assert_eq!(em.stats().reads, 0, "nothing read for it");
+    c.shutdown().await;
+
+    // The installer allows it: the same policy converges as that identity.
+    let c = start_controller_with(&kube, &em, "b", "t", |s| {
+        s.allowed_identities = [kmsroute::ids::Identity {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+        }]
+        .into();
+    });
+    factory(&c.arm, &em);
+    wait_for("converged", Duration::from_secs(20), || {
+        kube.policy("partner")
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.1 != "IdentityNotAllowed"))
+    })
+    .await;
+    assert!(em.stats().writes > 0);
     c.shutdown().await;
 }

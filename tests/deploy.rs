@@ -276,6 +276,33 @@ fn each_identity_mode_wires_the_right_labels_annotations_and_env() {
     );
     let missing = render(&helm, &["azure.identity.mode=servicePrincipal"]).unwrap_err();
     assert!(missing.contains("secretName is required"), "{missing}");
+
+    // Issue 32, item 9: policyIdentities is the list the controller enforces.
+    let env_of = |docs: &[Value]| {
+        find(docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "KMSROUTE_ALLOWED_IDENTITIES")
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(env_of(&wi), None, "none listed: only the controller's own");
+    let listed = render(
+        &helm,
+        &[
+            "azure.identity.policyIdentities[0].tenantId=72F988BF-86f1-41af-91ab-2d7cd011db47",
+            "azure.identity.policyIdentities[0].clientId=0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11",
+            "azure.identity.policyIdentities[1].tenantId=11111111-2222-3333-4444-555555555555",
+            "azure.identity.policyIdentities[1].clientId=66666666-7777-8888-9999-000000000000",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        env_of(&listed).as_deref(),
+        Some(
+            "72f988bf-86f1-41af-91ab-2d7cd011db47/0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11,11111111-2222-3333-4444-555555555555/66666666-7777-8888-9999-000000000000"
+        )
+    );
 }
 
 #[test]

@@ -189,12 +189,20 @@ fn subs() -> BTreeSet<String> {
 fn start_controller(
     kube: &FakeKube,
     api: Arc<AzureNetworkApi>,
+    allowed: &[(&str, &str)],
 ) -> (watch::Sender<bool>, Arc<ControllerMetrics>, Probes) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let settings = support::settings::controller("a");
+    let mut settings = support::settings::controller("a");
+    settings.allowed_identities = allowed
+        .iter()
+        .map(|(t, c)| kmsroute::ids::Identity {
+            tenant_id: t.to_string(),
+            client_id: c.to_string(),
+        })
+        .collect();
     let metrics = Arc::new(ControllerMetrics::default());
     let probes = Probes::default();
     // Readiness follows the credential, as `kmsroute run` wires it.
@@ -254,7 +262,7 @@ async fn controller_with_workload_identity(
         &workload_env(&authority, &file, CLIENT),
     ));
     let kube = FakeKube::start().await;
-    let (stop, metrics, probes) = start_controller(&kube, api);
+    let (stop, metrics, probes) = start_controller(&kube, api, &[]);
     Api::<KmsRoutePolicy>::all(kube.client())
         .create(&PostParams::default(), &policy("spokes"))
         .await
@@ -685,7 +693,8 @@ async fn a_policy_reaches_another_tenant_through_its_own_identity() {
     ));
     let api = Arc::new(api);
     let kube = FakeKube::start().await;
-    let (stop, metrics, _probes) = start_controller(&kube, api);
+    // The installer allows the partner's app (`--allowed-identity`).
+    let (stop, metrics, _probes) = start_controller(&kube, api, &[(TENANT_B, CLIENT_B)]);
     let mut partner = policy("partner");
     partner.spec.selector.as_mut().unwrap().subscriptions = vec![S2.into()];
     partner.spec.azure = Some(kmsroute::api::AzureSpec {

@@ -172,6 +172,12 @@ pub(crate) struct RunArgs {
     /// a revert.
     #[arg(long, env = "KMSROUTE_CONTESTED_WINDOW", default_value = "6h", value_parser = parse_duration_arg)]
     pub(crate) contested_window: std::time::Duration,
+    /// An identity policies may name in spec.azure.identity, as TENANT_ID/CLIENT_ID (repeat
+    /// it, or comma-separate in the environment variable). None given: policies may use only
+    /// the controller's own identity; a policy naming another gets an IdentityNotAllowed
+    /// problem and nothing is done for it.
+    #[arg(long = "allowed-identity", value_name = "TENANT_ID/CLIENT_ID", env = "KMSROUTE_ALLOWED_IDENTITIES", value_delimiter = ',', value_parser = parse_identity)]
+    pub(crate) allowed_identities: Vec<kmsroute::ids::Identity>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -202,6 +208,23 @@ pub(crate) enum Output {
 
 pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, Invalid> {
     kmsroute::api::parse_duration(s)
+}
+
+/// `TENANT_ID/CLIENT_ID`, two GUIDs, lower-cased.
+pub(crate) fn parse_identity(s: &str) -> Result<kmsroute::ids::Identity, Invalid> {
+    let bad = || {
+        Invalid(format!(
+            "{s:?} is not TENANT_ID/CLIENT_ID (two GUIDs, e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47/0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11)"
+        ))
+    };
+    let (tenant, client) = s.trim().split_once('/').ok_or_else(bad)?;
+    if !kmsroute::ids::is_guid(tenant) || !kmsroute::ids::is_guid(client) {
+        return Err(bad());
+    }
+    Ok(kmsroute::ids::Identity {
+        tenant_id: tenant.to_ascii_lowercase(),
+        client_id: client.to_ascii_lowercase(),
+    })
 }
 
 pub(crate) fn parse_share(s: &str) -> Result<f64, Invalid> {

@@ -20,6 +20,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         inventory_read_share,
         contested_reverts,
         contested_window,
+        allowed_identities,
     } = args;
     let inventory = InventorySettings {
         refresh_every: inventory_refresh,
@@ -70,6 +71,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             window_secs: contested_window.as_secs().max(1) as i64,
             ..Default::default()
         },
+        allowed_identities: allowed_identities.into_iter().collect(),
         lease: LeaseSettings {
             namespace,
             name: lease_name,

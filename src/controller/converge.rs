@@ -23,6 +23,12 @@ pub async fn converge(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
         Err(errors) => return invalid_spec(policy, ctx, &errors, &old).await,
     };
     ctx.policies.forget_event(&name, "InvalidSpec");
+    if let Some(identity) = &desired.identity
+        && !ctx.settings.allows(Some(identity))
+    {
+        return identity_not_allowed(policy, ctx, identity, &old).await;
+    }
+    ctx.policies.forget_event(&name, "IdentityNotAllowed");
     let resync = ctx
         .settings
         .resync_cap
@@ -33,6 +39,12 @@ pub async fn converge(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
     {
         return Ok(Action::requeue(wait));
     }
+    let started = time::OffsetDateTime::now_utc().unix_timestamp();
+    let route_names: Vec<String> = desired
+        .destinations
+        .iter()
+        .map(|d| d.route_name.clone())
+        .collect();
     let mut report = match pass(ctx, &name, desired).await {
         Ok(r) => r,
         Err(e) => return Err(pass_failed(policy, ctx, e, &old).await),
@@ -46,7 +58,14 @@ pub async fn converge(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
     // Reverts of this policy's own writes: counted, attributed, and said (contested tables).
     let contest = ctx
         .contests
-        .after_pass(ctx.arm.as_ref(), &name, &report)
+        .after_pass(
+            ctx.arm.as_ref(),
+            &ctx.policies,
+            &name,
+            &report,
+            &route_names,
+            started,
+        )
         .await;
     ctx.metrics
         .contests(&name, contest.reverts, contest.contested);
@@ -101,6 +120,8 @@ fn others(ctx: &Context, name: &str, desired: &DesiredState) -> Vec<DesiredState
         .iter()
         .filter(|p| p.name_any() != name && p.meta().deletion_timestamp.is_none())
         .filter_map(|p| ctx.policies.check(p, ctx.settings.cloud).ok())
+        // A policy whose identity is not allowed is nobody's concern: it reaches nothing.
+        .filter(|d| ctx.settings.allows(d.identity.as_ref()))
         .filter(|d| by_group(desired) || by_group(d) || !d.subscriptions().is_disjoint(&covered))
         .collect()
 }
@@ -155,6 +176,56 @@ fn requeue(
 fn hold_back(ctx: &Context, name: &str, generation: Option<i64>) {
     let until = Instant::now() + ctx.settings.slow_retry;
     ctx.policies.hold_back(name, generation, until);
+}
+
+/// A policy naming an identity the installer did not allow: nothing is read or written for it;
+/// the status (an `IdentityNotAllowed` problem) and a Warning Event say why and how to allow it.
+async fn identity_not_allowed(
+    policy: &KmsRoutePolicy,
+    ctx: &Context,
+    identity: &crate::ids::Identity,
+    old: &KmsRoutePolicyStatus,
+) -> Result<Action, Error> {
+    let name = policy.name_any();
+    ctx.inventory.unwatch(&name);
+    let message = format!(
+        "spec.azure.identity ({identity}) is not an identity this controller may use: its installer \
+         allows {}; ask them to add it (Helm: azure.identity.policyIdentities; flag: \
+         --allowed-identity {}/{}), or remove spec.azure.identity. Nothing is read or written for \
+         this policy meanwhile",
+        allowed_list(ctx),
+        identity.tenant_id,
+        identity.client_id
+    );
+    let mut status = status::of_refused(policy, "IdentityNotAllowed", message.clone(), old);
+    status.problems = vec![
+        crate::executor::Reason::IdentityNotAllowed.problem("spec.azure.identity", message.clone()),
+    ];
+    status::write(ctx, policy, status).await?;
+    ctx.metrics.set_policy(&name, false, &Summary::default());
+    events::say(
+        ctx,
+        policy,
+        EventType::Warning,
+        "IdentityNotAllowed",
+        message,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// The allowed identities in a message.
+fn allowed_list(ctx: &Context) -> String {
+    if ctx.settings.allowed_identities.is_empty() {
+        return "only its own identity".into();
+    }
+    let ids: Vec<String> = ctx
+        .settings
+        .allowed_identities
+        .iter()
+        .map(|i| format!("{}/{}", i.tenant_id, i.client_id))
+        .collect();
+    format!("its own identity and {}", ids.join(", "))
 }
 
 /// A spec `validate` refuses: the status and an Event say why, and only an edit (which
@@ -217,6 +288,13 @@ pub async fn clean_up(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
         // Never valid, so never written: nothing in Azure is ours.
         return Ok(Action::await_change());
     };
+    if !ctx.settings.allows(desired.identity.as_ref()) {
+        // Its identity is not allowed: nothing is written as it, cleanup included.
+        let note = "spec.azure.identity is not allowed: Azure left as it is".to_string();
+        events::say(ctx, policy, EventType::Normal, "Orphaned", note).await;
+        forget(ctx, &name).await;
+        return Ok(Action::await_change());
+    }
     if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
         let note = "deletionPolicy Orphan (or Audit mode): Azure left as it is".to_string();
         events::say(ctx, policy, EventType::Normal, "Orphaned", note).await;
@@ -247,10 +325,9 @@ pub async fn clean_up(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
     Ok(Action::await_change())
 }
 
-/// Forgets a policy that is gone: its subscriptions, metrics, contests and state.
+/// Forgets a policy that is gone: its subscriptions, metrics and state (its contests with it).
 async fn forget(ctx: &Context, name: &str) {
     ctx.inventory.unwatch(name);
     ctx.metrics.forget_policy(name);
-    ctx.contests.forget(name).await;
     ctx.policies.forget(name);
 }

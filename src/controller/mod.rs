@@ -66,6 +66,22 @@ pub struct Settings {
     pub inventory: InventorySettings,
     /// When a route table counts as contested (reverts within a window).
     pub contest: crate::plan::contest::ContestSettings,
+    /// The identities a policy may name in `spec.azure.identity`, decided by whoever installs
+    /// the controller (`--allowed-identity`); empty: only the controller's own. A policy naming
+    /// another gets an `IdentityNotAllowed` problem and nothing is done for it.
+    pub allowed_identities: std::collections::BTreeSet<crate::ids::Identity>,
+}
+
+impl Settings {
+    /// Whether a policy may use `identity` (`None`, the controller's own, always).
+    pub fn allows(&self, identity: Option<&crate::ids::Identity>) -> bool {
+        identity.is_none_or(|i| {
+            self.allowed_identities.contains(&crate::ids::Identity {
+                tenant_id: i.tenant_id.to_ascii_lowercase(),
+                client_id: i.client_id.to_ascii_lowercase(),
+            })
+        })
+    }
 }
 
 /// Shared by every reconcile.

@@ -31,8 +31,11 @@ pub struct PolicyState {
     /// denial), and the end of the slow timer: the status that pass wrote comes back as a watch
     /// event; it must not buy another round of refused writes.
     held_back: Option<(Option<i64>, Instant)>,
-    /// The last message sent per Event reason.
+    /// The last message the API server accepted per Event reason.
     events_sent: HashMap<String, String>,
+    /// What is kmsroute's in the policy's tables, the reverts of it, and who did them
+    /// (`contested.rs`); created at the first pass.
+    contest: Option<super::contested::PolicyContests>,
 }
 
 /// Every policy's state, by name.
@@ -166,6 +169,17 @@ impl Policies {
         self.with(name, |s| {
             s.events_sent.insert(reason.to_string(), note.to_string());
         });
+    }
+
+    /// Runs `f` on the policy's contest state (made by `make` the first time), under the lock:
+    /// `f` must not wait on anything.
+    pub fn contest<T>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> super::contested::PolicyContests,
+        f: impl FnOnce(&mut super::contested::PolicyContests) -> T,
+    ) -> T {
+        self.with(name, |s| f(s.contest.get_or_insert_with(make)))
     }
 
     /// Forgets the last message of an Event reason: the next one is sent whatever it says.

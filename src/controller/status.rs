@@ -34,10 +34,21 @@ pub fn of_invalid_spec(
     message: String,
     old: &KmsRoutePolicyStatus,
 ) -> KmsRoutePolicyStatus {
+    of_refused(policy, "InvalidSpec", message, old)
+}
+
+/// The status of a policy nothing is done for (`reason`: `InvalidSpec`, `IdentityNotAllowed`):
+/// only the conditions, saying why.
+pub fn of_refused(
+    policy: &KmsRoutePolicy,
+    reason: &str,
+    message: String,
+    old: &KmsRoutePolicyStatus,
+) -> KmsRoutePolicyStatus {
     let generation = policy.meta().generation;
     KmsRoutePolicyStatus {
         observed_generation: generation,
-        conditions: error_conditions("InvalidSpec", message, generation, &old.conditions),
+        conditions: error_conditions(reason, message, generation, &old.conditions),
         ..KmsRoutePolicyStatus::default()
     }
 }

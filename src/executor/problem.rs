@@ -27,9 +27,11 @@ pub enum Reason {
     Drift,
     /// Someone keeps undoing kmsroute's writes to the subnet's route table.
     Contested,
+    /// `spec.azure.identity` names an identity the installer did not allow: nothing is done.
+    IdentityNotAllowed,
 }
 
-const OTHERS: [Reason; 14] = [
+const OTHERS: [Reason; 15] = [
     Reason::SubscriptionUnreadable,
     Reason::PolicyDenied,
     Reason::WriteFailed,
@@ -44,6 +46,7 @@ const OTHERS: [Reason; 14] = [
     Reason::WouldRelease,
     Reason::Drift,
     Reason::Contested,
+    Reason::IdentityNotAllowed,
 ];
 
 impl Reason {
@@ -83,6 +86,7 @@ impl Reason {
             Reason::WouldRelease => "WouldRelease",
             Reason::Drift => "Drift",
             Reason::Contested => "Contested",
+            Reason::IdentityNotAllowed => "IdentityNotAllowed",
         }
     }
 
@@ -96,7 +100,10 @@ impl Reason {
     /// planner errors, conflicts, warnings, deliberate skips, drift being repaired.
     pub fn rank(self) -> u8 {
         match self {
-            Reason::SubscriptionUnreadable | Reason::PolicyDenied | Reason::WriteFailed => 0,
+            Reason::SubscriptionUnreadable
+            | Reason::PolicyDenied
+            | Reason::WriteFailed
+            | Reason::IdentityNotAllowed => 0,
             Reason::Planner(_) => 1,
             Reason::Conflict | Reason::NotVerified | Reason::Contested => 2,
             Reason::NoInternetEgress

@@ -21,6 +21,7 @@ pub fn controller(identity: &str) -> Settings {
             read_share: 1.0,
         },
         contest: Default::default(),
+        allowed_identities: Default::default(),
         lease: LeaseSettings {
             namespace: "kmsroute".into(),
             name: "kmsroute-leader".into(),
