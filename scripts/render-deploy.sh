@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 helm="${HELM:-.tools/bin/helm}"
 {
   echo "# Plain-manifest install of kmsroute, rendered from charts/kmsroute with default values by"
-  echo "# scripts/render-deploy.sh. Namespace: kmsroute (kubectl create namespace kmsroute first)."
-  "$helm" template kmsroute charts/kmsroute --namespace kmsroute --include-crds
+  echo "# scripts/render-deploy.sh (the CRD included, the helm test pod left out). Namespace:"
+  echo "# kmsroute (kubectl create namespace kmsroute first)."
+  "$helm" template kmsroute charts/kmsroute --namespace kmsroute --skip-tests
 } > deploy/kmsroute.yaml

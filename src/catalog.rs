@@ -14,6 +14,10 @@ use std::net::Ipv4Addr;
 pub const KMS_PORT: u16 = 1688;
 
 /// An Azure cloud (sovereign or public).
+///
+/// In a policy (`spec.kms.cloud`): the cloud whose KMS addresses are routed; when absent, the
+/// controller's own cloud, its `--cloud` flag (`KMSROUTE_CLOUD`; chart value `azure.cloud`;
+/// default `AzurePublic`).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]

@@ -580,3 +580,146 @@ fn validate_reports_every_wrong_enum_and_pattern_not_just_the_first() {
         assert!(out.contains(path), "{path} missing in:\n{out}");
     }
 }
+
+/// Issue 33: `--version` names the commit and the build date (support triage).
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let out = stdout(&kmsroute(&["--version"], None));
+    let re = regex::Regex::new(
+        r"^kmsroute \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown), built (\d{4}-\d{2}-\d{2}|unknown)\)\n$",
+    )
+    .unwrap();
+    assert!(re.is_match(&out), "{out:?}");
+}
+
+/// Issue 33: completion scripts for the four shells, naming the subcommands and flags.
+#[test]
+fn completions_are_printed_for_every_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _kmsroute"),
+        ("zsh", "#compdef kmsroute"),
+        ("fish", "complete -c kmsroute"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let o = kmsroute(&["completions", shell], None);
+        assert!(o.status.success(), "{shell}");
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {marker:?} missing");
+        for word in [
+            "validate",
+            "apply",
+            "completions",
+            "filename",
+            "allowed-identity",
+        ] {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+        // The shells that complete values know the --auth modes.
+        if shell != "powershell" {
+            assert!(script.contains("workload-identity"), "{shell}");
+        }
+    }
+    let o = kmsroute(&["completions", "tcsh"], None);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// Issue 33: what `kubectl get krp -o yaml` prints (a `kind: List` with server fields and
+/// status) is read item by item, by `validate` and `plan` alike.
+#[test]
+fn a_kubectl_list_is_read_item_by_item() {
+    let example = std::fs::read_to_string("examples/kmsroutepolicy.yaml").unwrap();
+    let policy: serde_json::Value = serde_saphyr::from_str(&example).unwrap();
+    let mut from_cluster = policy.clone();
+    from_cluster["metadata"]["resourceVersion"] = serde_json::json!("1234");
+    from_cluster["metadata"]["uid"] = serde_json::json!("0b9f0d3e-1111-2222-3333-444444444444");
+    from_cluster["metadata"]["generation"] = serde_json::json!(3);
+    from_cluster["metadata"]["managedFields"] =
+        serde_json::json!([{"manager": "kubectl", "operation": "Apply"}]);
+    from_cluster["status"] = serde_json::json!({"observedGeneration": 3, "conditions": [
+        {"type": "Ready", "status": "True", "reason": "InSync", "message": "",
+         "lastTransitionTime": "2026-12-06T10:00:00Z", "observedGeneration": 3}]});
+    let mut second = from_cluster.clone();
+    second["metadata"]["name"] = serde_json::json!("hub");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List",
+        "metadata": {"resourceVersion": ""}, "items": [from_cluster, second]});
+    let yaml = serde_saphyr::to_string(&list).unwrap();
+    let o = kmsroute(&["validate", "-f", "-", "-o", "json"], Some(&yaml));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let checked: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> = checked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["spokes", "hub"]);
+    assert!(
+        checked
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["valid"] == true)
+    );
+    // An empty list has no policies in it.
+    let empty = "apiVersion: v1\nkind: List\nitems: []\n";
+    let o = kmsroute(&["validate", "-f", "-"], Some(empty));
+    assert_eq!(o.status.code(), Some(2));
+    // A list of something else is still refused, item by item.
+    let other = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: x}\n";
+    let o = kmsroute(&["validate", "-f", "-", "-o", "json"], Some(other));
+    assert_eq!(o.status.code(), Some(2));
+    let checked: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(checked[0]["errors"][0]["path"], "kind");
+}
+
+/// Issue 33: `validate -o json` and `apply -o json` for scripts: stdout is one JSON document
+/// (the preview and the prompt would go to stderr), with what was written.
+#[test]
+fn validate_and_apply_speak_json() {
+    let bad = "apiVersion: kmsroute.io/v1alpha1\nkind: KmsRoutePolicy\nmetadata: {name: bad}\nspec:\n  subnets: [nope]\n";
+    let o = kmsroute(&["validate", "-f", "-", "-o", "json"], Some(bad));
+    assert_eq!(o.status.code(), Some(2));
+    let checked: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(checked[0]["name"], "bad");
+    assert_eq!(checked[0]["valid"], false);
+    assert!(
+        checked[0]["errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.subnets"),
+        "{checked}"
+    );
+
+    let (_rt, em) = estate_emulator();
+    let url = em.url();
+    let file = policy_without_conflict();
+    let f = file.to_str().unwrap();
+    let o = kmsroute(
+        &[
+            "apply",
+            "-f",
+            f,
+            "--arm-endpoint",
+            &url,
+            "--yes",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["writesDone"], 9, "{doc}");
+    assert_eq!(doc["writesFailed"], 0);
+    assert_eq!(doc["interrupted"], false);
+    let writes = doc["writes"].as_array().unwrap();
+    assert_eq!(writes.len(), 9);
+    assert!(
+        writes
+            .iter()
+            .all(|w| w["op"].is_string() && w["error"].is_null())
+    );
+    assert_eq!(doc["policies"][0]["summary"]["inSync"], 5);
+    assert_eq!(em.stats().writes, 9);
+    let _ = std::fs::remove_file(file);
+}

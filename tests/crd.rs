@@ -44,8 +44,70 @@ fn crd_names_scope_and_subresources_are_the_public_interface() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Mode", "Subnets", "InSync", "Conflicts", "Age"]
+        [
+            "Ready",
+            "Mode",
+            "Subnets",
+            "InSync",
+            "Conflicts",
+            "Age",
+            "Reason",
+            "Message"
+        ]
     );
+    assert_eq!(
+        spec["names"]["categories"],
+        serde_json::json!(["kmsroute", "azure"])
+    );
+}
+
+/// Issue 33: `kubectl explain` has something to say for every field, and the conditions'
+/// description names every condition type the controller writes.
+#[test]
+fn every_field_is_described_and_the_conditions_name_all_six_types() {
+    let crd = serde_json::to_value(KmsRoutePolicy::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    fn walk(v: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(props) = v["properties"].as_object() {
+            for (k, p) in props {
+                let at = format!("{path}.{k}");
+                if p["description"].as_str().is_none_or(str::is_empty) {
+                    missing.push(at.clone());
+                }
+                walk(p, &at, missing);
+            }
+        }
+        if v["items"].is_object() {
+            walk(&v["items"], &format!("{path}[]"), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(schema, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:?}"
+    );
+    let conditions = schema["properties"]["status"]["properties"]["conditions"]["description"]
+        .as_str()
+        .unwrap();
+    for t in [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "EgressReady",
+        "Verified",
+        "KmsAddressesRouted",
+    ] {
+        assert!(
+            conditions.contains(&format!("`{t}`")),
+            "{t} not in {conditions}"
+        );
+    }
+    let cloud =
+        schema["properties"]["spec"]["properties"]["kms"]["properties"]["cloud"]["description"]
+            .as_str()
+            .unwrap();
+    assert!(cloud.contains("--cloud"), "{cloud}");
 }
 
 /// Kubernetes' structural schema rules: every node has a type (or an explicit escape hatch),

@@ -71,13 +71,14 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 #[test]
 fn the_chart_ships_the_generated_crd() {
     let file: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string("charts/kmsroute/crds/kmsroutepolicies.kmsroute.io.yaml").unwrap(),
+        &std::fs::read_to_string("charts/kmsroute/files/kmsroutepolicies.kmsroute.io.yaml")
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(
         file,
         serde_json::to_value(kmsroute::api::KmsRoutePolicy::crd()).unwrap(),
-        "run: cargo run -- crd > charts/kmsroute/crds/kmsroutepolicies.kmsroute.io.yaml"
+        "run: cargo run -- crd > charts/kmsroute/files/kmsroutepolicies.kmsroute.io.yaml"
     );
 }
 
@@ -121,7 +122,9 @@ fn the_default_render_is_restricted_least_privilege_and_single_replica() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "Deployment",
+            "Pod",
             "Role",
             "RoleBinding",
             "Service",
@@ -160,7 +163,10 @@ fn the_default_render_is_restricted_least_privilege_and_single_replica() {
         "true"
     );
 
-    let cluster_rules = &find(&d, "ClusterRole").unwrap()["rules"];
+    let cluster_rules = &d
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "kmsroute")
+        .unwrap()["rules"];
     assert_eq!(
         cluster_rules,
         &json!([
@@ -310,9 +316,25 @@ fn optional_objects_appear_only_when_asked_for() {
     let Some(helm) = helm() else { return };
     let two = render(&helm, &["replicaCount=2"]).unwrap();
     assert_eq!(
-        find(&two, "PodDisruptionBudget").unwrap()["spec"]["minAvailable"],
-        1
+        find(&two, "PodDisruptionBudget").unwrap()["spec"],
+        json!({"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "kmsroute", "app.kubernetes.io/instance": "kmsroute"}}})
     );
+    let min = render(
+        &helm,
+        &["replicaCount=3", "podDisruptionBudget.minAvailable=2"],
+    )
+    .unwrap();
+    let pdb = &find(&min, "PodDisruptionBudget").unwrap()["spec"];
+    assert_eq!(
+        (pdb["minAvailable"].clone(), pdb.get("maxUnavailable")),
+        (json!(2), None)
+    );
+    let off = render(
+        &helm,
+        &["replicaCount=2", "podDisruptionBudget.enabled=false"],
+    )
+    .unwrap();
+    assert!(find(&off, "PodDisruptionBudget").is_none());
     assert_eq!(find(&two, "Deployment").unwrap()["spec"]["replicas"], 2);
     let one = render(&helm, &[]).unwrap();
     assert!(
@@ -364,7 +386,7 @@ fn the_plain_manifest_install_is_the_default_rendering() {
             "charts/kmsroute",
             "--namespace",
             "kmsroute",
-            "--include-crds",
+            "--skip-tests",
         ])
         .output()
         .unwrap();
@@ -554,4 +576,405 @@ fn the_dashboard_and_the_alerts_render_from_the_chart_only_when_enabled() {
             .unwrap()
             .contains("{{ $labels.policy }}")
     );
+}
+
+/// SECURITY.md's permissions table names exactly the role's actions, each once: a security
+/// review reads the table, Azure grants the role.
+#[test]
+fn the_security_permissions_table_is_the_role() {
+    let role: Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/azure/kmsroute-role.json").unwrap())
+            .unwrap();
+    let granted: BTreeSet<String> = role["Actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let security = std::fs::read_to_string("SECURITY.md").unwrap();
+    let section = security
+        .split("## Permissions")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Permissions section");
+    let rows: Vec<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    let listed: BTreeSet<String> = rows.iter().cloned().collect();
+    assert_eq!(rows.len(), listed.len(), "an action listed twice: {rows:?}");
+    assert_eq!(listed, granted, "SECURITY.md's table and the role differ");
+}
+
+fn deployment(docs: &[Value]) -> &Value {
+    find(docs, "Deployment").expect("a Deployment")
+}
+
+fn pod_spec(docs: &[Value]) -> &Value {
+    &deployment(docs)["spec"]["template"]["spec"]
+}
+
+/// Issue 33: the CRD is a template (so `helm upgrade` upgrades it), equal to what
+/// `kmsroute crd` generates, kept on uninstall unless asked otherwise, and left out when the
+/// user manages it.
+#[test]
+fn the_chart_templates_the_generated_crd_and_keeps_it() {
+    let Some(helm) = helm() else { return };
+    let generated = serde_json::to_value(kmsroute::api::KmsRoutePolicy::crd()).unwrap();
+    let d = render(&helm, &[]).unwrap();
+    let mut crd = find(&d, "CustomResourceDefinition").unwrap().clone();
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert_eq!(
+        crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    let meta = crd["metadata"].as_object_mut().unwrap();
+    meta.remove("labels");
+    meta.remove("annotations");
+    // Helm reads numbers as floats (`maximum: 100.0` and `100` are one number to the API server).
+    fn numbers_as_floats(v: &mut Value) {
+        match v {
+            Value::Number(n) => {
+                *v = json!(n.as_f64().unwrap_or_default());
+            }
+            Value::Array(a) => a.iter_mut().for_each(numbers_as_floats),
+            Value::Object(o) => o.values_mut().for_each(numbers_as_floats),
+            _ => {}
+        }
+    }
+    let mut expected = generated.clone();
+    numbers_as_floats(&mut crd);
+    numbers_as_floats(&mut expected);
+    assert_eq!(crd, expected, "the templated CRD is the generated one");
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string("charts/kmsroute/files/kmsroutepolicies.kmsroute.io.yaml")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        file, generated,
+        "run: cargo run -- crd > charts/kmsroute/files/kmsroutepolicies.kmsroute.io.yaml"
+    );
+    let unkept = render(&helm, &["crds.keep=false"]).unwrap();
+    assert!(
+        find(&unkept, "CustomResourceDefinition").unwrap()["metadata"]
+            .get("annotations")
+            .is_none()
+    );
+    let none = render(&helm, &["crds.enabled=false"]).unwrap();
+    assert!(find(&none, "CustomResourceDefinition").is_none());
+    // The CRD tells kubectl why: categories and the -o wide columns.
+    assert_eq!(
+        generated["spec"]["names"]["categories"],
+        json!(["kmsroute", "azure"])
+    );
+    let columns = generated["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap();
+    let wide: Vec<(&str, &str)> = columns
+        .iter()
+        .filter(|c| c["priority"] == 1)
+        .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        wide,
+        [
+            ("Reason", ".status.conditions[?(@.type==\"Ready\")].reason"),
+            (
+                "Message",
+                ".status.conditions[?(@.type==\"Ready\")].message"
+            )
+        ]
+    );
+}
+
+/// Issue 33: Linux nodes only by default; the knobs platform teams expect.
+#[test]
+fn the_pod_runs_on_linux_and_takes_the_usual_knobs() {
+    let Some(helm) = helm() else { return };
+    let d = render(&helm, &[]).unwrap();
+    assert_eq!(
+        pod_spec(&d)["nodeSelector"],
+        json!({"kubernetes.io/os": "linux"})
+    );
+    assert_eq!(
+        pod_spec(&d)["containers"][0]["image"],
+        "ghcr.io/kmsroute/kmsroute:0.1.0"
+    );
+    let digest = "sha256:".to_string() + &"ab".repeat(32);
+    let knobs = render(
+        &helm,
+        &[
+            &format!("image.digest={digest}"),
+            "podSecurityContext.fsGroup=65532",
+            "securityContext.readOnlyRootFilesystem=true",
+            "strategy.type=Recreate",
+            "revisionHistoryLimit=3",
+            "commonLabels.team=network",
+            "extraVolumes[0].name=ca",
+            "extraVolumes[0].configMap.name=corp-ca",
+            "extraVolumeMounts[0].name=ca",
+            "extraVolumeMounts[0].mountPath=/etc/corp-ca",
+            "proxy.httpsProxy=http://proxy.corp:3128",
+            "proxy.noProxy=.corp.example",
+        ],
+    )
+    .unwrap();
+    let dep = deployment(&knobs);
+    let pod = pod_spec(&knobs);
+    assert_eq!(
+        pod["containers"][0]["image"],
+        format!("ghcr.io/kmsroute/kmsroute@{digest}")
+    );
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        pod["securityContext"]["runAsUser"], 65532,
+        "defaults merged"
+    );
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(dep["spec"]["revisionHistoryLimit"], 3);
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "corp-ca");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/corp-ca"
+    );
+    for o in &knobs {
+        if o["kind"] != "Pod" {
+            assert_eq!(o["metadata"]["labels"]["team"], "network", "{}", o["kind"]);
+        }
+    }
+    assert_eq!(
+        dep["spec"]["template"]["metadata"]["labels"]["team"],
+        "network"
+    );
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let var = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(var("HTTPS_PROXY"), "http://proxy.corp:3128");
+    assert!(
+        var("NO_PROXY").starts_with(".corp.example,169.254.169.254,"),
+        "{}",
+        var("NO_PROXY")
+    );
+    // A bad digest is refused.
+    let err = render(&helm, &["image.digest=latest"]).unwrap_err();
+    assert!(
+        err.contains("values don't meet") || err.contains("schema"),
+        "{err}"
+    );
+}
+
+/// Issue 33: the NetworkPolicy lets each identity mode's traffic through: IMDS (port 80) for
+/// managed identity, the API server's ports as a value, the scrapers named.
+#[test]
+fn the_network_policy_fits_each_identity_mode() {
+    let Some(helm) = helm() else { return };
+    let egress_ports = |docs: &[Value]| -> Vec<(Option<String>, i64)> {
+        find(docs, "NetworkPolicy").unwrap()["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| {
+                let to = rule["to"][0]["ipBlock"]["cidr"]
+                    .as_str()
+                    .map(str::to_string);
+                rule["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |p| (to.clone(), p["port"].as_i64().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let wi = render(&helm, &["networkPolicy.enabled=true"]).unwrap();
+    let ports = egress_ports(&wi);
+    for p in [53, 443, 6443] {
+        assert!(ports.iter().any(|(_, q)| *q == p), "{p}: {ports:?}");
+    }
+    assert!(
+        !ports.iter().any(|(_, q)| *q == 80),
+        "no IMDS without managed identity"
+    );
+    let mi = render(
+        &helm,
+        &[
+            "networkPolicy.enabled=true",
+            "azure.identity.mode=managedIdentity",
+        ],
+    )
+    .unwrap();
+    assert!(
+        egress_ports(&mi).contains(&(Some("169.254.169.254/32".into()), 80)),
+        "{:?}",
+        egress_ports(&mi)
+    );
+    let custom = render(
+        &helm,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiServerPorts={443,8443}",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+            "networkPolicy.extraEgress[0].ports[0].port=3128",
+        ],
+    )
+    .unwrap();
+    let ports = egress_ports(&custom);
+    assert!(ports.iter().any(|(_, p)| *p == 8443) && !ports.iter().any(|(_, p)| *p == 6443));
+    assert!(ports.iter().any(|(_, p)| *p == 3128), "{ports:?}");
+    let np = find(&custom, "NetworkPolicy").unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+        "monitoring"
+    );
+}
+
+/// Issue 33: monitoring knobs: the ServiceMonitor's namespace, timeout and relabelings; every
+/// alert's runbook_url; and the install notes hold no placeholder URL or blocking command chain.
+#[test]
+fn monitoring_knobs_runbook_urls_and_notes() {
+    let Some(helm) = helm() else { return };
+    let d = render(
+        &helm,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.namespace=monitoring",
+            "metrics.serviceMonitor.scrapeTimeout=5s",
+            "metrics.serviceMonitor.relabelings[0].targetLabel=cluster",
+            "metrics.serviceMonitor.relabelings[0].replacement=aks-prod",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.runbookBaseUrl=https://wiki.corp/kmsroute",
+        ],
+    )
+    .unwrap();
+    let sm = find(&d, "ServiceMonitor").unwrap();
+    assert_eq!(sm["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"],
+        json!(["kmsroute"])
+    );
+    assert_eq!(sm["spec"]["endpoints"][0]["scrapeTimeout"], "5s");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["relabelings"][0]["replacement"],
+        "aks-prod"
+    );
+    let rule = find(&d, "PrometheusRule").unwrap();
+    let alerts: Vec<&Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter(|r| r["alert"].is_string())
+        .collect();
+    assert!(alerts.len() >= 8);
+    for a in alerts {
+        let name = a["alert"].as_str().unwrap();
+        assert_eq!(
+            a["annotations"]["runbook_url"],
+            format!("https://wiki.corp/kmsroute#{}", name.to_lowercase())
+        );
+    }
+    let out = Command::new(&helm)
+        .args([
+            "install",
+            "kmsroute",
+            "charts/kmsroute",
+            "--dry-run",
+            "-n",
+            "kmsroute",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let notes = text.split("NOTES:").nth(1).expect("install notes");
+    assert!(!notes.contains('…'), "a placeholder in the notes: {notes}");
+    assert!(
+        !notes.contains("port-forward") || !notes.contains("&& curl"),
+        "{notes}"
+    );
+    assert!(notes.contains("helm test kmsroute"), "{notes}");
+    assert!(notes.contains("https://raw.githubusercontent.com/kmsroute/kmsroute/v0.1.0/deploy/examples/selector-by-tags.yaml"), "{notes}");
+}
+
+/// Issue 33: `helm test` is a pod of the same image that checks /readyz through the Service.
+#[test]
+fn helm_test_checks_readyz_through_the_service() {
+    let Some(helm) = helm() else { return };
+    let d = render(&helm, &[]).unwrap();
+    let test = find(&d, "Pod").expect("the test pod");
+    assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let c = &test["spec"]["containers"][0];
+    assert_eq!(c["image"], pod_spec(&d)["containers"][0]["image"]);
+    assert_eq!(
+        c["args"],
+        json!(["probe", "http://kmsroute-metrics.kmsroute.svc:8080/readyz"])
+    );
+    assert_eq!(test["spec"]["securityContext"]["runAsNonRoot"], true);
+    let off = render(&helm, &["tests.enabled=false"]).unwrap();
+    assert!(find(&off, "Pod").is_none());
+}
+
+/// Issue 33: every value in the schema says what it is (`helm show values`, IDEs), and the
+/// aggregated ClusterRoles carry the labels Kubernetes aggregates by.
+#[test]
+fn every_chart_value_is_described_and_roles_aggregate() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string("charts/kmsroute/values.schema.json").unwrap(),
+    )
+    .unwrap();
+    fn walk(v: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(props) = v["properties"].as_object() {
+            for (k, p) in props {
+                let at = format!("{path}.{k}");
+                if p["description"].as_str().is_none_or(str::is_empty) {
+                    missing.push(at.clone());
+                }
+                walk(p, &at, missing);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&schema, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "values without a description: {missing:?}"
+    );
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string("charts/kmsroute/values.yaml").unwrap())
+            .unwrap();
+    for key in values.as_object().unwrap().keys() {
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "{key} not in the schema"
+        );
+    }
+    let Some(helm) = helm() else { return };
+    let d = render(&helm, &[]).unwrap();
+    let role = |name: &str| {
+        d.iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let view = role("kmsroute-view");
+    for agg in ["view", "edit", "admin", "cluster-reader"] {
+        assert_eq!(
+            view["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{agg}")],
+            "true"
+        );
+    }
+    assert_eq!(view["rules"][0]["verbs"], json!(["get", "list", "watch"]));
+    let edit = role("kmsroute-edit");
+    assert!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"].is_null());
+    let off = render(&helm, &["rbac.aggregateClusterRoles=false"]).unwrap();
+    assert_eq!(off.iter().filter(|o| o["kind"] == "ClusterRole").count(), 1);
 }

@@ -76,7 +76,15 @@ pub fn parse_policies(text: &str) -> Result<Vec<Document>, NotYaml> {
     // last one silently); `StrictValue` says so too, for any other source of a value.
     let values =
         serde_saphyr::from_multiple::<StrictValue>(text).map_err(|e| NotYaml(e.to_string()))?;
-    for (i, StrictValue(value)) in values.into_iter().enumerate() {
+    // What `kubectl get krp -o yaml` prints is one `kind: List` holding the policies: its items
+    // are read as documents of their own.
+    let values = values
+        .into_iter()
+        .flat_map(|StrictValue(v)| match list_items(&v) {
+            Some(items) => items,
+            None => vec![v],
+        });
+    for (i, value) in values.enumerate() {
         let index = i + 1;
         if value.is_null() {
             continue;
@@ -103,6 +111,25 @@ pub fn parse_policies(text: &str) -> Result<Vec<Document>, NotYaml> {
         });
     }
     Ok(docs)
+}
+
+/// The items of a list document: `kind: List` (`apiVersion: v1`, what `kubectl get -o yaml`
+/// prints) or `kind: KmsRoutePolicyList` (the API's own list). `None` for any other document.
+fn list_items(value: &Value) -> Option<Vec<Value>> {
+    let kind = value.get("kind").and_then(Value::as_str)?;
+    let api_version = value.get("apiVersion").and_then(Value::as_str)?;
+    let is_list = (kind == "List" && api_version == "v1")
+        || (kind == "KmsRoutePolicyList" && api_version == "kmsroute.io/v1alpha1");
+    if !is_list {
+        return None;
+    }
+    Some(
+        value
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    )
 }
 
 /// A JSON value read from YAML that refuses a mapping with the same key twice.

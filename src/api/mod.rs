@@ -62,6 +62,8 @@ pub const DEFAULT_RESYNC: &str = "10m";
     plural = "kmsroutepolicies",
     singular = "kmsroutepolicy",
     shortname = "krp",
+    category = "kmsroute",
+    category = "azure",
     status = "KmsRoutePolicyStatus",
     doc = "KmsRoutePolicy declares which Azure subnets must route Windows KMS activation (TCP 1688) to the Internet with /32 user-defined routes.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -69,7 +71,9 @@ pub const DEFAULT_RESYNC: &str = "10m";
     printcolumn = r#"{"name":"Subnets","type":"integer","jsonPath":".status.summary.subnetsMatched"}"#,
     printcolumn = r#"{"name":"InSync","type":"integer","jsonPath":".status.summary.inSync"}"#,
     printcolumn = r#"{"name":"Conflicts","type":"integer","jsonPath":".status.summary.conflicts"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why the policy is or is not Ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"description":"The Ready condition's message","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -151,7 +155,8 @@ pub struct IdentitySpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = rules::kms)]
 pub struct KmsSpec {
-    /// The cloud whose KMS addresses are routed; defaults to the controller's cloud.
+    /// The cloud whose KMS addresses are routed; when absent, the controller's `--cloud` (the
+    /// schema's description is `Cloud`'s, which says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<Cloud>,
     /// Extra IPv4 host addresses to route (`a.b.c.d` or `a.b.c.d/32`).
@@ -283,6 +288,7 @@ impl Default for RouteTableSpec {
     }
 }
 
+/// What to do with a foreign route that sends a KMS address elsewhere.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ConflictPolicy {
     /// Report a foreign route to a KMS address with another next hop; never touch it.
@@ -292,13 +298,18 @@ pub enum ConflictPolicy {
     Replace,
 }
 
+/// Whether the policy writes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Mode {
+    /// Write what is missing and repair drift.
     #[default]
     Enforce,
+    /// Only observe and report what Enforce would write (Ready=False reason Drift when
+    /// something would be written).
     Audit,
 }
 
+/// What deleting the policy does in Azure.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
     /// Remove owned routes, and tables the policy created once nothing else uses them.
@@ -312,12 +323,19 @@ pub enum DeletionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KmsRoutePolicyStatus {
+    /// The `metadata.generation` (spec version) the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`.
+    /// `Ready` (every selected subnet in sync, or why not: its reason and message are the
+    /// `-o wide` columns), `Progressing` (the last pass wrote), `Degraded` (conflicts, errors,
+    /// Azure unreachable or refusing), `EgressReady` (the subnets have a way out for next hop
+    /// Internet), `Verified` (with `spec.verification.effectiveRoutes`: sampled NICs' effective
+    /// routes send the KMS addresses to Internet), `KmsAddressesRouted` (with
+    /// `spec.kms.resolveDns`: the KMS names resolve only to routed addresses).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Counts over every subnet the policy selects, from the last pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
     /// The `/32` destinations the policy routes.
@@ -338,11 +356,18 @@ pub struct KmsRoutePolicyStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    /// Subnets the policy selects (by ID and by its selector).
     pub subnets_matched: i64,
+    /// Subnets whose route table carries every KMS route to Internet.
     pub in_sync: i64,
+    /// Subnets the last pass repaired (routes written, a table created or associated).
     pub repaired: i64,
+    /// Subnets where a foreign route sends a KMS address elsewhere (`conflictPolicy: Report`).
     pub conflicts: i64,
+    /// Subnets left alone on purpose: platform subnets (GatewaySubnet, AzureFirewallSubnet,
+    /// ...), another policy's (the older one wins), no table and `createIfMissing: false`.
     pub skipped: i64,
+    /// Subnets where a write failed or the planner could not act (see `problems`).
     pub errors: i64,
     /// Subnets whose sampled NIC's effective routes send every KMS address to `Internet`
     /// through a user route (with `spec.verification.effectiveRoutes`).
@@ -364,10 +389,14 @@ fn is_zero(n: &i64) -> bool {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// One subnet (or scope) that needs attention.
 pub struct Problem {
+    /// The subnet's ARM ID, or the scope at fault (a subscription, a management group, a route
+    /// table, `spec.azure.identity`).
     pub subnet_id: String,
     /// Machine-readable reason, e.g. `Conflict`, `NoInternetEgress`, `RouteLimitExceeded`.
     pub reason: String,
+    /// What is wrong and what to do about it.
     pub message: String,
 }
 

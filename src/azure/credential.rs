@@ -30,9 +30,15 @@ pub enum AuthMode {
     /// (AZURE_FEDERATED_TOKEN_FILE); client secret (AZURE_CLIENT_SECRET); managed identity
     /// (IDENTITY_ENDPOINT, MSI_ENDPOINT or AZURE_CLIENT_ID); Azure CLI.
     Auto,
+    /// AKS workload identity: the projected service-account token (AZURE_FEDERATED_TOKEN_FILE)
+    /// exchanged for AZURE_CLIENT_ID in AZURE_TENANT_ID, re-read at every token request.
     WorkloadIdentity,
+    /// The node's or pod's managed identity through IMDS (169.254.169.254) or IDENTITY_ENDPOINT;
+    /// a user-assigned one when AZURE_CLIENT_ID is set.
     ManagedIdentity,
+    /// A service principal's secret: AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET.
     ClientSecret,
+    /// The signed-in Azure CLI (`az login`), for running plan and apply from a workstation.
     AzureCli,
     /// A fixed token (`KMSROUTE_STATIC_TOKEN`, default `emulator`): loopback endpoints only.
     StaticToken,

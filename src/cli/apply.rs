@@ -1,6 +1,6 @@
 //! `kmsroute apply`: plan, confirm, write, re-read, report.
 
-use super::args::{ArmArgs, EXIT_CHANGES_PENDING, EXIT_INTERRUPTED, EXIT_INVALID_INPUT};
+use super::args::{ArmArgs, EXIT_CHANGES_PENDING, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, Output};
 use super::error::CliError;
 use super::support::{
     confirm, connect, exit_for, load_policies, pass_deps, pass_params, show_progress,
@@ -13,7 +13,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCode, CliError> {
+/// Text for people: on stdout, or on stderr when stdout carries JSON.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json { eprint!($($arg)*) } else { print!($($arg)*) }
+    };
+}
+
+pub(crate) async fn apply(
+    file: &str,
+    yes: bool,
+    output: Output,
+    arm: &ArmArgs,
+) -> Result<ExitCode, CliError> {
+    let json = matches!(output, Output::Json);
     let Some(policies) = load_policies(file, arm.cloud)? else {
         return Ok(ExitCode::from(EXIT_INVALID_INPUT));
     };
@@ -23,21 +36,25 @@ pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCo
     if !yes {
         let params = pass_params(arm, RunMode::PlanOnly);
         let preview = pass(&api, &policies, &params, &pass_deps(), &|_| {}).await?;
-        print!("{}", plan_table(&preview.plan));
+        say!(json, "{}", plan_table(&preview.plan));
         if preview.plan.writes.is_empty() {
-            print!("{}", status_table(&preview));
-            print!("{}", problems_text(&preview));
+            if json {
+                print_json(&preview, false)?;
+            } else {
+                print!("{}", status_table(&preview));
+                print!("{}", problems_text(&preview));
+            }
             return Ok(exit_for(&preview, false));
         }
         if !confirm(preview.plan.writes.len())? {
-            println!("Nothing written.");
+            say!(json, "Nothing written.\n");
             return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
         }
         approved = Some(Arc::new(preview.plan.writes));
     }
     let tty = std::io::stderr().is_terminal();
     let report = loop {
-        let progress = move |p: Progress| show_progress(p, tty);
+        let progress = move |p: Progress| show_progress(p, tty, json);
         let params = PassParams {
             approved: approved.clone(),
             ..pass_params(arm, RunMode::Write)
@@ -51,13 +68,17 @@ pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCo
             break report;
         }
         // Azure changed between the preview and now: show what differs, ask again.
-        show_changed_plan(approved.as_deref().map(Vec::as_slice), &report);
+        say!(
+            json,
+            "{}",
+            changed_plan(approved.as_deref().map(Vec::as_slice), &report)
+        );
         if report.plan.writes.is_empty() {
-            println!("Nothing left to write.");
+            say!(json, "Nothing left to write.\n");
             break report;
         }
         if !confirm(report.plan.writes.len())? {
-            println!("Nothing written.");
+            say!(json, "Nothing written.\n");
             return Ok(ExitCode::from(EXIT_CHANGES_PENDING));
         }
         approved = Some(Arc::new(report.plan.writes.clone()));
@@ -65,22 +86,66 @@ pub(crate) async fn apply(file: &str, yes: bool, arm: &ArmArgs) -> Result<ExitCo
     if tty {
         eprintln!();
     }
-    println!(
-        "{} write(s) done, {} failed.",
-        report.writes_done(),
-        report.writes_failed()
-    );
-    print!("{}", status_table(&report));
-    print!("{}", problems_text(&report));
-    if interrupt.load(Ordering::SeqCst) {
+    let interrupted = interrupt.load(Ordering::SeqCst);
+    if json {
+        print_json(&report, interrupted)?;
+    } else {
         println!(
-            "interrupted after {} of {} writes; run again to continue",
+            "{} write(s) done, {} failed.",
+            report.writes_done(),
+            report.writes_failed()
+        );
+        print!("{}", status_table(&report));
+        print!("{}", problems_text(&report));
+    }
+    if interrupted {
+        say!(
+            json,
+            "interrupted after {} of {} writes; run again to continue\n",
             report.writes_done(),
             report.plan.writes.len()
         );
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(exit_for(&report, false))
+}
+
+/// `apply -o json`: the writes made (each with its error, if it failed) and every policy's
+/// counts and problems after the pass.
+fn print_json(report: &Report, interrupted: bool) -> Result<(), CliError> {
+    #[derive(serde::Serialize)]
+    struct Outcome<'a> {
+        #[serde(flatten)]
+        write: &'a PlannedWrite,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Applied<'a> {
+        writes_planned: usize,
+        writes_done: usize,
+        writes_failed: usize,
+        interrupted: bool,
+        writes: Vec<Outcome<'a>>,
+        policies: &'a [kmsroute::executor::PolicyReport],
+    }
+    let doc = Applied {
+        writes_planned: report.plan.writes.len(),
+        writes_done: report.writes_done(),
+        writes_failed: report.writes_failed(),
+        interrupted,
+        writes: report
+            .outcomes()
+            .map(|(write, e)| Outcome {
+                write,
+                error: e.map(ToString::to_string),
+            })
+            .collect(),
+        policies: &report.policies,
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }
 
 /// Ctrl-C stops issuing writes; those in flight finish. A second one aborts.
@@ -102,7 +167,7 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 /// The writes that left and joined the plan since the one approved.
-fn show_changed_plan(approved: Option<&[PlannedWrite]>, report: &Report) {
+fn changed_plan(approved: Option<&[PlannedWrite]>, report: &Report) -> String {
     let before: Vec<String> = approved
         .map(|w| w.iter().map(|w| w.write.to_string()).collect())
         .unwrap_or_default();
@@ -112,11 +177,13 @@ fn show_changed_plan(approved: Option<&[PlannedWrite]>, report: &Report) {
         .iter()
         .map(|w| w.write.to_string())
         .collect();
-    println!("Azure changed since the plan you approved; nothing was written. The plan now:");
+    let mut out = "Azure changed since the plan you approved; nothing was written. The plan now:\n"
+        .to_string();
     for w in before.iter().filter(|w| !now.contains(w)) {
-        println!("  - {w}");
+        out.push_str(&format!("  - {w}\n"));
     }
     for w in now.iter().filter(|w| !before.contains(w)) {
-        println!("  + {w}");
+        out.push_str(&format!("  + {w}\n"));
     }
+    out
 }

@@ -20,6 +20,7 @@ pub(crate) struct ArmArgs {
     /// (the emulator) needs no credentials.
     #[arg(long, env = "KMSROUTE_ARM_ENDPOINT")]
     pub(crate) arm_endpoint: Option<String>,
+    /// How to authenticate to ARM (each value is described below).
     #[arg(long, value_enum, default_value = "auto", env = "KMSROUTE_AUTH")]
     pub(crate) auth: AuthMode,
     /// The cloud a policy without spec.kms.cloud routes, and the default ARM endpoint.
@@ -31,10 +32,21 @@ pub(crate) struct ArmArgs {
     pub(crate) concurrency: usize,
 }
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-06)`: the version, the commit and the day it was
+/// made (`build.rs`).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KMSROUTE_GIT_COMMIT"),
+    ", built ",
+    env!("KMSROUTE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "kmsroute",
-    version,
+    version = VERSION,
     about = "Declarative, self-healing KMS activation routes for force-tunneled Azure subnets"
 )]
 pub(crate) struct Cli {
@@ -69,7 +81,9 @@ pub(crate) enum Command {
     /// Show what reconcile would change for the policies in FILE. Reads only.
     /// Exit 0 nothing to do, 1 changes pending, 2 invalid input, 3 conflicts/errors, 4 Azure failed.
     Plan {
-        #[arg(short = 'f', long = "filename")]
+        /// Policies to read: YAML documents (or JSON) in a file, `-` for stdin. A `kind: List`
+        /// (what `kubectl get krp -o yaml` prints) is read item by item. At most 16 MiB.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: PlanOutput,
@@ -83,11 +97,17 @@ pub(crate) enum Command {
     /// 2 invalid input (or no terminal to confirm on without --yes), 3 conflicts/errors remain,
     /// 4 Azure failed, 130 interrupted (Ctrl-C: in-flight writes finish, no new ones start).
     Apply {
-        #[arg(short = 'f', long = "filename")]
+        /// Policies to read: YAML documents (or JSON) in a file, `-` for stdin. A `kind: List`
+        /// (what `kubectl get krp -o yaml` prints) is read item by item. At most 16 MiB.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// `table` for people; `json` for scripts: what was written and what failed, with every
+        /// policy's counts and problems (the preview and the confirmation go to stderr).
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
         #[command(flatten)]
         arm: ArmArgs,
     },
@@ -97,11 +117,33 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Check policies in a file (multi-document YAML; `-` for stdin). Exit 0 valid, 2 invalid.
     Validate {
-        #[arg(short = 'f', long = "filename")]
+        /// Policies to read: YAML documents (or JSON) in a file, `-` for stdin. A `kind: List`
+        /// (what `kubectl get krp -o yaml` prints) is read item by item. At most 16 MiB.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
+        /// `table` for people; `json` for scripts: one entry per policy with its errors and
+        /// warnings.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
         /// The cloud a policy without spec.kms.cloud routes (the controller's cloud).
         #[arg(long, env = "KMSROUTE_CLOUD", default_value = "AzurePublic", value_parser = Cloud::parse)]
         cloud: Cloud,
+    },
+    /// Print a shell completion script: `kmsroute completions bash > /etc/bash_completion.d/kmsroute`
+    /// (zsh: into a directory on $fpath as `_kmsroute`; fish: ~/.config/fish/completions/kmsroute.fish;
+    /// PowerShell: `kmsroute completions powershell | Out-String | Invoke-Expression`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// GET a URL and exit 0 when it answers 200 (the chart's `helm test` checks the
+    /// controller's /readyz with it; no other image needed). Exit 1 otherwise, saying why.
+    Probe {
+        /// The URL, e.g. http://kmsroute-metrics.kmsroute.svc:8080/readyz.
+        url: String,
+        /// How long to wait for the answer, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+        timeout: std::time::Duration,
     },
 }
 

@@ -14,10 +14,21 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             summary,
             arm,
         } => super::plan::plan(&file, output, summary, &arm).await,
-        Command::Apply { file, yes, arm } => super::apply::apply(&file, yes, &arm).await,
+        Command::Apply {
+            file,
+            yes,
+            output,
+            arm,
+        } => super::apply::apply(&file, yes, output, &arm).await,
         Command::Emulator(args) => super::emulator::emulator(args).await,
         Command::Crd => super::info::crd(),
         Command::Endpoints { cloud, output } => super::info::endpoints(cloud, output),
-        Command::Validate { file, cloud } => super::validate::validate(&file, cloud),
+        Command::Validate {
+            file,
+            cloud,
+            output,
+        } => super::validate::validate(&file, cloud, output),
+        Command::Completions { shell } => super::info::completions(shell),
+        Command::Probe { url, timeout } => super::info::probe(&url, timeout).await,
     }
 }

@@ -47,3 +47,39 @@ pub(crate) async fn demo() -> Result<ExitCode, CliError> {
     kmsroute::demo::run(&mut out).await?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kmsroute completions SHELL`: the completion script on stdout.
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<ExitCode, CliError> {
+    use clap::CommandFactory;
+    let mut cmd = super::args::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "kmsroute", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kmsroute probe URL`: 0 when the URL answers 200, else 1 with why.
+pub(crate) async fn probe(url: &str, timeout: std::time::Duration) -> Result<ExitCode, CliError> {
+    let parsed = url::Url::parse(url).map_err(|e| CliError::Input(format!("{url}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(CliError::Input(format!("{url}: not an http(s) URL")));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| CliError::Output(e.to_string()))?;
+    match client.get(parsed).send().await {
+        Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+            println!("{url}: 200 OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            eprintln!("{url}: {status}: {}", body.trim());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -49,8 +49,9 @@ pub(crate) fn confirm(writes: usize) -> Result<bool, CliError> {
             "refusing to write without confirmation: stdin is not a terminal; pass --yes".into(),
         ));
     }
-    print!("Apply {writes} write(s) to Azure? [y/N] ");
-    std::io::stdout().flush()?;
+    // On stderr, like the preview under `-o json`: stdout stays the command's output.
+    eprint!("Apply {writes} write(s) to Azure? [y/N] ");
+    std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
@@ -137,7 +138,9 @@ pub(crate) fn exit_for(report: &Report, plan_only: bool) -> ExitCode {
     }
 }
 
-pub(crate) fn show_progress(p: Progress, tty: bool) {
+/// A pass's progress on stderr (a bar on a terminal), or, when stderr is not a terminal, one
+/// line per write on stdout (on stderr too when stdout carries JSON: `quiet_stdout`).
+pub(crate) fn show_progress(p: Progress, tty: bool, quiet_stdout: bool) {
     match p {
         Progress::Observed {
             subscriptions,
@@ -171,10 +174,17 @@ pub(crate) fn show_progress(p: Progress, tty: bool) {
             total,
             write,
             error,
-        } => match error {
-            None => println!("[{done}/{total}] {write}: ok"),
-            Some(e) => println!("[{done}/{total}] {write}: FAILED: {e}"),
-        },
+        } => {
+            let line = match error {
+                None => format!("[{done}/{total}] {write}: ok"),
+                Some(e) => format!("[{done}/{total}] {write}: FAILED: {e}"),
+            };
+            if quiet_stdout {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
     }
 }
 

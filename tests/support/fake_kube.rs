@@ -8,6 +8,10 @@
 // An HTTP error response is the natural error value of a request handler here.
 #![allow(clippy::result_large_err)]
 
+/// Kubernetes RBAC for impersonated requests.
+#[path = "rbac.rs"]
+pub mod rbac;
+
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::State;
@@ -415,6 +419,15 @@ impl FakeKube {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A client that acts as `user` in `groups` (impersonation): its requests are authorized
+    /// with the RBAC objects created on this server, as a real API server would.
+    pub fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let mut config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        kube::Client::try_from(config).unwrap()
+    }
+
     pub fn policy(&self, name: &str) -> Option<Value> {
         self.state
             .store
@@ -551,6 +564,19 @@ fn query(uri: &axum::http::Uri, key: &str) -> Option<String> {
 async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
     let uri = req.uri().clone();
+    // Impersonation (kubectl --as / kube's Config::auth_info.impersonate): the request is
+    // authorized as that user with the RBAC objects stored here. Without it: cluster-admin.
+    let impersonated = req
+        .headers()
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let impersonated_groups: Vec<String> = req
+        .headers()
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
     let content_type = req
         .headers()
         .get("content-type")
@@ -563,6 +589,34 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response<Bo
     }
     let (collection, name, sub) = parse(uri.path());
     let is_policy = collection == POLICIES;
+    if let Some(user) = &impersonated {
+        let watching = query(&uri, "watch").as_deref() == Some("true");
+        let Some(attrs) = rbac::attributes(
+            method.as_str(),
+            uri.path(),
+            watching,
+            user,
+            &impersonated_groups,
+        ) else {
+            return status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        };
+        let rbac: Vec<Value> = {
+            let store = s.store.lock().unwrap();
+            store
+                .objects
+                .iter()
+                .filter(|((c, _), _)| c.contains("/rbac.authorization.k8s.io/"))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        if !rbac::allowed(&rbac, &attrs) {
+            return status_error(403, "Forbidden", rbac::forbidden(&attrs));
+        }
+    }
     if method == Method::GET && name.is_none() && query(&uri, "watch").as_deref() == Some("true") {
         return watch(s, &uri);
     }
