@@ -9,7 +9,8 @@
 //! a pass per policy every resync that lists every policy's subscriptions, at a resync short
 //! enough to heal in about 30 s. Not a test: it reports numbers, asserts none.
 //!
-//! `KMSROUTE_HEAL_SUBNETS`, `KMSROUTE_HEAL_EVENTS`, `KMSROUTE_HEAL_STEADY_SECS` shrink it.
+//! `KMSROUTE_HEAL_SUBNETS`, `KMSROUTE_HEAL_EVENTS`, `KMSROUTE_HEAL_STEADY_SECS` shrink it;
+//! `KMSROUTE_HEAL_ESTATE=unrouted` starts from a first install (no table has its KMS routes).
 //! `KMSROUTE_HEAL_BASELINE=/path/to/an/older/kmsroute` first runs that binary on a fresh copy of
 //! the same estate (before/after in one run); `KMSROUTE_HEAL_PERF=DIR` samples each controller
 //! with `perf record` over its steady window (`DIR/<label>.perf.data`);
@@ -19,7 +20,7 @@ mod common;
 #[path = "../tests/support/fake_kube.rs"]
 mod fake_kube;
 
-use common::{Emulator, KMS, estate, process_cpu, reset, start_emulator, stats, sub};
+use common::{Emulator, KMS, estate_with, process_cpu, reset, start_emulator, stats, sub};
 use fake_kube::FakeKube;
 use kmsroute::api::{DesiredState, KmsRoutePolicy, KmsRoutePolicySpec, validate};
 use kmsroute::azure::NetworkApi;
@@ -426,7 +427,13 @@ async fn main() {
     let subnets = env_or("KMSROUTE_HEAL_SUBNETS", 10_000) as usize;
     let events = env_or("KMSROUTE_HEAL_EVENTS", 24) as usize;
     let steady_secs = env_or("KMSROUTE_HEAL_STEADY_SECS", 120);
-    let (seed, _) = estate(subnets, subs());
+    // KMSROUTE_HEAL_ESTATE=unrouted: a first install (every table without its KMS routes: the
+    // first convergence writes every route), the peak users meet on day one.
+    let kind = match std::env::var("KMSROUTE_HEAL_ESTATE").as_deref() {
+        Ok("unrouted") => common::Drift::Unrouted,
+        _ => common::Drift::TenPercent,
+    };
+    let (seed, _) = estate_with(subnets, subs(), kind);
     let dir = std::env::temp_dir().join(format!("kmsroute-heal-seed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let seed_file = dir.join("estate.json");

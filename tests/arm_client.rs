@@ -756,3 +756,36 @@ async fn a_listing_whose_pages_did_not_change_is_unchanged_and_any_edit_is_seen(
         .expect_err("an unknown subscription");
     assert!(refused.refuses_scope(), "{refused}");
 }
+
+/// Issue 34: the client keeps its connections. Forty listings one after the other open one
+/// connection, not forty (azure_core's own HTTP client kept none: a TCP, and on ARM a TLS,
+/// handshake per request, and a read buffer grown anew each time).
+#[tokio::test]
+async fn the_client_reuses_its_connections() {
+    let sub = SUB;
+    let em = emulator(
+        Config::default(),
+        vec![vnet(
+            sub,
+            "v",
+            json!([subnet(
+                sub,
+                "v",
+                "s",
+                json!({"addressPrefix": "10.0.1.0/24"})
+            )]),
+        )],
+    )
+    .await;
+    let api = client(&em, quick_retry());
+    let subs = BTreeSet::from([sub.to_string()]);
+    for _ in 0..20 {
+        api.inventory(&subs).await.unwrap();
+    }
+    assert_eq!(em.stats().reads, 40, "two list calls per listing");
+    assert!(
+        em.connections() <= 2,
+        "{} connections for 40 requests",
+        em.connections()
+    );
+}

@@ -45,6 +45,29 @@ struct App {
     config: Config,
     entra: Mutex<entra::EntraState>,
     activity: Mutex<activity::ActivityLog>,
+    /// TCP connections accepted (a client that reuses its connections opens few).
+    connections: std::sync::atomic::AtomicU64,
+}
+
+/// The emulator's listener, counting the connections it accepts.
+struct Counting {
+    inner: tokio::net::TcpListener,
+    app: Arc<App>,
+}
+
+impl axum::serve::Listener for Counting {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let accepted = axum::serve::Listener::accept(&mut self.inner).await;
+        self.app
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        accepted
+    }
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 impl App {
@@ -171,6 +194,7 @@ pub async fn start(
         config,
         entra: Mutex::default(),
         activity: Mutex::new(activity),
+        connections: std::sync::atomic::AtomicU64::new(0),
     });
     // A deep accept queue (tokio's bind uses 1,024): a burst of new connections beyond it is
     // dropped by the kernel and the clients' SYNs are retried after 1 s, which made the
@@ -187,6 +211,10 @@ pub async fn start(
     let addr = listener.local_addr().map_err(listen)?;
     let router = Router::new().fallback(handle).with_state(app.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = Counting {
+        inner: listener,
+        app: app.clone(),
+    };
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async {
@@ -211,6 +239,12 @@ impl EmulatorHandle {
     }
     pub fn stats(&self) -> Stats {
         self.app.lock().stats.clone()
+    }
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.app
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
     pub fn reset_stats(&self) {
         self.app.lock().stats = Stats::default();
