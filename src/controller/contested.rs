@@ -470,6 +470,47 @@ mod tests {
         );
     }
 
+    /// A revert the log never explains is said to be unattributed after `give_up_secs`, and no
+    /// more reads are spent on it; until then it is read again at most every `relook`.
+    #[test]
+    fn an_unexplained_revert_is_given_up_after_its_time() {
+        let mut c = PolicyContests::default();
+        c.tables.insert(
+            "t".into(),
+            Table {
+                name: "rt".into(),
+                id: "/x/rt".into(),
+                subnets: BTreeSet::new(),
+                resources: BTreeSet::new(),
+                reverted_at: 1_000,
+                since: 990,
+                attribution: Attribution::NotYet,
+                looked: None,
+            },
+        );
+        let relook = Duration::from_secs(60);
+        let looks = c.due(relook, 3600, 1_010);
+        assert_eq!(looks.len(), 1);
+        assert_eq!(
+            looks[0].since, 990,
+            "searched from kmsroute's own last write"
+        );
+        assert!(
+            c.due(relook, 3600, 1_020).is_empty(),
+            "not again within relook"
+        );
+        assert!(c.due(relook, 3600, 4_601).is_empty());
+        assert_eq!(
+            c.tables["t"].attribution,
+            Attribution::GaveUp { after_secs: 3600 }
+        );
+        let m = message("rt", &contested(), &c.tables["t"].attribution);
+        assert!(
+            m.contains("showed no other writer's change to it in the 1 h after the revert"),
+            "{m}"
+        );
+    }
+
     #[test]
     fn operations_read_as_what_they_did() {
         assert_eq!(
