@@ -3,6 +3,8 @@
 //! and the controller's ServiceAccount make requests through impersonation, authorized as a
 //! real API server would (`tests/support/rbac.rs`).
 
+#[path = "support/charts.rs"]
+mod charts;
 mod support;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -11,48 +13,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kmsroute::api::KmsRoutePolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::Command;
+use serde_json::json;
 use support::fake_kube::FakeKube;
-
-fn helm() -> Option<PathBuf> {
-    let path = std::env::var_os("HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".tools/bin/helm"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install helm (scripts/install-test-tools.sh)"
-    );
-    eprintln!("SKIPPED: no helm at {path:?}; run scripts/install-test-tools.sh");
-    None
-}
-
-fn rendered(helm: &PathBuf) -> Vec<Value> {
-    let out = Command::new(helm)
-        .args([
-            "template",
-            "kmsroute",
-            "charts/kmsroute",
-            "--namespace",
-            "kmsroute",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_saphyr::from_multiple::<Value>(&String::from_utf8_lossy(&out.stdout))
-        .unwrap()
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
-}
 
 /// Kubernetes' bootstrap `view` and `edit` ClusterRoles: empty, filled by aggregation.
 fn builtin(name: &str) -> ClusterRole {
@@ -106,12 +68,12 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_and_edit_users_and_the_controller_get_what_the_chart_grants() {
-    let Some(helm) = helm() else { return };
+    let Some(helm) = charts::helm() else { return };
     let kube = FakeKube::start().await;
     let admin = kube.client();
     let pp = PostParams::default();
     // The chart's RBAC, as `helm install` would create it.
-    for o in rendered(&helm) {
+    for o in charts::render(&helm, &[]).unwrap() {
         let ns = o["metadata"]["namespace"]
             .as_str()
             .unwrap_or("")

@@ -1,6 +1,9 @@
 //! The checked-in CRD is what the code generates, and it is a structural schema a real
 //! kube-apiserver accepts.
 
+#[path = "support/charts.rs"]
+mod charts;
+
 use kmsroute::api::KmsRoutePolicy;
 use kube::CustomResourceExt;
 use serde_json::Value;
@@ -67,22 +70,7 @@ fn crd_names_scope_and_subresources_are_the_public_interface() {
 fn every_field_is_described_and_the_conditions_name_all_six_types() {
     let crd = serde_json::to_value(KmsRoutePolicy::crd()).unwrap();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    fn walk(v: &Value, path: &str, missing: &mut Vec<String>) {
-        if let Some(props) = v["properties"].as_object() {
-            for (k, p) in props {
-                let at = format!("{path}.{k}");
-                if p["description"].as_str().is_none_or(str::is_empty) {
-                    missing.push(at.clone());
-                }
-                walk(p, &at, missing);
-            }
-        }
-        if v["items"].is_object() {
-            walk(&v["items"], &format!("{path}[]"), missing);
-        }
-    }
-    let mut missing = Vec::new();
-    walk(schema, "", &mut missing);
+    let missing = charts::undescribed(schema);
     assert!(
         missing.is_empty(),
         "fields without a description: {missing:?}"

@@ -11,52 +11,13 @@ use kmsroute::model::{NextHopType, Route};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-fn helm() -> Option<PathBuf> {
-    let path = std::env::var_os("HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".tools/bin/helm"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install helm (scripts/install-test-tools.sh)"
-    );
-    eprintln!("SKIPPED: no helm at {path:?}; run scripts/install-test-tools.sh");
-    None
-}
+#[path = "support/charts.rs"]
+mod charts;
 
-/// `helm template` with `--set` values; Ok(documents) or Err(stderr).
-fn render(helm: &PathBuf, sets: &[&str]) -> Result<Vec<Value>, String> {
-    let mut cmd = Command::new(helm);
-    cmd.args([
-        "template",
-        "kmsroute",
-        "charts/kmsroute",
-        "--namespace",
-        "kmsroute",
-    ]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd.output().unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(docs(&String::from_utf8_lossy(&out.stdout)))
-}
-
-fn docs(text: &str) -> Vec<Value> {
-    serde_saphyr::from_multiple::<Value>(text)
-        .unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
-}
+use charts::{docs, helm, render, undescribed};
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind)
@@ -932,19 +893,7 @@ fn every_chart_value_is_described_and_roles_aggregate() {
         &std::fs::read_to_string("charts/kmsroute/values.schema.json").unwrap(),
     )
     .unwrap();
-    fn walk(v: &Value, path: &str, missing: &mut Vec<String>) {
-        if let Some(props) = v["properties"].as_object() {
-            for (k, p) in props {
-                let at = format!("{path}.{k}");
-                if p["description"].as_str().is_none_or(str::is_empty) {
-                    missing.push(at.clone());
-                }
-                walk(p, &at, missing);
-            }
-        }
-    }
-    let mut missing = Vec::new();
-    walk(&schema, "", &mut missing);
+    let missing = undescribed(&schema);
     assert!(
         missing.is_empty(),
         "values without a description: {missing:?}"

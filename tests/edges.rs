@@ -222,6 +222,17 @@ async fn the_token_never_leaves_the_arm_endpoints_origin() {
     );
 }
 
+/// The path of a request a stand-in saw (`GET /path?query`).
+fn path_of(what: &str) -> String {
+    what.split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .to_string()
+}
+
 /// A same-origin ARM whose listing never ends: each page links to the next (`?page=N+1`).
 fn endless(what: &str) -> Value {
     let n: u64 = what
@@ -230,27 +241,13 @@ fn endless(what: &str) -> Value {
         .and_then(|s| s.split('&').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let path = what
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
+    let path = path_of(what);
     json!({"value": [], "nextLink": format!("{{base}}{path}?api-version=2024-03-01&page={}", n + 1)})
 }
 
 /// A same-origin ARM whose second page links back to the first.
 fn looping(what: &str) -> Value {
-    let path = what
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
+    let path = path_of(what);
     let second = what.contains("page=1");
     let next = if second { 0 } else { 1 };
     json!({"value": [], "nextLink": format!("{{base}}{path}?api-version=2024-03-01&page={next}")})
