@@ -723,3 +723,23 @@ fn validate_and_apply_speak_json() {
     assert_eq!(em.stats().writes, 9);
     let _ = std::fs::remove_file(file);
 }
+
+/// Issue 33: `kmsroute probe` (what the chart's `helm test` runs) exits 0 on a 200 and 1,
+/// saying why, on any other answer or none; a URL that is no http(s) URL is an input error.
+#[test]
+fn probe_exits_zero_only_on_200() {
+    let (_rt, em) = estate_emulator();
+    let ok = kmsroute(&["probe", &format!("{}/_emulator/stats", em.url())], None);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("200 OK"));
+    let missing = kmsroute(&["probe", &format!("{}/nowhere", em.url())], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("401 Unauthorized"));
+    let closed = kmsroute(
+        &["probe", "http://127.0.0.1:9/readyz", "--timeout", "2s"],
+        None,
+    );
+    assert_eq!(closed.status.code(), Some(1));
+    let bad = kmsroute(&["probe", "ftp://127.0.0.1/readyz"], None);
+    assert_eq!(bad.status.code(), Some(2));
+}

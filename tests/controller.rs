@@ -10,6 +10,7 @@ use kmsroute::azure::policy::RetrySettings;
 use kmsroute::controller::metrics::ControllerMetrics;
 use kmsroute::controller::{self, Probes, Settings};
 use kmsroute::emulator::{self, Config, EmulatorHandle, OtherWrite, Seed};
+use kmsroute::plan::contest::ContestSettings;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -117,6 +118,25 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Contested tables after `threshold` reverts within 10 minutes (the other settings default).
+fn contest(threshold: usize) -> ContestSettings {
+    ContestSettings {
+        threshold,
+        window_secs: 600,
+        ..Default::default()
+    }
+}
+
+/// A controller (as `kmsroute-sa` on ARM) that reports contested tables as `settings` says.
+fn start_contested(
+    kube: &FakeKube,
+    em: &EmulatorHandle,
+    identity: &str,
+    settings: ContestSettings,
+) -> Running {
+    start_controller_with(kube, em, identity, "kmsroute-sa", |s| s.contest = settings)
 }
 
 /// Waits for a policy's Ready condition to be True, returning the object.
@@ -244,9 +264,7 @@ async fn drift_is_repaired_within_one_resync_and_an_event_says_so() {
     let c = start_controller(&kube, &em, "a");
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
-    let shared = format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    );
+    let shared = spoke1_table();
     em.other_writer(OtherWrite::DeleteRoute {
         route_table: shared,
         route: "kms-20-118-99-224".into(),
@@ -440,9 +458,7 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         (kube.lease_holder(NS, "kmsroute-leader").as_deref() == Some("b")).then_some(())
     })
     .await;
-    let shared = format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    );
+    let shared = spoke1_table();
     em.other_writer(OtherWrite::DeleteRoute {
         route_table: shared,
         route: "kms-40-83-235-53".into(),
@@ -927,40 +943,17 @@ async fn no_secret_reaches_logs_events_or_status() {
 /// is searched for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_of_workload_identity_reaches_logs_events_or_status() {
-    use kmsroute::emulator::entra::{App, Entra, Federated};
-    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-    const CLIENT: &str = "0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11";
     let kube = FakeKube::start().await;
     let em = support::arm::emulator(
         Config {
-            entra: Some(Entra {
-                tenants: vec![TENANT.into()],
-                apps: vec![App {
-                    tenant: TENANT.into(),
-                    client_id: CLIENT.into(),
-                    secrets: vec![],
-                    federated: vec![Federated {
-                        issuer: "https://oidc.example/".into(),
-                        subject: "system:serviceaccount:kmsroute:kmsroute".into(),
-                    }],
-                    name: None,
-                }],
-                access_token_seconds: 3,
-                subscription_tenants: Default::default(),
-            }),
+            entra: Some(support::arm::workload_entra(3)),
             ..Config::default()
         },
         support::arm::demo_estate(),
     )
     .await;
     let dir = std::env::temp_dir().join(format!("kmsroute-wi-secrets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    let assertion = kmsroute::azure::identity::jwt::unsigned(&json!({
-        "iss": "https://oidc.example/", "sub": "system:serviceaccount:kmsroute:kmsroute",
-        "aud": "api://AzureADTokenExchange", "exp": 4_102_444_800_i64
-    }));
-    std::fs::write(&token_file, &assertion).unwrap();
+    let (assertion, token_file) = support::arm::projected_token(&dir);
     let authority = em.url();
     let run = spawn_run(
         &kube,
@@ -970,9 +963,9 @@ async fn no_token_of_workload_identity_reaches_logs_events_or_status() {
             ("RUST_LOG", "trace"),
             ("KMSROUTE_AUTH", "workload-identity"),
             ("AZURE_AUTHORITY_HOST", authority.as_str()),
-            ("AZURE_CLIENT_ID", CLIENT),
-            ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AZURE_CLIENT_ID", support::arm::WI_CLIENT),
+            ("AZURE_TENANT_ID", support::arm::WI_TENANT),
+            ("AZURE_FEDERATED_TOKEN_FILE", token_file.as_str()),
         ],
     )
     .await;
@@ -1659,18 +1652,10 @@ async fn a_failing_management_group_read_fails_the_pass_and_it_converges_once_ar
 async fn a_table_someone_keeps_rewriting_is_reported_as_contested_with_who_did_it() {
     let kube = FakeKube::start().await;
     let em = estate_emulator().await;
-    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 3,
-            window_secs: 600,
-            ..Default::default()
-        };
-    });
+    let c = start_contested(&kube, &em, "a", contest(3));
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
-    let shared = format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    );
+    let shared = spoke1_table();
     let url = format!("{}{shared}?api-version=2024-03-01", em.url());
     let http = reqwest::Client::new();
     for round in 0..3 {
@@ -1784,18 +1769,10 @@ async fn a_contested_table_is_reported_without_the_activity_log_too() {
         code: Some("AuthorizationFailed".into()),
         ..Default::default()
     });
-    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 1,
-            window_secs: 600,
-            ..Default::default()
-        };
-    });
+    let c = start_contested(&kube, &em, "a", contest(1));
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
-    let shared = format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    );
+    let shared = spoke1_table();
     alice_deletes_a_kms_route(&em, &shared).await;
     wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     let obj = wait_for("the Contested problem", Duration::from_secs(15), || {
@@ -1840,27 +1817,19 @@ async fn a_revert_is_attributed_once_the_activity_log_catches_up() {
         support::arm::demo_estate(),
     )
     .await;
-    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 1,
-            window_secs: 600,
+    let c = start_contested(
+        &kube,
+        &em,
+        "a",
+        ContestSettings {
             relook_secs: 1,
-            ..Default::default()
-        };
-    });
+            ..contest(1)
+        },
+    );
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
-    let shared = format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    );
+    let shared = spoke1_table();
     alice_deletes_a_kms_route(&em, &shared).await;
-    let contested_message = |o: &Value| {
-        o.pointer("/status/problems")
-            .and_then(Value::as_array)
-            .and_then(|ps| ps.iter().find(|p| p["reason"] == "Contested"))
-            .and_then(|p| p["message"].as_str())
-            .map(str::to_string)
-    };
     let first = wait_for("not yet attributed", Duration::from_secs(15), || {
         kube.policy("spokes")
             .and_then(|o| contested_message(&o))
@@ -2151,12 +2120,6 @@ async fn an_event_the_api_server_did_not_accept_is_sent_again() {
     c.shutdown().await;
 }
 
-fn shared_table() -> String {
-    format!(
-        "/subscriptions/{S1}/resourceGroups/rg-spoke1/providers/Microsoft.Network/routeTables/rt-spoke1-shared"
-    )
-}
-
 /// The Contested problem's message on the policy, if there is one.
 fn contested_message(o: &Value) -> Option<String> {
     o.pointer("/status/problems")
@@ -2178,14 +2141,15 @@ async fn three_deletes_of_a_route_found_in_sync_contest_the_table() {
     wait_ready(&kube, "spokes").await;
     first.shutdown().await;
     // A new process: nothing it remembers was written by it.
-    let c = start_controller_with(&kube, &em, "b", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 3,
-            window_secs: 600,
+    let c = start_contested(
+        &kube,
+        &em,
+        "b",
+        ContestSettings {
             margin_secs: 1,
-            ..Default::default()
-        };
-    });
+            ..contest(3)
+        },
+    );
     wait_for(
         "the restarted controller's first pass",
         Duration::from_secs(20),
@@ -2193,7 +2157,7 @@ async fn three_deletes_of_a_route_found_in_sync_contest_the_table() {
     )
     .await;
     for round in 1..=3u64 {
-        alice_deletes_a_kms_route(&em, &shared_table()).await;
+        alice_deletes_a_kms_route(&em, &spoke1_table()).await;
         wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
         wait_for("the revert counted", Duration::from_secs(15), || {
             (c.metrics.reverts_of("spokes") >= round).then_some(())
@@ -2233,7 +2197,7 @@ async fn the_writer_named_is_one_who_wrote_after_kmsroute() {
     )
     .await;
     // Bob's template rewrites the table (with its routes as they are) before kmsroute starts.
-    let url = format!("{}{}?api-version=2024-03-01", em.url(), shared_table());
+    let url = format!("{}{}?api-version=2024-03-01", em.url(), spoke1_table());
     let mut table = em
         .dump()
         .resources
@@ -2249,20 +2213,36 @@ async fn the_writer_named_is_one_who_wrote_after_kmsroute() {
         .await
         .unwrap();
     assert!(resp.status().is_success());
-    // Bob's entry is in the log before kmsroute writes anything.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 1,
-            window_secs: 600,
+    // Bob's entry is in the log (it shows after the 2 s delay) before kmsroute writes anything.
+    let reader = arm_client(&em, "reader");
+    support::wait::wait_until(
+        "Bob's entry in the Activity Log",
+        Duration::from_secs(10),
+        || {
+            let reader = reader.clone();
+            async move {
+                let events = reader.activity_log(&spoke1_table(), 0).await.ok()?;
+                events
+                    .iter()
+                    .any(|e| e.caller == "bob@contoso.example")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let c = start_contested(
+        &kube,
+        &em,
+        "a",
+        ContestSettings {
             relook_secs: 1,
             margin_secs: 1,
-            ..Default::default()
-        };
-    });
+            ..contest(1)
+        },
+    );
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
-    alice_deletes_a_kms_route(&em, &shared_table()).await;
+    alice_deletes_a_kms_route(&em, &spoke1_table()).await;
     let first = wait_for("a Contested problem", Duration::from_secs(15), || {
         kube.policy("spokes").and_then(|o| contested_message(&o))
     })
@@ -2288,14 +2268,15 @@ async fn the_writer_named_is_one_who_wrote_after_kmsroute() {
 async fn a_slow_activity_log_delays_no_other_policy() {
     let kube = FakeKube::start().await;
     let em = estate_emulator().await;
-    let c = start_controller_with(&kube, &em, "a", "kmsroute-sa", |s| {
-        s.contest = kmsroute::plan::contest::ContestSettings {
-            threshold: 1,
-            window_secs: 600,
+    let c = start_contested(
+        &kube,
+        &em,
+        "a",
+        ContestSettings {
             margin_secs: 1,
-            ..Default::default()
-        };
-    });
+            ..contest(1)
+        },
+    );
     create(&kube, &policy("spokes", json!({}))).await;
     wait_ready(&kube, "spokes").await;
     em.add_fault(kmsroute::emulator::FaultRule {
@@ -2304,7 +2285,7 @@ async fn a_slow_activity_log_delays_no_other_policy() {
         count: Some(1),
         ..Default::default()
     });
-    alice_deletes_a_kms_route(&em, &shared_table()).await;
+    alice_deletes_a_kms_route(&em, &spoke1_table()).await;
     wait_route_back(&em, "rt-spoke1-shared", Duration::from_secs(15)).await;
     // The repair's pass is reading the log now.
     let hub = json!({"selector": {"subscriptions": [S1], "virtualNetworkTags": {"role": "hub"}}});

@@ -401,41 +401,17 @@ async fn no_rust_log_setting_prints_the_token() {
 /// filter. Every JWT starts `eyJ`; none may appear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_rust_log_setting_prints_a_workload_identity_token() {
-    use kmsroute::emulator::entra::{App, Entra, Federated};
-    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-    const CLIENT: &str = "0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11";
     let em = harness::emulator(
         Config {
-            entra: Some(Entra {
-                tenants: vec![TENANT.into()],
-                apps: vec![App {
-                    tenant: TENANT.into(),
-                    client_id: CLIENT.into(),
-                    secrets: vec![],
-                    federated: vec![Federated {
-                        issuer: "https://oidc.example/".into(),
-                        subject: "system:serviceaccount:kmsroute:kmsroute".into(),
-                    }],
-                    name: None,
-                }],
-                access_token_seconds: 3600,
-                subscription_tenants: Default::default(),
-            }),
+            entra: Some(harness::workload_entra(3600)),
             ..Config::default()
         },
         harness::demo_estate(),
     )
     .await;
     let dir = std::env::temp_dir().join(format!("kmsroute-edges-wi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
-    let assertion = kmsroute::azure::identity::jwt::unsigned(&json!({
-        "iss": "https://oidc.example/", "sub": "system:serviceaccount:kmsroute:kmsroute",
-        "aud": "api://AzureADTokenExchange", "exp": 4_102_444_800_i64
-    }));
-    std::fs::write(&file, &assertion).unwrap();
+    let (_, file) = harness::projected_token(&dir);
     let url = em.url();
-    let file = file.to_string_lossy().to_string();
     for filter in LOG_MATRIX {
         let (url, file) = (url.clone(), file.clone());
         let (code, err) = tokio::task::spawn_blocking(move || {
@@ -445,8 +421,8 @@ async fn no_rust_log_setting_prints_a_workload_identity_token() {
                 &[
                     ("KMSROUTE_AUTH", "workload-identity"),
                     ("AZURE_AUTHORITY_HOST", &url),
-                    ("AZURE_TENANT_ID", TENANT),
-                    ("AZURE_CLIENT_ID", CLIENT),
+                    ("AZURE_TENANT_ID", harness::WI_TENANT),
+                    ("AZURE_CLIENT_ID", harness::WI_CLIENT),
                     ("AZURE_FEDERATED_TOKEN_FILE", &file),
                 ],
             )

@@ -292,13 +292,13 @@ pub async fn clean_up(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
         // Its identity is not allowed: nothing is written as it, cleanup included.
         let note = "spec.azure.identity is not allowed: Azure left as it is".to_string();
         events::say(ctx, policy, EventType::Normal, "Orphaned", note).await;
-        forget(ctx, &name).await;
+        forget(ctx, &name);
         return Ok(Action::await_change());
     }
     if desired.deletion_policy == DeletionPolicy::Orphan || desired.mode == Mode::Audit {
         let note = "deletionPolicy Orphan (or Audit mode): Azure left as it is".to_string();
         events::say(ctx, policy, EventType::Normal, "Orphaned", note).await;
-        forget(ctx, &name).await;
+        forget(ctx, &name);
         return Ok(Action::await_change());
     }
     let others = others(ctx, &name, &desired);
@@ -321,12 +321,12 @@ pub async fn clean_up(policy: &KmsRoutePolicy, ctx: &Context) -> Result<Action, 
             count: cleaned.failures.len(),
         });
     }
-    forget(ctx, &name).await;
+    forget(ctx, &name);
     Ok(Action::await_change())
 }
 
 /// Forgets a policy that is gone: its subscriptions, metrics and state (its contests with it).
-async fn forget(ctx: &Context, name: &str) {
+fn forget(ctx: &Context, name: &str) {
     ctx.inventory.unwatch(name);
     ctx.metrics.forget_policy(name);
     ctx.policies.forget(name);

@@ -197,7 +197,8 @@ impl Ledger {
 
     /// A write of kmsroute's went through at `at`.
     pub fn wrote(&mut self, w: &Write, at: i64) {
-        let table_hash = |t: &crate::ids::RouteTableId| hash_of(&t.key().to_string());
+        // A `&str` hashes as the `String` of the same text: no copy to hash a key.
+        let table_hash = |t: &crate::ids::RouteTableId| hash_of(&t.key());
         match w {
             Write::DeleteRoute { table, name, .. } => {
                 if let Some(own) = self.own.get_mut(&table_hash(table)) {
@@ -230,7 +231,7 @@ impl Ledger {
         route_names: impl IntoIterator<Item = &'a str>,
         at: i64,
     ) {
-        let own = self.own.entry(hash_of(&table.to_string())).or_default();
+        let own = self.own.entry(hash_of(&table)).or_default();
         let at = stamp(at);
         own.insert(hash_of(&Mark::Association(subnet.to_string())), at);
         for name in route_names {
@@ -298,7 +299,7 @@ impl Ledger {
 
     /// The policy let the table go (released, or deleted with it).
     pub fn forget(&mut self, table: &str) {
-        self.own.remove(&hash_of(&table.to_string()));
+        self.own.remove(&hash_of(&table));
         self.tallies.remove(table);
     }
 }

@@ -82,3 +82,43 @@ pub fn example_policy(extra: &str) -> DesiredState {
         .expect("the example validates")
         .desired
 }
+
+/// The tenant and app of [`workload_entra`].
+pub const WI_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const WI_CLIENT: &str = "0b6c3a2e-6f4e-4f71-9d55-3f0c6f1f8a11";
+const WI_ISSUER: &str = "https://oidc.example/";
+const WI_SUBJECT: &str = "system:serviceaccount:kmsroute:kmsroute";
+
+/// The emulator's Entra ID with one app ([`WI_CLIENT`] in [`WI_TENANT`]) federated to the
+/// controller's ServiceAccount, issuing access tokens that live `access_token_seconds`.
+pub fn workload_entra(access_token_seconds: u64) -> kmsroute::emulator::entra::Entra {
+    use kmsroute::emulator::entra::{App, Entra, Federated};
+    Entra {
+        tenants: vec![WI_TENANT.into()],
+        apps: vec![App {
+            tenant: WI_TENANT.into(),
+            client_id: WI_CLIENT.into(),
+            secrets: vec![],
+            federated: vec![Federated {
+                issuer: WI_ISSUER.into(),
+                subject: WI_SUBJECT.into(),
+            }],
+            name: None,
+        }],
+        access_token_seconds,
+        subscription_tenants: Default::default(),
+    }
+}
+
+/// The projected service-account token [`workload_entra`] accepts (an unsigned JWT, valid
+/// until 2100), written to `dir/token`; returns the token and the file's path.
+pub fn projected_token(dir: &std::path::Path) -> (String, String) {
+    std::fs::create_dir_all(dir).expect("the token's directory");
+    let token = kmsroute::azure::identity::jwt::unsigned(&serde_json::json!({
+        "iss": WI_ISSUER, "sub": WI_SUBJECT,
+        "aud": "api://AzureADTokenExchange", "exp": 4_102_444_800_i64
+    }));
+    let file = dir.join("token");
+    std::fs::write(&file, &token).expect("the token file");
+    (token, file.to_string_lossy().to_string())
+}

@@ -33,7 +33,7 @@ use convert::in_subscription;
 pub use convert::{convert_table, convert_vnet};
 use transport::arm_err;
 pub use transport::{
-    LISTING_LOOP, LISTING_TIMED_OUT, LISTING_TOO_LONG, Pages, http_error, policy_violation,
+    LISTING_LOOP, LISTING_TIMED_OUT, LISTING_TOO_LONG, http_error, policy_violation,
 };
 
 const API_VERSION: &str = "2024-03-01";
@@ -57,18 +57,18 @@ pub struct ClientSettings {
     pub verification_limit: Option<BucketShape>,
     /// Bounds every listing is held to (pages, a repeated `nextLink`, wall-clock time).
     pub listing: ListLimits,
-    /// Idle connections kept per host for the next request (default 16; 0: a new connection,
-    /// TCP and TLS handshakes included, for every request, as azure_core's own client does).
-    pub idle_connections: Option<usize>,
 }
+
+/// Idle connections the ARM client keeps per host for the next request.
+const IDLE_CONNECTIONS: usize = 16;
 
 /// The HTTP client of the ARM pipeline: reqwest (rustls, the bundled and the system's roots)
 /// with a pool of idle connections. azure_core 0.21's own client keeps none (a workaround for a
 /// hyper 0.14 hang), so every request paid a TCP (and, on ARM, a TLS) handshake and grew a
 /// fresh read buffer: a third of an idle controller's CPU at 100,000 subnets was loopback TCP.
-fn pooled_http(settings: &ClientSettings) -> Result<Arc<dyn azure_core::HttpClient>, SetupError> {
+fn pooled_http() -> Result<Arc<dyn azure_core::HttpClient>, SetupError> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(settings.idle_connections.unwrap_or(16))
+        .pool_max_idle_per_host(IDLE_CONNECTIONS)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
         .build()
@@ -139,7 +139,7 @@ impl AzureNetworkApi {
             .map_err(|e| SetupError::Refused(format!("ARM endpoint {endpoint}: {e}")))?
             .to_string();
         let credentials = Arc::new(Credentials::new(credential));
-        let http = pooled_http(&settings)?;
+        let http = pooled_http()?;
         let policy: Arc<dyn azure_core::Policy> = Arc::new(ArmPolicy {
             credentials: credentials.clone(),
             scopes: vec![scope.clone()],

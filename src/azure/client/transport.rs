@@ -411,7 +411,6 @@ impl AzureNetworkApi {
             operation,
             resource: resource.to_string(),
             limits: self.listing,
-            started: Instant::now(),
             count: 0,
             links: std::collections::HashSet::new(),
         }
@@ -457,13 +456,12 @@ fn unbounded(operation: &'static str, resource: &str, code: &str, message: Strin
     )
 }
 
-/// One listing's progress against its bounds (see [`ListLimits`](super::ListLimits)): pages,
-/// `nextLink`s already followed, time.
-pub struct Pages {
+/// One listing's progress against its page bounds (see [`ListLimits`](super::ListLimits)):
+/// pages, and the `nextLink`s already followed. Its wall-clock bound is [`AzureNetworkApi::bounded`]'s.
+pub(super) struct Pages {
     operation: &'static str,
     resource: String,
     limits: super::ListLimits,
-    started: Instant,
     count: usize,
     /// Hashes of the `nextLink`s followed (8 bytes a page, not the URL).
     links: std::collections::HashSet<u64>,
@@ -499,15 +497,6 @@ impl Pages {
                     "page {} points back at a page already read (nextLink {}); the listing was stopped",
                     self.count,
                     next.split('?').next().unwrap_or_default()
-                ),
-            ));
-        }
-        if self.started.elapsed() > self.limits.max_time {
-            return Err(fail(
-                LISTING_TIMED_OUT,
-                format!(
-                    "the listing did not end within {:?} ({} pages); it was stopped",
-                    self.limits.max_time, self.count
                 ),
             ));
         }
