@@ -789,3 +789,98 @@ async fn the_client_reuses_its_connections() {
         em.connections()
     );
 }
+
+/// A write holds one of the client's send slots (twice its requests in flight) only until ARM
+/// answered its request: its long-running operation is followed without one. With one request
+/// in flight (two slots) and operations that take a minute, twelve writes are all answered
+/// long before the first operation ends; had the slots been held through the operations, the
+/// third write would wait for the first to finish.
+#[tokio::test]
+async fn a_long_running_operation_holds_no_send_slot() {
+    let tables: Vec<Value> = (0..12).map(|i| table(SUB, &format!("rt{i}"))).collect();
+    let em = emulator(
+        Config {
+            lro_duration: Duration::from_secs(60),
+            ..Config::default()
+        },
+        tables,
+    )
+    .await;
+    let api = Arc::new(harness::client(
+        &em,
+        ClientSettings {
+            retry: quick_retry(),
+            max_in_flight: Some(1),
+            ..ClientSettings::default()
+        },
+    ));
+    let writes: Vec<_> = (0..12)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                api.put_route(
+                    &RouteTableId::new(SUB, "rg", &format!("rt{i}")),
+                    &kms_route("20.118.99.224"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let answered = || {
+        em.stats()
+            .by_operation
+            .get("Routes_CreateOrUpdate 201")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered() < 12 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = answered();
+    for w in &writes {
+        w.abort();
+    }
+    assert_eq!(n, 12, "writes answered while the operations run");
+}
+
+/// Subscriptions are listed at most `max_listings` at once (their pages are held until the
+/// listing ends): eight refreshes at once, two listings in flight.
+#[tokio::test]
+async fn subscriptions_are_listed_a_few_at_a_time() {
+    let subs: Vec<String> = (1..=8)
+        .map(|i| format!("00000000-0000-0000-0000-00000000001{i}"))
+        .collect();
+    let resources = subs
+        .iter()
+        .map(|s| {
+            vnet(
+                s,
+                "v",
+                json!([subnet(s, "v", "s", json!({"addressPrefix": "10.0.1.0/24"}))]),
+            )
+        })
+        .collect();
+    let em = emulator(Config::default(), resources).await;
+    em.add_fault(FaultRule {
+        method: Some("GET".into()),
+        latency_ms: Some(150),
+        ..FaultRule::default()
+    });
+    let api = harness::client(
+        &em,
+        ClientSettings {
+            retry: quick_retry(),
+            max_listings: Some(2),
+            ..ClientSettings::default()
+        },
+    );
+    let listed = futures::future::join_all(subs.iter().map(|s| api.relist(s, None))).await;
+    assert!(listed.iter().all(Result::is_ok), "{listed:?}");
+    assert_eq!(em.stats().reads, 16, "two list calls per subscription");
+    assert_eq!(
+        em.peak_concurrent_requests(),
+        2,
+        "listings in flight at once"
+    );
+}

@@ -47,6 +47,29 @@ struct App {
     activity: Mutex<activity::ActivityLog>,
     /// TCP connections accepted (a client that reuses its connections opens few).
     connections: std::sync::atomic::AtomicU64,
+    /// Requests being answered now, and the most there ever were at once.
+    answering: std::sync::atomic::AtomicU64,
+    peak_answering: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as being answered until dropped.
+struct Answering<'a>(&'a App);
+
+impl<'a> Answering<'a> {
+    fn start(app: &'a App) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = app.answering.fetch_add(1, SeqCst) + 1;
+        app.peak_answering.fetch_max(now, SeqCst);
+        Answering(app)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0
+            .answering
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The emulator's listener, counting the connections it accepts.
@@ -195,6 +218,8 @@ pub async fn start(
         entra: Mutex::default(),
         activity: Mutex::new(activity),
         connections: std::sync::atomic::AtomicU64::new(0),
+        answering: std::sync::atomic::AtomicU64::new(0),
+        peak_answering: std::sync::atomic::AtomicU64::new(0),
     });
     // A deep accept queue (tokio's bind uses 1,024): a burst of new connections beyond it is
     // dropped by the kernel and the clients' SYNs are retried after 1 s, which made the
@@ -246,7 +271,17 @@ impl EmulatorHandle {
             .connections
             .load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// The most requests the emulator was answering at once (ARM's own API, control calls
+    /// excluded), since it started or since [`EmulatorHandle::reset_stats`].
+    pub fn peak_concurrent_requests(&self) -> u64 {
+        self.app
+            .peak_answering
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
     pub fn reset_stats(&self) {
+        self.app
+            .peak_answering
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         self.app.lock().stats = Stats::default();
     }
     pub fn add_fault(&self, rule: FaultRule) {
@@ -377,6 +412,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Bod
     if let Some(rest) = path.strip_prefix("/_emulator/") {
         return into_response(control(&app, &method, rest, &body));
     }
+    let _answering = Answering::start(&app);
     if let (Some(config), Some(tenant)) = (&app.config.entra, entra::token_path(&path))
         && method == Method::POST
     {

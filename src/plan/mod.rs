@@ -115,6 +115,7 @@ pub fn plan_parts<'a>(
         }
     }
     placed.sort_unstable_by(|a, b| a.table.cmp(&b.table).then(a.order.cmp(&b.order)));
+    let shared = Shared::new(policies);
     let mut writes = Vec::new();
     let mut lanes = Lanes::new();
     // The tables this plan writes to (or judges), in key order.
@@ -122,7 +123,7 @@ pub fn plan_parts<'a>(
     for run in placed.chunk_by(|a, b| a.table == b.table) {
         let group = group_of(run, &mut verdicts);
         let before = writes.len();
-        plan_group(&group, &mut writes, &mut verdicts);
+        plan_group(&group, &shared, &mut writes, &mut verdicts);
         let members = group.members.iter().map(|m| m.subnet.id.clone());
         lanes.add(&writes, before..writes.len(), &group.id, members);
         planned.push(group.id);

@@ -9,8 +9,10 @@ use crate::api::{
     ConflictPolicy, DesiredState, MANAGED_BY_VALUE, Mode, TAG_MANAGED_BY, TAG_POLICY,
 };
 use crate::ids::RouteTableId;
-use crate::model::{NextHopType, Route, RouteTable, Subnet, VirtualNetwork, special_subnet_name};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::model::{
+    NextHopType, Route, RouteTable, Subnet, Text, VirtualNetwork, special_subnet_name,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 /// A subnet owned by a policy, on the route table it uses or is to use.
@@ -178,6 +180,43 @@ pub(super) struct Want<'a> {
     /// The policy that names the route: the oldest member policy that wants the address.
     pub(super) policy: &'a DesiredState,
     pub(super) route_name: &'a str,
+    /// The route itself, built once per plan (see [`Shared`]).
+    pub(super) route: &'a Route,
+}
+
+/// What the writes of one plan share rather than copy: each policy's name and each wanted
+/// route (a first install at 100,000 subnets plans 150,000 writes, each with its route's name
+/// and prefix and its policy's name).
+pub(super) struct Shared<'a> {
+    names: HashMap<&'a str, Text>,
+    routes: HashMap<(Ipv4Addr, &'a str), Route>,
+}
+
+impl<'a> Shared<'a> {
+    pub(super) fn new(policies: &'a [DesiredState]) -> Self {
+        let mut shared = Shared {
+            names: HashMap::new(),
+            routes: HashMap::new(),
+        };
+        for p in policies {
+            shared.names.insert(&p.name, Text::from(p.name.as_str()));
+            for d in &p.destinations {
+                shared
+                    .routes
+                    .entry((d.address, d.route_name.as_str()))
+                    .or_insert_with(|| internet_route(&d.route_name, d.address));
+            }
+        }
+        shared
+    }
+
+    /// The policy's name, shared.
+    pub(super) fn name(&self, policy: &str) -> Text {
+        self.names
+            .get(policy)
+            .cloned()
+            .unwrap_or_else(|| Text::from(policy))
+    }
 }
 
 /// The writes that bring an existing table to what its members want: a route kept where one
@@ -244,9 +283,17 @@ pub(super) fn repair_table<'a>(
             (want.route_name, RouteChange::Create)
         };
         chosen.insert(name);
+        let route = if name == want.route_name {
+            want.route.clone()
+        } else {
+            Route {
+                name: name.into(),
+                ..want.route.clone()
+            }
+        };
         let put = Write::PutRoute {
             table: table.id.clone(),
-            route: internet_route(name, want.address),
+            route,
             change,
         };
         // Repairs move routes off prefixes; they go first so that no create ever lands
@@ -276,14 +323,18 @@ pub(super) fn repair_table<'a>(
 
 /// What each destination needs in the group's table: members are in claim order (oldest
 /// policy first), so the first policy to want an address names its route.
-fn wants_of<'a>(group: &Group<'a>) -> BTreeMap<Ipv4Addr, Want<'a>> {
+fn wants_of<'a>(group: &Group<'a>, shared: &'a Shared<'a>) -> BTreeMap<Ipv4Addr, Want<'a>> {
     let mut wants: BTreeMap<Ipv4Addr, Want> = BTreeMap::new();
     for m in &group.members {
         for d in &m.policy.destinations {
+            let Some(route) = shared.routes.get(&(d.address, d.route_name.as_str())) else {
+                continue;
+            };
             wants.entry(d.address).or_insert(Want {
                 address: d.address,
                 policy: m.policy,
                 route_name: &d.route_name,
+                route,
             });
         }
     }
@@ -300,10 +351,7 @@ fn create_table(group: &Group, wants: &BTreeMap<Ipv4Addr, Want>, creator: &Desir
             (TAG_POLICY.to_string(), creator.name.clone()),
         ]),
         disable_bgp_route_propagation: creator.disable_bgp_route_propagation,
-        routes: wants
-            .values()
-            .map(|w| internet_route(w.route_name, w.address))
-            .collect(),
+        routes: wants.values().map(|w| w.route.clone()).collect(),
     }
 }
 
@@ -329,12 +377,13 @@ fn over_the_limit(group: &Group, routes_after: usize, verdicts: &mut Vec<SubnetV
 
 /// The writes and verdicts of one table's group: the table created or repaired by the oldest
 /// enforcing member, the enforcing members associated, every member judged.
-pub(super) fn plan_group(
-    group: &Group,
+pub(super) fn plan_group<'a>(
+    group: &Group<'a>,
+    shared: &'a Shared<'a>,
     writes: &mut Vec<PlannedWrite>,
     verdicts: &mut Vec<SubnetVerdict>,
 ) {
-    let wants = wants_of(group);
+    let wants = wants_of(group, shared);
     let writer = group
         .members
         .iter()
@@ -368,13 +417,14 @@ pub(super) fn plan_group(
             .collect();
         let creates_table = group.existing.is_none();
         if !creates_table || !associations.is_empty() {
+            let policy = shared.name(&writer.name);
             writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
-                policy: writer.name.clone(),
+                policy: policy.clone(),
                 write,
             }));
         }
         writes.extend(associations.into_iter().map(|m| PlannedWrite {
-            policy: m.policy.name.clone(),
+            policy: shared.name(&m.policy.name),
             write: Write::AssociateSubnet {
                 subnet: m.subnet.id.clone(),
                 table: group.id.clone(),

@@ -168,8 +168,9 @@ pub(super) fn release_all(
             }
             if policy.mode == Mode::Enforce {
                 let before = writes.len();
+                let name = crate::model::Text::from(policy.name.as_str());
                 writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
-                    policy: policy.name.clone(),
+                    policy: name.clone(),
                     write,
                 }));
                 lanes.add(

@@ -41,7 +41,8 @@ pub struct Release {
 /// One ARM write and the policy it is made for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedWrite {
-    pub policy: String,
+    /// Shared by every write of the policy in a plan (150,000 copies of a name otherwise).
+    pub policy: crate::model::Text,
     #[serde(flatten)]
     pub write: Write,
 }

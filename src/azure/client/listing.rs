@@ -77,6 +77,8 @@ impl AzureNetworkApi {
         previous: Option<&Fingerprint>,
     ) -> Result<Relisted, ArmError> {
         let resource = format!("/subscriptions/{sub}");
+        // Never closed; a closed semaphore would only mean "no cap".
+        let _listing = self.listings.acquire().await.ok();
         self.bounded(
             Kind::VirtualNetworks.operation(),
             &resource,

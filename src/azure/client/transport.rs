@@ -245,6 +245,7 @@ impl AzureNetworkApi {
         resource: &str,
         headers: &azure_core::headers::Headers,
     ) -> Result<Value, ArmError> {
+        super::release_send_slot();
         let fail = |class, code: Option<String>, message: String| {
             ArmError::local(class, operation, resource, code.as_deref(), message)
         };
