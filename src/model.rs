@@ -472,6 +472,46 @@ impl Inventory {
         }
     }
 
+    /// Makes this listing's IDs share the allocations of the same IDs in `older` (the same
+    /// text, casing included), then each other's ([`Inventory::share_ids`]). A refreshed
+    /// listing was parsed anew while the plans being carried out still held the last one's
+    /// IDs: two copies of every subnet and table ID at the peak of a first install (50 MB at
+    /// 100,000 subnets).
+    pub fn share_with(&mut self, older: &Inventory) {
+        use std::collections::HashMap;
+        let vnets: HashMap<&str, &VnetId> = older
+            .virtual_networks
+            .iter()
+            .map(|v| (v.id.as_str(), &v.id))
+            .collect();
+        let subnets: HashMap<&str, &SubnetId> = older
+            .virtual_networks
+            .iter()
+            .flat_map(|v| v.subnets.iter().map(|s| (s.id.as_str(), &s.id)))
+            .collect();
+        let tables: HashMap<&str, &RouteTableId> = older
+            .route_tables
+            .iter()
+            .map(|t| (t.id.as_str(), &t.id))
+            .collect();
+        for v in &mut self.virtual_networks {
+            if let Some(id) = vnets.get(v.id.as_str()) {
+                v.id = (*id).clone();
+            }
+            for s in &mut v.subnets {
+                if let Some(id) = subnets.get(s.id.as_str()) {
+                    s.id = (*id).clone();
+                }
+            }
+        }
+        for t in &mut self.route_tables {
+            if let Some(id) = tables.get(t.id.as_str()) {
+                t.id = (*id).clone();
+            }
+        }
+        self.share_ids();
+    }
+
     pub fn subnet(&self, id: &SubnetId) -> Option<(&VirtualNetwork, &Subnet)> {
         self.virtual_networks
             .iter()
@@ -541,6 +581,55 @@ mod tests {
         let (kb, _) = b.tags.iter().next().unwrap();
         assert!(ka.same_allocation(kb));
         assert!(!b.routes[0].name.same_allocation(&b.routes[1].name));
+    }
+
+    #[test]
+    fn a_relisted_inventory_keeps_the_allocations_of_its_unchanged_ids() {
+        let vnet = |sub: &str, subnets: &[&str], table: &str| VirtualNetwork {
+            id: VnetId::new(sub, "rg", "v"),
+            location: "westeurope".into(),
+            tags: Tags::default(),
+            subnets: subnets
+                .iter()
+                .map(|n| Subnet {
+                    id: SubnetId::new(sub, "rg", "v", n),
+                    route_table: Some(RouteTableId::new(sub, "rg", table)),
+                    nat_gateway: false,
+                    default_outbound_access: None,
+                })
+                .collect(),
+        };
+        let older = Inventory {
+            virtual_networks: vec![vnet("s", &["a", "b"], "t")],
+            route_tables: vec![table("t", vec![])],
+            ..Inventory::default()
+        };
+        // Listed again: subnet b gone, c new, the VNet's ID listed in another casing.
+        let mut newer = Inventory {
+            virtual_networks: vec![vnet("s", &["a", "c"], "t")],
+            route_tables: vec![table("t", vec![])],
+            ..Inventory::default()
+        };
+        newer.virtual_networks[0].id = VnetId::new("s", "RG", "v");
+        let before = newer.clone();
+        newer.share_with(&older);
+        assert_eq!(newer, before, "sharing changes no value");
+        let same = |a: &str, b: &str| a.as_ptr() == b.as_ptr();
+        let (o, n) = (&older.virtual_networks[0], &newer.virtual_networks[0]);
+        assert!(same(o.subnets[0].id.as_str(), n.subnets[0].id.as_str()));
+        assert!(!same(o.subnets[1].id.as_str(), n.subnets[1].id.as_str()));
+        assert_eq!(
+            n.id.as_str(),
+            "/subscriptions/s/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/v",
+            "another casing is kept as listed"
+        );
+        let (ot, nt) = (&older.route_tables[0].id, &newer.route_tables[0].id);
+        assert!(same(ot.as_str(), nt.as_str()));
+        let association = n.subnets[1].route_table.as_ref().unwrap();
+        assert!(
+            same(ot.as_str(), association.as_str()),
+            "references share too"
+        );
     }
 
     #[test]

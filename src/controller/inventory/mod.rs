@@ -202,12 +202,30 @@ impl SharedInventory {
         let sub = subscription.to_ascii_lowercase();
         let entry = self.entry(&sub);
         let _reading = entry.reading.lock().await;
-        let previous = entry.view.lock().ok().and_then(|v| {
-            v.as_ref()
-                .filter(|v| v.error.is_none())
-                .and_then(|v| v.fingerprint.clone())
-        });
+        let (previous, older) = entry
+            .view
+            .lock()
+            .ok()
+            .and_then(|v| {
+                v.as_ref()
+                    .filter(|v| v.error.is_none())
+                    .map(|v| (v.fingerprint.clone(), Some(v.inventory.clone())))
+            })
+            .unwrap_or_default();
         let outcome = match self.api.relist(&sub, previous.as_ref()).await {
+            Ok(Relisted::Changed {
+                mut inventory,
+                fingerprint,
+            }) => {
+                // The IDs that did not change keep their allocations (plans hold them).
+                if let Some(older) = &older {
+                    inventory.share_with(older);
+                }
+                Ok(Relisted::Changed {
+                    inventory,
+                    fingerprint,
+                })
+            }
             Ok(listed) => Ok(listed),
             // A subscription ARM refuses is observed as refused (a problem of the policies
             // selecting it), not as a failed read.
@@ -217,6 +235,7 @@ impl SharedInventory {
             }),
             Err(e) => Err(e),
         };
+        drop(older);
         let mut view = entry.view.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(Relisted::Unchanged { pages }) => {
