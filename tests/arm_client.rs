@@ -790,11 +790,11 @@ async fn the_client_reuses_its_connections() {
     );
 }
 
-/// A write holds one of the client's send slots (twice its requests in flight) only until ARM
+/// A write holds one of the client's send slots (as many as its requests in flight) only until ARM
 /// answered its request: its long-running operation is followed without one. With one request
-/// in flight (two slots) and operations that take a minute, twelve writes are all answered
+/// in flight (one slot) and operations that take a minute, twelve writes are all answered
 /// long before the first operation ends; had the slots been held through the operations, the
-/// third write would wait for the first to finish.
+/// second write would wait for the first to finish.
 #[tokio::test]
 async fn a_long_running_operation_holds_no_send_slot() {
     let tables: Vec<Value> = (0..12).map(|i| table(SUB, &format!("rt{i}"))).collect();

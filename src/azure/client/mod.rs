@@ -37,6 +37,12 @@ pub use transport::{
 };
 
 const API_VERSION: &str = "2024-03-01";
+
+/// A request body as the bytes sent: built right away, so no JSON tree of a write is held while
+/// it waits for a connection and ARM's answer (a few KB of B-tree nodes per write in flight).
+fn json_body(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
 /// Microsoft.Management's api-version for the descendants of a management group.
 pub const MANAGEMENT_API_VERSION: &str = "2020-05-01";
 
@@ -119,7 +125,7 @@ pub struct AzureNetworkApi {
     /// Error bodies the policy kept for raw requests (see `ArmPolicy::error_bodies`).
     error_bodies: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
     /// Writes being sent at once (built, waiting for a connection or for ARM's answer), all
-    /// subscriptions together: twice the requests in flight, so the connections stay busy.
+    /// subscriptions together: as many as the requests in flight, so none waits built.
     /// Every subscription's lanes got their tokens at once from a full bucket, so a first
     /// install at 100,000 subnets had 16,000 writes built and queued for 128 connections:
     /// their requests, headers and pipeline state were a quarter of the heap's peak.
@@ -223,7 +229,7 @@ impl AzureNetworkApi {
             metrics,
             limiter,
             error_bodies,
-            sending: Arc::new(tokio::sync::Semaphore::new(max_in_flight * 2)),
+            sending: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             listings: tokio::sync::Semaphore::new(settings.max_listings.unwrap_or(16).max(1)),
             verification: RateLimiter::new(RateLimits {
                 // Only the write-side bucket is used (effective-route reads are POSTs).
@@ -559,17 +565,19 @@ impl NetworkApi for AzureNetworkApi {
     ) -> Result<(), ArmError> {
         self.paced(table.subscription(), move || async move {
         const OP: &str = "RouteTables_CreateOrUpdate";
-        let routes: Vec<Value> = routes
-            .iter()
-            .map(|r| json!({"name": r.name, "properties": {"addressPrefix": r.address_prefix, "nextHopType": r.next_hop_type.to_string()}}))
-            .collect();
-        let body = json!({"location": location, "tags": tags, "properties": {"disableBgpRoutePropagation": disable_bgp_route_propagation, "routes": routes}});
+        let body = {
+            let routes: Vec<Value> = routes
+                .iter()
+                .map(|r| json!({"name": r.name, "properties": {"addressPrefix": r.address_prefix, "nextHopType": r.next_hop_type.to_string()}}))
+                .collect();
+            json_body(&json!({"location": location, "tags": tags, "properties": {"disableBgpRoutePropagation": disable_bgp_route_propagation, "routes": routes}}))
+        };
         let url = self.url(table.as_str());
         let (status, headers, resp) = self
             .raw(
                 Method::Put,
                 url,
-                Some(&body),
+                Some(body),
                 &[("if-none-match", "*".to_string())],
             )
             .await
@@ -602,7 +610,7 @@ impl NetworkApi for AzureNetworkApi {
         }
         let url = self.url(&resource);
         let (status, headers, body) = self
-            .raw(Method::Put, url, Some(&json!({"properties": props})), &[])
+            .raw(Method::Put, url, Some(json_body(&json!({"properties": props}))), &[])
             .await
             .map_err(|e| arm_err(OP, &resource, e))?;
         if !(200..300).contains(&status) {
@@ -696,8 +704,10 @@ impl NetworkApi for AzureNetworkApi {
             if let Some(etag) = etag {
                 conditional.push(("if-match", etag));
             }
+            let put = json_body(&subnet_json);
+            drop(subnet_json);
             let (status, headers, body) = self
-                .raw(Method::Put, url.clone(), Some(&subnet_json), &conditional)
+                .raw(Method::Put, url.clone(), Some(put), &conditional)
                 .await
                 .map_err(|e| arm_err(OP, resource, e))?;
             match status {

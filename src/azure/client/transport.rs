@@ -137,7 +137,7 @@ impl AzureNetworkApi {
         &self,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
         headers: &[(&'static str, String)],
     ) -> azure_core::Result<(u16, azure_core::headers::Headers, Vec<u8>)> {
         let mut req = Request::new(url, method);
@@ -147,7 +147,7 @@ impl AzureNetworkApi {
         }
         if let Some(b) = body {
             req.insert_header("content-type", "application/json");
-            req.set_body(serde_json::to_vec(b).unwrap_or_default());
+            req.set_body(b);
         }
         let outcome = match self.pipeline.send(&Context::new(), &mut req).await {
             Ok(resp) => {
