@@ -413,7 +413,7 @@ proptest! {
         // Relisted: none, one or both subscriptions; the others keep the whole plan's verdicts.
         let relisted: BTreeSet<String> =
             SUBS.iter().take(relisted).map(|s| s.to_ascii_lowercase()).collect();
-        let mut parts = verdicts_outside(&whole, &relisted);
+        let mut parts: Vec<_> = verdicts_outside(&whole, &relisted).collect();
         for sub in &relisted {
             parts.extend(verdicts_in(&policies, &listing_of(&inv, sub), sub));
         }

@@ -36,7 +36,7 @@ impl Destination {
 /// What one policy wants, checked and normalised. The planner's input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredState {
-    pub name: String,
+    pub name: crate::model::Text,
     /// Creation time; with the name, it decides which of two overlapping policies owns a subnet.
     pub created: Option<Timestamp>,
     pub cloud: Cloud,
@@ -352,7 +352,7 @@ pub fn validate(
     }
     Ok(Validated {
         desired: DesiredState {
-            name: name.to_string(),
+            name: name.into(),
             created,
             cloud,
             destinations,

@@ -88,7 +88,7 @@ pub fn routes(policies: &[DesiredState]) -> (IdentityRoutes, Vec<IdentityConflic
                         scope,
                         winner: winner.to_string(),
                         used: (*used).clone(),
-                        loser: p.name.clone(),
+                        loser: p.name.to_string(),
                         wanted: p.identity.clone(),
                     });
                 }

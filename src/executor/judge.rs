@@ -51,8 +51,13 @@ async fn verdicts_after(
     written: &Written,
 ) -> Result<Vec<SubnetVerdict>, ArmError> {
     let writer = p.params.only_policy.as_deref();
-    let mut verdicts =
-        crate::plan::verdicts_outside(&written.plan.verdicts, &written.subscriptions);
+    // As many verdicts as before (each subnet keeps one), sized once: grown by doubling, the
+    // twenty first passes of a first install held up to twice their verdicts each.
+    let mut verdicts = Vec::with_capacity(written.plan.verdicts.len());
+    verdicts.extend(crate::plan::verdicts_outside(
+        &written.plan.verdicts,
+        &written.subscriptions,
+    ));
     for sub in &written.subscriptions {
         let one = p
             .source

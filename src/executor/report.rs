@@ -206,7 +206,7 @@ impl Findings<'_> {
         for r in self.first.released.iter().filter(|r| r.policy == d.name) {
             tally.released(r, d.mode);
         }
-        let verification = self.verified.get(&d.name).map(|(v, problems)| {
+        let verification = self.verified.get(d.name.as_str()).map(|(v, problems)| {
             tally.summary.verified = v.verified as i64;
             tally.summary.not_verified = v.not_verified as i64;
             problems
@@ -215,7 +215,13 @@ impl Findings<'_> {
                 .for_each(|p| tally.problems.push(p));
             v.clone()
         });
-        for (group, e) in self.scope.group_errors.get(&d.name).into_iter().flatten() {
+        for (group, e) in self
+            .scope
+            .group_errors
+            .get(d.name.as_str())
+            .into_iter()
+            .flatten()
+        {
             tally.problems.push(group_problem(group, e));
             unreadable_subscriptions.push(format!("management group {group}"));
         }
@@ -227,13 +233,13 @@ impl Findings<'_> {
         {
             tally.problems.push(c.problem());
         }
-        let dns = self.scope.dns.get(&d.name).cloned();
+        let dns = self.scope.dns.get(d.name.as_str()).cloned();
         dns_problems_of(dns.as_ref())
             .into_iter()
             .for_each(|p| tally.problems.push(p));
         let mine = |w: &PlannedWrite| w.policy == d.name;
         PolicyReport {
-            name: d.name.clone(),
+            name: d.name.to_string(),
             mode: d.mode,
             summary: tally.summary,
             problems_total: tally.problems.offered,

@@ -60,7 +60,7 @@ pub async fn scope<'a>(p: &Pass<'_>, policies: &'a [DesiredState]) -> Result<Sco
                     errors: vec!["no resolver configured for this run".into()],
                     ..Default::default()
                 };
-                (d.name.clone(), report)
+                (d.name.to_string(), report)
             })
             .collect();
         (grouped, unresolved)
@@ -111,7 +111,7 @@ pub async fn expand_management_groups(
                 match &cache[&key] {
                     Ok(subs) => sel.subscriptions.extend(subs.iter().cloned()),
                     Err(e) => errors
-                        .entry(p.name.clone())
+                        .entry(p.name.to_string())
                         .or_default()
                         .push((group.clone(), e.clone())),
                 }
@@ -207,7 +207,7 @@ pub async fn resolve_some(
             p.destinations.dedup_by_key(|d| d.address);
             report.routed = true;
         }
-        reports.insert(p.name.clone(), report);
+        reports.insert(p.name.to_string(), report);
         out.push(p);
     }
     (out, reports)

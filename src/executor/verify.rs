@@ -56,7 +56,7 @@ pub async fn verify_pass(
                     ..Default::default()
                 };
                 let problem = Reason::VerificationFailed.problem(String::new(), e.to_string());
-                (d.name.clone(), (report, vec![problem]))
+                (d.name.to_string(), (report, vec![problem]))
             })
             .collect(),
     }
@@ -109,7 +109,7 @@ pub async fn verify(
     let by_subnet = attached_nics(api, &subscriptions).await?;
     for p in verifying {
         let found = verify_policy(api, p, verdicts, &by_subnet, round).await;
-        out.insert(p.name.clone(), found);
+        out.insert(p.name.to_string(), found);
     }
     Ok(out)
 }

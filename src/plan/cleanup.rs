@@ -82,7 +82,6 @@ pub fn plan_cleanup_parts<'a>(
     let mut lanes = Lanes::new();
     let mut changes_by_table: HashMap<&str, usize> = HashMap::new();
     let empty = BTreeSet::new();
-    let name = crate::model::Text::from(policy.name.as_str());
     for table in tables.values() {
         let keep = kept.get(table.id.key()).unwrap_or(&empty);
         let table_writes = cleanup_table(policy, table, keep, &footprint);
@@ -93,7 +92,7 @@ pub fn plan_cleanup_parts<'a>(
             .map(|s| s.id.clone());
         let before = writes.len();
         writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
-            policy: name.clone(),
+            policy: policy.name.clone(),
             write,
         }));
         lanes.add(&writes, before..writes.len(), &table.id, concerned);

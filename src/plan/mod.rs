@@ -59,15 +59,14 @@ pub fn verdicts_in_parts<'a>(
 /// The verdicts of `before` outside the `relisted` subscriptions (lower-case): with
 /// [`verdicts_in`] for each relisted subscription, the verdicts of the estate after writes made
 /// only there.
-pub fn verdicts_outside(
-    before: &[SubnetVerdict],
-    relisted: &BTreeSet<String>,
-) -> Vec<SubnetVerdict> {
+pub fn verdicts_outside<'a>(
+    before: &'a [SubnetVerdict],
+    relisted: &'a BTreeSet<String>,
+) -> impl Iterator<Item = SubnetVerdict> + 'a {
     before
         .iter()
         .filter(|v| !relisted.contains(&v.subnet.subscription().to_ascii_lowercase()))
         .cloned()
-        .collect()
 }
 
 /// Verdicts in the order [`plan`] gives them.

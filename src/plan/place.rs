@@ -9,9 +9,7 @@ use crate::api::{
     ConflictPolicy, DesiredState, MANAGED_BY_VALUE, Mode, TAG_MANAGED_BY, TAG_POLICY,
 };
 use crate::ids::RouteTableId;
-use crate::model::{
-    NextHopType, Route, RouteTable, Subnet, Text, VirtualNetwork, special_subnet_name,
-};
+use crate::model::{NextHopType, Route, RouteTable, Subnet, VirtualNetwork, special_subnet_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
@@ -184,22 +182,18 @@ pub(super) struct Want<'a> {
     pub(super) route: &'a Route,
 }
 
-/// What the writes of one plan share rather than copy: each policy's name and each wanted
-/// route (a first install at 100,000 subnets plans 150,000 writes, each with its route's name
-/// and prefix and its policy's name).
+/// What the writes of one plan share rather than copy: each wanted route (a first install at
+/// 100,000 subnets plans 150,000 writes, each with its route's name and prefix).
 pub(super) struct Shared<'a> {
-    names: HashMap<&'a str, Text>,
     routes: HashMap<(Ipv4Addr, &'a str), Route>,
 }
 
 impl<'a> Shared<'a> {
     pub(super) fn new(policies: &'a [DesiredState]) -> Self {
         let mut shared = Shared {
-            names: HashMap::new(),
             routes: HashMap::new(),
         };
         for p in policies {
-            shared.names.insert(&p.name, Text::from(p.name.as_str()));
             for d in &p.destinations {
                 shared
                     .routes
@@ -208,14 +202,6 @@ impl<'a> Shared<'a> {
             }
         }
         shared
-    }
-
-    /// The policy's name, shared.
-    pub(super) fn name(&self, policy: &str) -> Text {
-        self.names
-            .get(policy)
-            .cloned()
-            .unwrap_or_else(|| Text::from(policy))
     }
 }
 
@@ -348,7 +334,7 @@ fn create_table(group: &Group, wants: &BTreeMap<Ipv4Addr, Want>, creator: &Desir
         location: group.location.to_string(),
         tags: BTreeMap::from([
             (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
-            (TAG_POLICY.to_string(), creator.name.clone()),
+            (TAG_POLICY.to_string(), creator.name.to_string()),
         ]),
         disable_bgp_route_propagation: creator.disable_bgp_route_propagation,
         routes: wants.values().map(|w| w.route.clone()).collect(),
@@ -417,14 +403,13 @@ pub(super) fn plan_group<'a>(
             .collect();
         let creates_table = group.existing.is_none();
         if !creates_table || !associations.is_empty() {
-            let policy = shared.name(&writer.name);
             writes.extend(table_writes.into_iter().map(|write| PlannedWrite {
-                policy: policy.clone(),
+                policy: writer.name.clone(),
                 write,
             }));
         }
         writes.extend(associations.into_iter().map(|m| PlannedWrite {
-            policy: shared.name(&m.policy.name),
+            policy: m.policy.name.clone(),
             write: Write::AssociateSubnet {
                 subnet: m.subnet.id.clone(),
                 table: group.id.clone(),

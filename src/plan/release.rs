@@ -116,7 +116,7 @@ pub(super) fn releases(
         }
         out.push((
             Release {
-                policy: policy.name.clone(),
+                policy: policy.name.to_string(),
                 table: table.id.clone(),
                 subnets: using.values().map(|s| (*s).clone()).collect(),
                 created,
@@ -168,9 +168,8 @@ pub(super) fn release_all(
             }
             if policy.mode == Mode::Enforce {
                 let before = writes.len();
-                let name = crate::model::Text::from(policy.name.as_str());
                 writes.extend(release_writes.into_iter().map(|write| PlannedWrite {
-                    policy: name.clone(),
+                    policy: policy.name.clone(),
                     write,
                 }));
                 lanes.add(

@@ -184,7 +184,8 @@ impl fmt::Display for Write {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubnetVerdict {
-    pub policy: String,
+    /// The policy's name, shared with the policy (a copy per subnet otherwise).
+    pub policy: crate::model::Text,
     pub subnet: SubnetId,
     pub route_table: Option<RouteTableId>,
     pub verdict: Verdict,
