@@ -277,7 +277,7 @@ pub fn planner(data: &[u8]) -> usize {
     let policy = v.desired;
     let wanted: Vec<String> = policy.destinations.iter().map(|d| d.prefix()).collect();
     let p = plan(std::slice::from_ref(&policy), &inv);
-    let subnets: BTreeMap<&str, &Subnet> = inv
+    let subnets: BTreeMap<crate::ids::IdKey<'_>, &Subnet> = inv
         .virtual_networks
         .iter()
         .flat_map(|v| v.subnets.iter())
@@ -302,7 +302,7 @@ pub fn planner(data: &[u8]) -> usize {
             }
             Write::AssociateSubnet { subnet, .. } => {
                 let s = subnets
-                    .get(subnet.key())
+                    .get(&subnet.key())
                     .expect("associates an observed subnet");
                 assert!(s.route_table.is_none(), "replaced an association: {subnet}");
             }

@@ -3,6 +3,7 @@
 //! client builds them from list calls. Only the facts that decide a plan are here — the full
 //! subnet body (NSG, service endpoints, …) stays with the client, which round-trips it untouched.
 
+use crate::ids::IdKey;
 use crate::ids::{RouteTableId, SubnetId, VnetId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -446,26 +447,26 @@ impl Inventory {
                 }
             }
         }
-        let tables: HashMap<&str, &RouteTableId> = self
+        let tables: HashMap<IdKey<'_>, &RouteTableId> = self
             .route_tables
             .iter()
             .map(|t| (t.id.key(), &t.id))
             .collect();
         for v in &mut self.virtual_networks {
             for s in &mut v.subnets {
-                if let Some(shared) = s.route_table.as_ref().and_then(|t| tables.get(t.key())) {
+                if let Some(shared) = s.route_table.as_ref().and_then(|t| tables.get(&t.key())) {
                     s.route_table = Some((*shared).clone());
                 }
             }
         }
-        let subnets: HashMap<&str, &SubnetId> = self
+        let subnets: HashMap<IdKey<'_>, &SubnetId> = self
             .virtual_networks
             .iter()
             .flat_map(|v| v.subnets.iter().map(|s| (s.id.key(), &s.id)))
             .collect();
         for t in &mut self.route_tables {
             for s in &mut t.subnets {
-                if let Some(shared) = subnets.get(s.key()) {
+                if let Some(shared) = subnets.get(&s.key()) {
                     *s = (*shared).clone();
                 }
             }

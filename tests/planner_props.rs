@@ -454,7 +454,7 @@ proptest! {
             prop_assert!(t.prerequisites.iter().all(|i| t.writes.contains(i)));
         }
         prop_assert!(seen.iter().all(|&n| n == 1), "every write in exactly one table: {seen:?}");
-        let keys: BTreeSet<&str> = p.tables.iter().map(|t| t.table.key()).collect();
+        let keys: BTreeSet<_> = p.tables.iter().map(|t| t.table.key()).collect();
         prop_assert_eq!(keys.len(), p.tables.len(), "one lane per table");
         // A policy's share keeps the same shape.
         for policy in &policies {

@@ -262,8 +262,8 @@ impl PolicyContests {
                 && let Some(table) = &v.route_table
             {
                 self.ledger.seen_in_place(
-                    table.key(),
-                    v.subnet.key(),
+                    &table.key().to_string(),
+                    &v.subnet.key().to_string(),
                     route_names.iter().map(String::as_str),
                     started,
                 );
@@ -271,7 +271,12 @@ impl PolicyContests {
         }
         self.ledger.record(&reverts, now);
         for (key, revert) in &reverts {
-            let Some(tp) = report.plan.tables.iter().find(|t| t.table.key() == key) else {
+            let Some(tp) = report
+                .plan
+                .tables
+                .iter()
+                .find(|t| t.table.as_str().eq_ignore_ascii_case(key))
+            else {
                 continue;
             };
             let table = self.tables.entry(key.clone()).or_insert_with(|| Table {
@@ -293,10 +298,12 @@ impl PolicyContests {
                 match w {
                     crate::plan::Write::PutRoute {
                         table: t, route, ..
-                    } if t.key() == key => {
+                    } if t.as_str().eq_ignore_ascii_case(key) => {
                         table.resources.insert(format!("{t}/routes/{}", route.name));
                     }
-                    crate::plan::Write::AssociateSubnet { subnet, table: t } if t.key() == key => {
+                    crate::plan::Write::AssociateSubnet { subnet, table: t }
+                        if t.as_str().eq_ignore_ascii_case(key) =>
+                    {
                         table.resources.insert(subnet.to_string());
                     }
                     _ => {}

@@ -5,6 +5,7 @@ use super::Context;
 use crate::api::KmsRoutePolicy;
 use crate::executor::cleanup::Cleaned;
 use crate::executor::{PolicyReport, Reason, Report};
+use crate::ids::IdKey;
 use crate::plan::Write;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -170,7 +171,7 @@ pub async fn announce(
 /// The policy's successful release writes (to tables no selected subnet uses any more) apart
 /// from its repairs, and how many of them deleted a table.
 fn releases_of(report: &Report, name: &str) -> (usize, usize) {
-    let released_tables: BTreeSet<&str> = report
+    let released_tables: BTreeSet<IdKey<'_>> = report
         .plan
         .released
         .iter()
@@ -181,7 +182,7 @@ fn releases_of(report: &Report, name: &str) -> (usize, usize) {
     for (w, _) in report
         .outcomes()
         .filter(|(w, e)| w.policy == name && e.is_none())
-        .filter(|(w, _)| released_tables.contains(w.write.table().key()))
+        .filter(|(w, _)| released_tables.contains(&w.write.table().key()))
     {
         releases += 1;
         if matches!(w.write, Write::DeleteRouteTable { .. }) {

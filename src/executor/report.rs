@@ -12,6 +12,7 @@ use super::verify::{VerificationReport, Verified};
 use super::{POLICY_DENIED_CODE, Reason};
 use crate::api::{DesiredState, MAX_PROBLEMS, Mode, Problem, Summary};
 use crate::azure::ArmError;
+use crate::ids::IdKey;
 use crate::ids::SubnetId;
 use crate::model::SubscriptionError;
 use crate::plan::{Plan, PlannedWrite, Release, SubnetVerdict, Verdict, Warning, egress};
@@ -171,7 +172,7 @@ pub fn assemble(
 struct Findings<'a> {
     first: &'a Plan,
     outcomes: &'a [(&'a PlannedWrite, Option<&'a ArmError>)],
-    failed_by_subnet: BTreeMap<String, &'a ArmError>,
+    failed_by_subnet: BTreeMap<SubnetId, &'a ArmError>,
     verdicts: &'a [SubnetVerdict],
     /// True when the pass wrote: a subnet the first plan found drifted is then repaired.
     applied: bool,
@@ -262,15 +263,15 @@ impl Findings<'_> {
 
     /// Counts and offers every verdict of the policy after the pass.
     fn judge_verdicts(&self, d: &DesiredState, tally: &mut Tally) {
-        let before: HashMap<&str, &Verdict> = (self.first.verdicts.iter())
+        let before: HashMap<IdKey<'_>, &Verdict> = (self.first.verdicts.iter())
             .filter(|v| v.policy == d.name)
             .map(|v| (v.subnet.key(), &v.verdict))
             .collect();
         for v in self.verdicts.iter().filter(|v| v.policy == d.name) {
             tally.summary.subnets_matched += 1;
             let repaired =
-                self.applied && matches!(before.get(v.subnet.key()), Some(Verdict::Drift { .. }));
-            let failed = self.failed_by_subnet.get(v.subnet.key()).copied();
+                self.applied && matches!(before.get(&v.subnet.key()), Some(Verdict::Drift { .. }));
+            let failed = self.failed_by_subnet.get(&v.subnet).copied();
             tally.judge(v, failed, repaired);
         }
     }
@@ -285,26 +286,26 @@ fn dns_problems_of(dns: Option<&DnsReport>) -> Vec<Problem> {
 fn failures_by_subnet<'a>(
     first: &Plan,
     results: &[(&PlannedWrite, Option<&'a ArmError>)],
-) -> BTreeMap<String, &'a ArmError> {
-    let on_table: HashMap<&str, &[SubnetId]> = first
+) -> BTreeMap<SubnetId, &'a ArmError> {
+    let on_table: HashMap<IdKey<'_>, &[SubnetId]> = first
         .tables
         .iter()
         .map(|t| (t.table.key(), t.subnets.as_slice()))
         .collect();
-    let mut failed: BTreeMap<String, &ArmError> = BTreeMap::new();
+    let mut failed: BTreeMap<SubnetId, &ArmError> = BTreeMap::new();
     for &(w, e) in results {
         let Some(e) = e else { continue };
         match w.write.subnet() {
             Some(s) => {
-                failed.entry(s.key().to_string()).or_insert(e);
+                failed.entry(s.clone()).or_insert(e);
             }
             None => {
                 for s in on_table
-                    .get(w.write.table().key())
+                    .get(&w.write.table().key())
                     .copied()
                     .unwrap_or_default()
                 {
-                    failed.entry(s.key().to_string()).or_insert(e);
+                    failed.entry(s.clone()).or_insert(e);
                 }
             }
         }
@@ -399,7 +400,7 @@ impl Tally<'_> {
     fn warning(&mut self, v: &SubnetVerdict, w: &Warning) {
         let mut message: String = w.message().into();
         if matches!(w, Warning::NoInternetEgress) {
-            match self.egress.get(v.subnet.key()) {
+            match self.egress.get(&v.subnet.key().to_string()) {
                 Some(c) if c.without == 0 => return,
                 Some(c) => {
                     message = format!(

@@ -156,7 +156,11 @@ async fn verify_policy(
         let subnets = &tables[keys[(start + i) % n]];
         let candidates: Vec<(&SubnetVerdict, &Vec<String>)> = subnets
             .iter()
-            .filter_map(|v| by_subnet.get(v.subnet.key()).map(|nics| (*v, nics)))
+            .filter_map(|v| {
+                by_subnet
+                    .get(&v.subnet.key().to_string())
+                    .map(|nics| (*v, nics))
+            })
             .collect();
         if candidates.is_empty() || reads >= cap {
             report.not_checked += 1;

@@ -5,6 +5,7 @@ use super::{
     select_subnets, selected_anywhere, table_users, verdict,
 };
 use crate::api::{DeletionPolicy, DesiredState, Mode};
+use crate::ids::IdKey;
 use crate::model::{Inventory, Route, RouteTable, Subnet, special_subnet_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -16,7 +17,7 @@ pub(super) fn cleanup_table(
     policy: &DesiredState,
     table: &RouteTable,
     keep: &BTreeSet<Ipv4Addr>,
-    footprint: &BTreeMap<&str, &Subnet>,
+    footprint: &BTreeMap<IdKey<'_>, &Subnet>,
 ) -> Vec<Write> {
     let removable: Vec<&Route> = table
         .routes
@@ -28,7 +29,7 @@ pub(super) fn cleanup_table(
     let only_ours = table
         .subnets
         .iter()
-        .all(|s| footprint.contains_key(s.key()));
+        .all(|s| footprint.contains_key(&s.key()));
     if created_by(table, &policy.name) && only_ours && removable.len() == table.routes.len() {
         let mut writes: Vec<Write> = table
             .subnets
@@ -80,10 +81,10 @@ pub fn plan_cleanup_parts<'a>(
 
     let mut writes = Vec::new();
     let mut lanes = Lanes::new();
-    let mut changes_by_table: HashMap<&str, usize> = HashMap::new();
+    let mut changes_by_table: HashMap<IdKey<'_>, usize> = HashMap::new();
     let empty = BTreeSet::new();
     for table in tables.values() {
-        let keep = kept.get(table.id.key()).unwrap_or(&empty);
+        let keep = kept.get(&table.id.key()).unwrap_or(&empty);
         let table_writes = cleanup_table(policy, table, keep, &footprint);
         changes_by_table.insert(table.id.key(), table_writes.len());
         let concerned = footprint
@@ -104,7 +105,7 @@ pub fn plan_cleanup_parts<'a>(
             let changes = s
                 .route_table
                 .as_ref()
-                .and_then(|t| changes_by_table.get(t.key()))
+                .and_then(|t| changes_by_table.get(&t.key()))
                 .copied()
                 .unwrap_or(0);
             verdict(
@@ -130,9 +131,9 @@ pub fn plan_cleanup_parts<'a>(
 /// What deleting `policy` concerns: the addresses other policies still need per table, the
 /// subnets whose verdicts the cleanup reports (its footprint) and the tables it cleans.
 pub(super) struct Cleanup<'a> {
-    pub(super) kept: HashMap<&'a str, BTreeSet<Ipv4Addr>>,
-    pub(super) footprint: BTreeMap<&'a str, &'a Subnet>,
-    pub(super) tables: BTreeMap<&'a str, &'a RouteTable>,
+    pub(super) kept: HashMap<IdKey<'a>, BTreeSet<Ipv4Addr>>,
+    pub(super) footprint: BTreeMap<IdKey<'a>, &'a Subnet>,
+    pub(super) tables: BTreeMap<IdKey<'a>, &'a RouteTable>,
 }
 
 pub(super) fn cleanup_scope<'a>(
@@ -143,9 +144,10 @@ pub(super) fn cleanup_scope<'a>(
     let others: Vec<&DesiredState> = by_seniority(others);
     let mut ignored = Vec::new();
     let others_owned = claim(&others, idx, &mut ignored);
-    let others_subnets: BTreeSet<&str> = others_owned.iter().map(|(_, _, s)| s.id.key()).collect();
+    let others_subnets: BTreeSet<IdKey<'_>> =
+        others_owned.iter().map(|(_, _, s)| s.id.key()).collect();
     // Addresses other policies need in each table their subnets use.
-    let mut kept: HashMap<&str, BTreeSet<Ipv4Addr>> = HashMap::new();
+    let mut kept: HashMap<IdKey<'_>, BTreeSet<Ipv4Addr>> = HashMap::new();
     for (p, _, s) in &others_owned {
         if let Some(t) = &s.route_table {
             kept.entry(t.key())
@@ -154,16 +156,20 @@ pub(super) fn cleanup_scope<'a>(
         }
     }
 
-    let mut footprint: BTreeMap<&str, &Subnet> = BTreeMap::new();
+    let mut footprint: BTreeMap<IdKey<'_>, &Subnet> = BTreeMap::new();
     for (_, s) in select_subnets(policy, idx).found {
         // Special subnets were never managed, so their tables are not ours to clean.
-        if !others_subnets.contains(s.id.key()) && special_subnet_name(s.id.name()).is_none() {
+        if !others_subnets.contains(&s.id.key()) && special_subnet_name(s.id.name()).is_none() {
             footprint.insert(s.id.key(), s);
         }
     }
-    let mut tables: BTreeMap<&str, &RouteTable> = BTreeMap::new();
+    let mut tables: BTreeMap<IdKey<'_>, &RouteTable> = BTreeMap::new();
     for s in footprint.values() {
-        if let Some(t) = s.route_table.as_ref().and_then(|t| idx.tables.get(t.key())) {
+        if let Some(t) = s
+            .route_table
+            .as_ref()
+            .and_then(|t| idx.tables.get(&t.key()))
+        {
             tables.insert(t.id.key(), t);
         }
     }
@@ -182,8 +188,8 @@ pub(super) fn cleanup_scope<'a>(
         if !subscriptions.contains(&t.id.subscription().to_ascii_lowercase()) {
             continue;
         }
-        let using: Vec<&str> = users
-            .get(t.id.key())
+        let using: Vec<IdKey<'_>> = users
+            .get(&t.id.key())
             .map(|u| u.keys().copied().collect())
             .unwrap_or_default();
         let owned = t.routes.iter().any(|r| policy.owns_route_name(&r.name));
@@ -201,7 +207,7 @@ pub(super) fn cleanup_scope<'a>(
         }
         tables.insert(t.id.key(), t);
         for key in using {
-            if let Some((_, s)) = idx.subnets.get(key)
+            if let Some((_, s)) = idx.subnets.get(&key)
                 && special_subnet_name(s.id.name()).is_none()
             {
                 footprint.insert(s.id.key(), s);

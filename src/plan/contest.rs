@@ -210,7 +210,7 @@ impl Ledger {
                     own.remove(&hash_of(&Mark::Association(subnet.key().to_string())));
                 }
             }
-            Write::DeleteRouteTable { table } => self.forget(table.key()),
+            Write::DeleteRouteTable { table } => self.forget(&table.key().to_string()),
             _ => {
                 if let Some((table, m)) = mark(w) {
                     self.own
@@ -465,7 +465,7 @@ mod tests {
     fn what_was_found_in_sync_is_kmsroutes_from_the_first_pass() {
         let mut l = Ledger::new(settings());
         let subnet = SubnetId::parse(S).unwrap();
-        l.seen_in_place(&key(), subnet.key(), ["KMS-A", "kms-b"], 500);
+        l.seen_in_place(&key(), &subnet.key().to_string(), ["KMS-A", "kms-b"], 500);
         let r = l.reverts(&[put("kms-a")]);
         assert_eq!(undone_of(&r), BTreeSet::from([Undone::Routes]));
         assert_eq!(r[&key()].since, 500);
@@ -476,7 +476,7 @@ mod tests {
         // A route the policy never had there (a new KMS address) is no revert.
         assert!(l.reverts(&[put("kms-new")]).is_empty());
         // Seen again later: the search starts from the later sighting.
-        l.seen_in_place(&key(), subnet.key(), ["kms-a"], 900);
+        l.seen_in_place(&key(), &subnet.key().to_string(), ["kms-a"], 900);
         assert_eq!(l.reverts(&[put("kms-a")])[&key()].since, 900);
         // Several marks restored at once: from the earliest of them.
         assert_eq!(l.reverts(&[put("kms-a"), put("kms-b")])[&key()].since, 500);

@@ -78,7 +78,7 @@ pub(super) fn place<'a>(
                 Some(table_id.clone()),
             ))
         }
-        Some(table_id) => match idx.tables.get(table_id.key()) {
+        Some(table_id) => match idx.tables.get(&table_id.key()) {
             Some(&table) => placed(table.id.clone(), Some(table), None),
             None => Err(error(
                 ErrorReason::RouteTableNotObserved,
@@ -105,7 +105,7 @@ pub(super) fn place<'a>(
                 }
             };
             let id = RouteTableId::new(vnet.id.subscription(), vnet.id.resource_group(), &name);
-            let existing = idx.tables.get(id.key()).copied();
+            let existing = idx.tables.get(&id.key()).copied();
             if let Some(t) = existing
                 && !is_kmsroute_table(t)
             {

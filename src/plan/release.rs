@@ -4,6 +4,7 @@
 use super::{Index, Lanes, PlannedWrite, Release, Write, created_by, select_subnets};
 use crate::api::Mode;
 use crate::api::{DeletionPolicy, DesiredState};
+use crate::ids::IdKey;
 use crate::ids::{RouteTableId, SubnetId};
 use crate::model::{Route, RouteTable, special_subnet_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub(super) fn selected_anywhere<'a>(
     policies: &[&DesiredState],
     idx: &Index<'a>,
-) -> BTreeSet<&'a str> {
+) -> BTreeSet<IdKey<'a>> {
     policies
         .iter()
         .flat_map(|p| select_subnets(p, idx).found)
@@ -37,7 +38,7 @@ pub(super) fn table_users<'a>(
         })
         .collect();
     for (_, s) in idx.subnets.values() {
-        if let Some(of_table) = s.route_table.as_ref().and_then(|t| users.get_mut(t.key())) {
+        if let Some(of_table) = s.route_table.as_ref().and_then(|t| users.get_mut(&t.key())) {
             of_table.insert(s.id.key(), &s.id);
         }
     }
@@ -45,7 +46,7 @@ pub(super) fn table_users<'a>(
 }
 
 /// Route table key → the subnets using it, by key.
-pub(super) type Users<'a> = HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>>;
+pub(super) type Users<'a> = HashMap<IdKey<'a>, BTreeMap<IdKey<'a>, &'a SubnetId>>;
 
 /// The tables `policy` releases and the writes that do it. Honours `deletionPolicy: Orphan`
 /// (nothing is released); the caller drops the writes under `mode: Audit`. Never a table that
@@ -55,7 +56,7 @@ pub(super) type Users<'a> = HashMap<&'a str, BTreeMap<&'a str, &'a SubnetId>>;
 pub(super) fn releases(
     policy: &DesiredState,
     idx: &Index<'_>,
-    selected: &BTreeSet<&str>,
+    selected: &BTreeSet<IdKey<'_>>,
     users: &Users<'_>,
 ) -> Vec<(Release, Vec<Write>)> {
     if policy.deletion_policy == DeletionPolicy::Orphan {
@@ -67,12 +68,12 @@ pub(super) fn releases(
     let mut tables: Vec<&RouteTable> = idx
         .route_tables()
         .filter(|t| subscriptions.contains(&t.id.subscription().to_ascii_lowercase()))
-        .filter(|t| users.contains_key(t.id.key()))
+        .filter(|t| users.contains_key(&t.id.key()))
         .collect();
-    tables.sort_by(|a, b| a.id.key().cmp(b.id.key()));
+    tables.sort_by(|a, b| a.id.key().cmp(&b.id.key()));
     let mut out = Vec::new();
     for table in tables {
-        let using = users.get(table.id.key()).unwrap_or(&none);
+        let using = users.get(&table.id.key()).unwrap_or(&none);
         // Still selected somewhere, or a platform subnet's table (never touched at all).
         if using.keys().any(|s| selected.contains(s))
             || using
@@ -134,7 +135,7 @@ pub(super) fn releases(
 pub(super) fn release_all(
     ordered: &[&DesiredState],
     idx: &Index,
-    selected: &BTreeSet<&str>,
+    selected: &BTreeSet<IdKey<'_>>,
     users: &Users,
     writes: &mut Vec<PlannedWrite>,
     lanes: &mut Lanes,

@@ -3,6 +3,7 @@
 
 use super::{ErrorReason, SkipReason, SubnetVerdict, Verdict, Warning};
 use crate::api::{DesiredState, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_POLICY};
+use crate::ids::IdKey;
 use crate::ids::{RouteTableId, SubnetId};
 use crate::model::{Inventory, RouteTable, Subnet, VirtualNetwork};
 use std::collections::HashMap;
@@ -11,8 +12,8 @@ use std::collections::HashMap;
 /// subscription, as the controller's shared inventory holds it): they are looked at where they
 /// are, never copied into one.
 pub(super) struct Index<'a> {
-    pub(super) subnets: HashMap<&'a str, (&'a VirtualNetwork, &'a Subnet)>,
-    pub(super) tables: HashMap<&'a str, &'a RouteTable>,
+    pub(super) subnets: HashMap<IdKey<'a>, (&'a VirtualNetwork, &'a Subnet)>,
+    pub(super) tables: HashMap<IdKey<'a>, &'a RouteTable>,
     parts: Vec<&'a Inventory>,
 }
 
@@ -72,7 +73,7 @@ pub(super) fn select_subnets<'a>(policy: &DesiredState, idx: &Index<'a>) -> Sele
                 ErrorReason::SubscriptionNotObserved,
                 format!("subscription {} was not listed", id.subscription()),
             ));
-        } else if let Some(&(v, s)) = idx.subnets.get(id.key()) {
+        } else if let Some(&(v, s)) = idx.subnets.get(&id.key()) {
             found.push((v, s));
         } else {
             missing.push((
@@ -97,7 +98,7 @@ pub(super) fn select_subnets<'a>(policy: &DesiredState, idx: &Index<'a>) -> Sele
             }
         }
     }
-    found.sort_unstable_by(|a, b| a.1.id.key().cmp(b.1.id.key()));
+    found.sort_unstable_by(|a, b| a.1.id.key().cmp(&b.1.id.key()));
     found.dedup_by(|a, b| a.1.id.key() == b.1.id.key());
     Selected { found, missing }
 }
@@ -131,12 +132,12 @@ pub(super) fn claim<'a>(
     idx: &Index<'a>,
     verdicts: &mut Vec<SubnetVerdict>,
 ) -> Vec<(&'a DesiredState, &'a VirtualNetwork, &'a Subnet)> {
-    let mut owner: HashMap<&'a str, &'a str> = HashMap::new();
+    let mut owner: HashMap<IdKey<'a>, &'a str> = HashMap::new();
     let mut owned = Vec::new();
     for &policy in ordered {
         let Selected { found, missing } = select_subnets(policy, idx);
         for (v, s) in found {
-            if let Some(older) = owner.get(s.id.key()) {
+            if let Some(older) = owner.get(&s.id.key()) {
                 verdicts.push(verdict(
                     policy,
                     &s.id,

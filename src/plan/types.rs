@@ -384,12 +384,12 @@ impl Plan {
 
     /// Only the writes of one policy (a pass writes its own share); the tables follow.
     pub fn retain_policy(&mut self, policy: &str) {
-        let subnets: HashMap<String, Vec<SubnetId>> = std::mem::take(&mut self.tables)
+        let subnets: HashMap<RouteTableId, Vec<SubnetId>> = std::mem::take(&mut self.tables)
             .into_iter()
-            .map(|t| (t.table.key().to_string(), t.subnets))
+            .map(|t| (t.table, t.subnets))
             .collect();
         self.writes.retain(|w| w.policy == policy);
-        self.group_tables(|t| subnets.get(t.key()).cloned().unwrap_or_default());
+        self.group_tables(|t| subnets.get(t).cloned().unwrap_or_default());
     }
 
     /// Rebuilds [`Plan::tables`] from the writes: one lane per table, in the order the tables

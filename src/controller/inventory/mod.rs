@@ -10,6 +10,7 @@
 
 use crate::azure::{ArmError, Fingerprint, NetworkApi, Relisted};
 use crate::executor::{InventorySource, Observed};
+use crate::ids::IdKey;
 use crate::ids::SubnetId;
 use crate::model::{Inventory, RouteTable, Subnet, Tags};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -435,7 +436,7 @@ fn same_table(a: &RouteTable, b: &RouteTable) -> bool {
         && a.disable_bgp_route_propagation == b.disable_bgp_route_propagation
 }
 
-type Seen<'a> = HashMap<&'a str, (&'a Subnet, &'a Tags, &'a str)>;
+type Seen<'a> = HashMap<IdKey<'a>, (&'a Subnet, &'a Tags, &'a str)>;
 
 /// Subnets by key, with their VNet's tags and location.
 fn index(inv: &Inventory) -> Seen<'_> {
@@ -496,7 +497,7 @@ pub fn changed_subnets(old: &Inventory, new: &Inventory) -> Vec<(SubnetId, Tags)
         ids.into_iter()
             .map(|id| {
                 let tags = seen
-                    .get(id.key())
+                    .get(&id.key())
                     .map(|(_, tags, _)| (*tags).clone())
                     .unwrap_or_default();
                 (id, tags)
