@@ -80,13 +80,6 @@ impl IdText {
 #[derive(Clone, Copy)]
 pub struct IdKey<'a>(&'a str);
 
-impl IdKey<'_> {
-    /// The ID's text in the casing it was given.
-    pub fn as_given(&self) -> &str {
-        self.0
-    }
-}
-
 impl PartialEq for IdKey<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.0.eq_ignore_ascii_case(other.0)

@@ -3,8 +3,7 @@
 //! client builds them from list calls. Only the facts that decide a plan are here — the full
 //! subnet body (NSG, service endpoints, …) stays with the client, which round-trips it untouched.
 
-use crate::ids::IdKey;
-use crate::ids::{RouteTableId, SubnetId, VnetId};
+use crate::ids::{IdKey, RouteTableId, SubnetId, VnetId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -93,18 +92,6 @@ impl PartialEq<String> for Text {
 impl PartialEq<Text> for String {
     fn eq(&self, other: &Text) -> bool {
         self.as_str() == &*other.0
-    }
-}
-
-impl PartialEq<Text> for str {
-    fn eq(&self, other: &Text) -> bool {
-        self == &*other.0
-    }
-}
-
-impl PartialEq<Text> for &str {
-    fn eq(&self, other: &Text) -> bool {
-        *self == &*other.0
     }
 }
 
@@ -473,8 +460,8 @@ impl Inventory {
         }
     }
 
-    /// Makes this listing's IDs share the allocations of the same IDs in `older` (the same
-    /// text, casing included), then each other's ([`Inventory::share_ids`]). A refreshed
+    /// Makes this listing's IDs (its references to them included) share the allocations of
+    /// the same IDs in `older` (the same text, casing included). A refreshed
     /// listing was parsed anew while the plans being carried out still held the last one's
     /// IDs: two copies of every subnet and table ID at the peak of a first install (50 MB at
     /// 100,000 subnets).
@@ -503,14 +490,23 @@ impl Inventory {
                 if let Some(id) = subnets.get(s.id.as_str()) {
                     s.id = (*id).clone();
                 }
+                if let Some(t) = &mut s.route_table
+                    && let Some(id) = tables.get(t.as_str())
+                {
+                    *t = (*id).clone();
+                }
             }
         }
         for t in &mut self.route_tables {
             if let Some(id) = tables.get(t.id.as_str()) {
                 t.id = (*id).clone();
             }
+            for s in &mut t.subnets {
+                if let Some(id) = subnets.get(s.as_str()) {
+                    *s = (*id).clone();
+                }
+            }
         }
-        self.share_ids();
     }
 
     pub fn subnet(&self, id: &SubnetId) -> Option<(&VirtualNetwork, &Subnet)> {

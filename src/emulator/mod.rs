@@ -271,8 +271,8 @@ impl EmulatorHandle {
             .connections
             .load(std::sync::atomic::Ordering::Relaxed)
     }
-    /// The most requests the emulator was answering at once (ARM's own API, control calls
-    /// excluded), since it started or since [`EmulatorHandle::reset_stats`].
+    /// The most requests the emulator was answering at once (all but its `/_emulator/` control
+    /// calls), since it started or since [`EmulatorHandle::reset_stats`].
     pub fn peak_concurrent_requests(&self) -> u64 {
         self.app
             .peak_answering

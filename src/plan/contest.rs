@@ -197,8 +197,8 @@ impl Ledger {
 
     /// A write of kmsroute's went through at `at`.
     pub fn wrote(&mut self, w: &Write, at: i64) {
-        // A `&str` hashes as the `String` of the same text: no copy to hash a key.
-        let table_hash = |t: &crate::ids::RouteTableId| hash_of(&t.key());
+        // The ledger's tables are hashed by their lower-cased key text, as `mark` gives it.
+        let table_hash = |t: &crate::ids::RouteTableId| hash_of(&t.key().to_string());
         match w {
             Write::DeleteRoute { table, name, .. } => {
                 if let Some(own) = self.own.get_mut(&table_hash(table)) {

@@ -178,8 +178,8 @@ pub(super) struct Want<'a> {
     /// The policy that names the route: the oldest member policy that wants the address.
     pub(super) policy: &'a DesiredState,
     pub(super) route_name: &'a str,
-    /// The route itself, built once per plan (see [`Shared`]).
-    pub(super) route: &'a Route,
+    /// The route itself, shared by the plan's writes (see [`Shared`]).
+    pub(super) route: Route,
 }
 
 /// What the writes of one plan share rather than copy: each wanted route (a first install at
@@ -202,6 +202,14 @@ impl<'a> Shared<'a> {
             }
         }
         shared
+    }
+
+    /// The route for `d`: the shared one (a clone is reference counts).
+    fn route(&self, d: &crate::api::Destination) -> Route {
+        match self.routes.get(&(d.address, d.route_name.as_str())) {
+            Some(r) => r.clone(),
+            None => internet_route(&d.route_name, d.address),
+        }
     }
 }
 
@@ -309,18 +317,15 @@ pub(super) fn repair_table<'a>(
 
 /// What each destination needs in the group's table: members are in claim order (oldest
 /// policy first), so the first policy to want an address names its route.
-fn wants_of<'a>(group: &Group<'a>, shared: &'a Shared<'a>) -> BTreeMap<Ipv4Addr, Want<'a>> {
+fn wants_of<'a>(group: &Group<'a>, shared: &Shared<'_>) -> BTreeMap<Ipv4Addr, Want<'a>> {
     let mut wants: BTreeMap<Ipv4Addr, Want> = BTreeMap::new();
     for m in &group.members {
         for d in &m.policy.destinations {
-            let Some(route) = shared.routes.get(&(d.address, d.route_name.as_str())) else {
-                continue;
-            };
-            wants.entry(d.address).or_insert(Want {
+            wants.entry(d.address).or_insert_with(|| Want {
                 address: d.address,
                 policy: m.policy,
                 route_name: &d.route_name,
-                route,
+                route: shared.route(d),
             });
         }
     }
@@ -363,9 +368,9 @@ fn over_the_limit(group: &Group, routes_after: usize, verdicts: &mut Vec<SubnetV
 
 /// The writes and verdicts of one table's group: the table created or repaired by the oldest
 /// enforcing member, the enforcing members associated, every member judged.
-pub(super) fn plan_group<'a>(
-    group: &Group<'a>,
-    shared: &'a Shared<'a>,
+pub(super) fn plan_group(
+    group: &Group,
+    shared: &Shared,
     writes: &mut Vec<PlannedWrite>,
     verdicts: &mut Vec<SubnetVerdict>,
 ) {

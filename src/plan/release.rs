@@ -4,8 +4,7 @@
 use super::{Index, Lanes, PlannedWrite, Release, Write, created_by, select_subnets};
 use crate::api::Mode;
 use crate::api::{DeletionPolicy, DesiredState};
-use crate::ids::IdKey;
-use crate::ids::{RouteTableId, SubnetId};
+use crate::ids::{IdKey, RouteTableId, SubnetId};
 use crate::model::{Route, RouteTable, special_subnet_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -3,8 +3,7 @@
 
 use super::{ErrorReason, SkipReason, SubnetVerdict, Verdict, Warning};
 use crate::api::{DesiredState, MANAGED_BY_VALUE, TAG_MANAGED_BY, TAG_POLICY};
-use crate::ids::IdKey;
-use crate::ids::{RouteTableId, SubnetId};
+use crate::ids::{IdKey, RouteTableId, SubnetId};
 use crate::model::{Inventory, RouteTable, Subnet, VirtualNetwork};
 use std::collections::HashMap;
 

@@ -37,14 +37,14 @@ pub use transport::{
 };
 
 const API_VERSION: &str = "2024-03-01";
+/// Microsoft.Management's api-version for the descendants of a management group.
+pub const MANAGEMENT_API_VERSION: &str = "2020-05-01";
 
 /// A request body as the bytes sent: built right away, so no JSON tree of a write is held while
 /// it waits for a connection and ARM's answer (a few KB of B-tree nodes per write in flight).
 fn json_body(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
-/// Microsoft.Management's api-version for the descendants of a management group.
-pub const MANAGEMENT_API_VERSION: &str = "2020-05-01";
 
 /// Knobs of the client.
 #[derive(Debug, Clone, Default)]

@@ -10,8 +10,7 @@
 
 use crate::azure::{ArmError, Fingerprint, NetworkApi, Relisted};
 use crate::executor::{InventorySource, Observed};
-use crate::ids::IdKey;
-use crate::ids::SubnetId;
+use crate::ids::{IdKey, SubnetId};
 use crate::model::{Inventory, RouteTable, Subnet, Tags};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
